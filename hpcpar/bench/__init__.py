@@ -1,0 +1,89 @@
+"""Benchmarks: hpcpar against baselines measured in the same MPI job.
+
+Each benchmark is a module of this package with ``add_arguments(parser)`` and
+``main(ctx, args)``; :data:`BENCHMARKS` maps the name used on the command line
+to the module. A benchmark is **collective**: start it on every rank, e.g.
+``mpiexec -n 2 hpcpar bench collectives``. Only root prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from typing import Callable
+
+__all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_label"]
+
+#: name on the command line -> (module, one-line description)
+BENCHMARKS = {
+    "collectives": ("hpcpar.bench.collectives",
+                    "scatter/gather/allgather vs raw mpi4py buffer calls and pickle calls"),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add one sub-parser per benchmark to ``parser``."""
+    sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    for name, (modname, help_) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(modname).add_arguments(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark named by ``args.bench`` under the hpcpar runner. **Collective**."""
+    from ..runner import run
+
+    module = importlib.import_module(BENCHMARKS[args.bench][0])
+    return run(module.main, args) or 0
+
+
+def timeit(ctx, fn: Callable[[], object], min_time: float = 0.2, repeats: int = 5,
+           max_calls: int = 100_000) -> float:
+    """Seconds per call of ``fn``, the best of ``repeats`` timed batches. **Collective**.
+
+    The number of calls per batch is chosen on root (so that a batch lasts about
+    ``min_time``) and broadcast, so all ranks call ``fn`` equally often: ``fn`` may
+    itself be collective. Each batch starts after a barrier and its time is the
+    slowest rank's.
+    """
+    comm = ctx.comm
+    fn()  # warm up (allocations, plan caches, connections)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    fn()
+    one = comm.allreduce(time.perf_counter() - t0, op=_max())
+    calls = max(1, min(max_calls, int(min_time / max(one, 1e-9))))
+    calls = comm.bcast(calls, root=0)
+    best = float("inf")
+    for _ in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        dt = comm.allreduce(time.perf_counter() - t0, op=_max())
+        best = min(best, dt / calls)
+    return best
+
+
+def _max():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+def size_label(nbytes: int) -> str:
+    """``1 KB``, ``256 MB`` … (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:g} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose columns line up in a terminal too."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])

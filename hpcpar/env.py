@@ -1,0 +1,36 @@
+"""Environment variables that change hpcpar's behaviour, in one place.
+
+Every variable is read when it is used (not at import), so a job script may set
+them with ``os.environ`` before creating a :class:`hpcpar.Context`.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "get", "get_float"]
+
+#: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
+#: Python, then ``mpiexec`` on ``PATH``). May hold options: ``"srun --mpi=pmi2"``.
+HPCPAR_MPIEXEC = "HPCPAR_MPIEXEC"
+
+#: Seconds a failing rank waits for its traceback to reach stderr before it calls
+#: ``MPI_Abort`` on the whole job (default 0.2).
+HPCPAR_ABORT_GRACE = "HPCPAR_ABORT_GRACE"
+
+
+def get(name: str, default: str | None = None) -> str | None:
+    """The value of ``name`` with surrounding blanks removed; ``default`` if unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return value if value else default
+
+
+def get_float(name: str, default: float) -> float:
+    """``name`` as a float; a clear ``ValueError`` naming the variable if it is not one."""
+    value = get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None

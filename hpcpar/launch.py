@@ -1,0 +1,60 @@
+"""Find the MPI launcher and start a script on N ranks under the hpcpar runner."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+from . import env
+
+__all__ = ["launcher", "launch_command", "launch"]
+
+
+def launcher() -> list[str]:
+    """The launcher command: ``HPCPAR_MPIEXEC``, else the ``mpiexec`` beside this Python,
+    else ``mpiexec`` / ``mpirun`` on ``PATH``. **Local**.
+
+    Raises:
+        FileNotFoundError: when none is found, saying how to install one.
+    """
+    forced = env.get(env.HPCPAR_MPIEXEC)
+    if forced:
+        return shlex.split(forced)
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.access(here, os.X_OK):
+        return [here]
+    for name in ("mpiexec", "mpirun"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    raise FileNotFoundError(
+        "no MPI launcher found: install one with `pip install hpcpar[mpich]`, load your "
+        f"cluster's MPI module, or set {env.HPCPAR_MPIEXEC} (e.g. 'srun --mpi=pmi2')")
+
+
+def launch_command(script: str, args: list[str], ranks: int, python: str | None = None) -> list[str]:
+    """The argv that runs ``script args`` on ``ranks`` ranks under the hpcpar runner."""
+    launch = launcher()
+    flag = "-n" if os.path.basename(launch[0]) != "srun" else "--ntasks"
+    return [*launch, flag, str(ranks), python or sys.executable, "-m", "hpcpar._script", script, *args]
+
+
+def launch(script: str, args: list[str], ranks: int) -> int:
+    """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**."""
+    if not os.path.exists(script):
+        raise FileNotFoundError(f"no such script: {script}")
+    cmd = launch_command(script, args, ranks)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 130

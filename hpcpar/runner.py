@@ -1,0 +1,105 @@
+"""The SPMD runner: one rank's failure ends the whole job, loudly and quickly.
+
+An uncaught exception on any rank would otherwise leave the other ranks blocked
+in their next collective until the batch system kills the job. The runner
+prints ``rank R of N failed:`` and the traceback, then calls ``MPI_Abort``, which
+ends every rank of the job within seconds with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from mpi4py import MPI
+
+from . import env
+from .comm import Context
+
+__all__ = ["run", "run_path", "abort"]
+
+#: Exit status of a job ended by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def abort(message: str, code: int = 1) -> None:
+    """Print ``message`` to stderr and end the whole MPI job. **Local**: any one rank may call it.
+
+    Never returns. Use it when a rank finds a condition the others cannot learn of
+    (they may already be blocked in a collective).
+    """
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    sys.stderr.write(message if message.endswith("\n") else message + "\n")
+    sys.stderr.flush()
+    size = MPI.COMM_WORLD.Get_size()
+    if size > 1:
+        # Give the stderr pipe a moment to drain through the launcher before the
+        # abort tears down every process of the job.
+        time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
+        MPI.COMM_WORLD.Abort(code)
+    os._exit(code)
+
+
+def _failure_text(exc: BaseException) -> str:
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    lines = "".join(f"[rank {rank}] {line}\n" for line in tb.rstrip("\n").split("\n"))
+    return f"rank {rank} of {size} failed: {type(exc).__name__}: {exc}\n{lines}"
+
+
+def _guard(body: Callable[[], Any]) -> Any:
+    """Run ``body``; on an uncaught exception or Ctrl-C, end the whole job."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        abort(f"rank {rank} of {size} interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or code == 0:
+            raise
+        if not isinstance(code, int):
+            sys.stderr.write(f"{code}\n")
+            code = 1
+        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        abort(f"rank {rank} of {size} failed: exited with status {code}", code)
+    except BaseException as exc:  # noqa: BLE001 - any failure must end the job
+        abort(_failure_text(exc), 1)
+
+
+def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Build a :class:`Context`, call ``main(ctx, *args, **kwargs)`` and return its value.
+
+    **Collective** over ``COMM_WORLD``: every rank of the job calls it. An uncaught
+    exception on any rank prints ``rank R of N failed:`` with the traceback to
+    stderr and aborts the whole job with exit status 1; Ctrl-C exits with 130;
+    ``sys.exit(code)`` with a non-zero code aborts with that code. Works the same
+    under ``mpiexec``, ``srun``, ``hpcpar run`` and as a plain one-rank script.
+    """
+    def body():
+        ctx = Context()
+        try:
+            return main(ctx, *args, **kwargs)
+        finally:
+            ctx.free()
+
+    return _guard(body)
+
+
+def run_path(path: str, argv: list[str]) -> None:
+    """Execute the script at ``path`` as ``__main__`` under the runner's guard.
+
+    **Collective**: used by ``hpcpar run`` (via ``python -m hpcpar.runner``) on every
+    rank. ``sys.argv`` becomes ``[path, *argv]`` and the script's directory is
+    put first on ``sys.path``, as ``python path`` would do.
+    """
+    sys.argv = [path, *argv]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    _guard(lambda: runpy.run_path(path, run_name="__main__"))

@@ -1,0 +1,38 @@
+"""Shared fixtures. MPI tests run under ``mpiexec -n N python -m pytest --with-mpi``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = ROOT / "jobs"
+
+
+@pytest.fixture
+def ctx():
+    """A Context on a fresh duplicate of COMM_WORLD, freed after the test."""
+    import hpcpar
+
+    c = hpcpar.Context()
+    yield c
+    c.free()
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python (the pip MPICH wheel) or on PATH."""
+    from hpcpar.launch import launcher
+
+    return launcher()[0]
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 60, env: dict | None = None,
+            **kw) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n python ARGS`` and capture its output; a hang fails the test."""
+    full_env = {**os.environ, **(env or {})}
+    cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
