@@ -9,6 +9,8 @@
 #
 # Must run as root on Debian 12 (bookworm; Slurm 22.05.8).
 set -euo pipefail
+# The daemons live in /usr/sbin, which a non-login root shell may lack.
+export PATH=$PATH:/usr/sbin:/sbin
 
 PACKAGES=(slurmctld slurmd slurm-client munge)
 

@@ -28,6 +28,8 @@
 #   HPCPAR_SLURM_CRED_EXPIRE    AuthInfo cred_expire (= requeue delay)  [30]
 #   HPCPAR_SLURM_INSTALL=0      do not run install.sh when binaries are missing
 set -euo pipefail
+# The daemons live in /usr/sbin, which a non-login root shell may lack.
+export PATH=$PATH:/usr/sbin:/sbin
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${HPCPAR_SLURM_DIR:-/tmp/hpcpar-slurm}
@@ -46,8 +48,8 @@ show_logs() {
     local f
     for f in "$STATE/log/slurmctld.log" "$STATE"/log/slurmd-*.log /var/log/munge/munged.log; do
         [[ -f $f ]] || continue
-        echo "----- tail -n 25 $f -----" >&2
-        tail -n 25 "$f" >&2 || true
+        echo "----- last lines of $f (harmless mpi/pmix plugin errors filtered) -----" >&2
+        grep -v -e 'mpi/pmix' -e 'mpi_pmix' "$f" | tail -n 20 >&2 || true
     done
 }
 fail() { echo "start.sh: ERROR: $*" >&2; show_logs; exit 1; }
@@ -56,7 +58,7 @@ clean=0
 for arg in "$@"; do
     case $arg in
         --clean) clean=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) die "unknown argument '$arg' (usage: start.sh [--clean])" ;;
     esac
 done
@@ -93,7 +95,7 @@ node_states() { sinfo -h -N -p debug -o '%N %t' 2>/dev/null | sort -u; }
 # wait_nodes MODE: wait until every node is idle (MODE=idle) or at least
 # usable, i.e. not down/drained/not responding (MODE=up).
 wait_nodes() {
-    local mode=$1 deadline=$((SECONDS + TIMEOUT)) states ok n st
+    local mode=$1 deadline=$((SECONDS + TIMEOUT)) started=$SECONDS states ok n st
     while :; do
         states=$(node_states || true)
         ok=1
@@ -106,6 +108,13 @@ wait_nodes() {
             fi
         done
         [[ $ok == 1 ]] && return 0
+        # On a fresh start, fail fast if a slurmd died (e.g. port in use).
+        if [[ $mode == idle ]] && ((SECONDS >= started + 3)); then
+            for n in "${NODES[@]}"; do
+                pid_alive "$STATE/run/slurmd-$n.pid" slurmd \
+                    || fail "slurmd -N $n is not running (see $STATE/log/slurmd-$n.log)"
+            done
+        fi
         if ((SECONDS >= deadline)); then
             echo "start.sh: sinfo -N:" >&2
             sinfo -N >&2 || true

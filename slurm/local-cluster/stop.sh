@@ -13,6 +13,8 @@
 # Usage: stop.sh [--quiet]   (--quiet: do not report daemons that are not running)
 # Environment: HPCPAR_SLURM_DIR  state dir  [/tmp/hpcpar-slurm]
 set -euo pipefail
+# The daemons live in /usr/sbin, which a non-login root shell may lack.
+export PATH=$PATH:/usr/sbin:/sbin
 
 STATE=${HPCPAR_SLURM_DIR:-/tmp/hpcpar-slurm}
 NODES=(n1 n2)
@@ -20,7 +22,7 @@ quiet=0
 for arg in "$@"; do
     case $arg in
         --quiet|-q) quiet=1 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "stop.sh: ERROR: unknown argument '$arg' (usage: stop.sh [--quiet])" >&2; exit 1 ;;
     esac
 done
