@@ -18,7 +18,7 @@ all: test
 $(VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[mpich,test,plot]'
+	$(BIN)/python -m pip install -q -e '.[mpich,test,plot,progress]'
 	touch $@
 
 venv: $(VENV)/.installed

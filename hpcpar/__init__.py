@@ -16,7 +16,9 @@ no call communicates until you make one.
 
 from . import partition
 from .comm import CollectiveMismatchError, Context
+from .log import get_logger
 from .runner import abort, run
+from .timing import timed
 
 __version__ = "0.1.0"
 
@@ -26,5 +28,7 @@ __all__ = [
     "run",
     "abort",
     "partition",
+    "get_logger",
+    "timed",
     "__version__",
 ]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from . import env
 
 __all__ = ["main"]
 
@@ -47,11 +50,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if ranks < 1:
         print(f"hpcpar run: -n must be at least 1, got {ranks}", file=sys.stderr)
         return 2
+    if args.report:
+        os.environ[env.HPCPAR_REPORT] = "1"
+    if args.report_json:
+        os.environ[env.HPCPAR_REPORT_JSON] = os.path.abspath(args.report_json)
     try:
         return launch(args.script, script_args, ranks)
     except FileNotFoundError as exc:
         print(f"hpcpar run: {exc}", file=sys.stderr)
         return 2
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from . import bench, scale
+
+    try:
+        ranks = [int(x) for x in args.ranks.split(",") if x.strip()]
+    except ValueError:
+        print(f"hpcpar scale: --ranks wants a list like 1,2,4, got {args.ranks!r}", file=sys.stderr)
+        return 2
+    if not ranks or min(ranks) < 1:
+        print("hpcpar scale: --ranks needs positive rank counts", file=sys.stderr)
+        return 2
+    job_args = args.args
+    kind = "weak" if args.weak else "strong"
+    print(f"hpcpar scale: {args.job} {' '.join(job_args)} ({kind} scaling)")
+    try:
+        points = scale.run_scaling(args.job, job_args, ranks, weak=args.weak,
+                                   weak_power=args.weak_power, timeout=args.timeout)
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        print(f"hpcpar scale: {exc}", file=sys.stderr)
+        return 1
+    rows = scale.efficiency_table(points, weak=bool(args.weak))
+    print(bench.format_table(
+        ["ranks", "seconds", "speedup", "efficiency"],
+        [[r["ranks"], f"{r['seconds']:.3f}", f"{r['speedup']:.2f}", f"{r['efficiency']:.2f}"]
+         for r in rows]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"job": args.job, "args": job_args, "weak": bool(args.weak), "rows": rows}, fh,
+                      indent=2)
+    if args.plot:
+        scale.plot_scaling(rows, args.plot, os.path.basename(args.job), weak=bool(args.weak))
+        print(f"plot written to {args.plot}")
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -88,9 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
         "`hpcpar run SCRIPT [ARGS] -n N`. The launcher is $HPCPAR_MPIEXEC, else the "
         "mpiexec beside this Python, else mpiexec on PATH.")
     p.add_argument("-n", "--ranks", type=int, default=None, help="number of ranks (default 1)")
+    p.add_argument("--report", action="store_true",
+                   help="print the per-rank timing table at the end, even with no timed region")
+    p.add_argument("--report-json", metavar="FILE", help="also write the timing report as JSON")
     p.add_argument("script", help="the Python script to run on every rank")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "scale", help="run a job at several rank counts: speedup, efficiency, plot",
+        description="Run JOB once per rank count with the timing report on, then print speedup "
+        "and parallel efficiency against the first count. Strong scaling keeps the job's "
+        "arguments; --weak OPTION multiplies that job option by the rank count (times "
+        "--weak-power: 0.5 for the side of a 2-D grid) so the work per rank stays constant.",
+        epilog="example: hpcpar scale jobs/heat.py --ranks 1,2,4 --plot heat.png -- --n 1024 --steps 200")
+    p.add_argument("job", help="the job script; its own arguments follow `--`")
+    p.add_argument("--ranks", default="1,2,4", help="comma-separated rank counts (default 1,2,4)")
+    p.add_argument("--weak", metavar="OPTION", help="weak scaling: the job option to scale, e.g. --samples")
+    p.add_argument("--weak-power", type=float, default=1.0, help="scale OPTION by ranks**POWER (default 1)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw speedup and efficiency (needs matplotlib)")
+    p.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
+    p.set_defaults(func=_cmd_scale, args=[])
 
     p = sub.add_parser("bench", help="measure hpcpar against the baselines it runs itself",
                        description="Benchmarks print ratios against baselines run in the same "
@@ -103,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hpcpar`` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job_args = None
+    if argv[:1] == ["scale"] and "--" in argv:  # job arguments follow `--`
+        cut = argv.index("--")
+        argv, job_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if job_args is not None:
+        args.args = job_args
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import partition
+from . import partition, timing
+from .progress import progress as _progress
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS"]
 
@@ -115,6 +116,18 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<hpcpar.Context rank {self.rank} of {self.size}>"
+
+    def timer(self, name: str):
+        """The wall-time region ``name`` of this rank: ``with ctx.timer("halo"):``. **Local**.
+
+        Also a decorator (``@ctx.timer("compute")``). At the end of :func:`hpcpar.run`
+        root prints min/mean/max over ranks and the imbalance of every region.
+        """
+        return timing.REGISTRY(name)
+
+    def progress(self, iterable, total: int | None = None, desc: str = ""):
+        """``iterable`` with a progress bar on root (plain lines when not a terminal). **Local**."""
+        return _progress(iterable, total=total, desc=desc, is_root=self.is_root)
 
     def barrier(self) -> None:
         """Return once every rank has called it. **Collective** and checked like the others."""

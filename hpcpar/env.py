@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "get", "get_float"]
+__all__ = [
+    "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
+    "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
+    "get", "get_float",
+]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
 #: Python, then ``mpiexec`` on ``PATH``). May hold options: ``"srun --mpi=pmi2"``.
@@ -17,6 +21,25 @@ HPCPAR_MPIEXEC = "HPCPAR_MPIEXEC"
 #: Seconds a failing rank waits for its traceback to reach stderr before it calls
 #: ``MPI_Abort`` on the whole job (default 0.2).
 HPCPAR_ABORT_GRACE = "HPCPAR_ABORT_GRACE"
+
+#: ``1``: print the per-rank timing table at the end of ``hpcpar.run`` even when no
+#: region was timed (set by ``hpcpar run --report``); ``0``: never print it.
+HPCPAR_REPORT = "HPCPAR_REPORT"
+
+#: Path of a JSON file that receives the timing report (``hpcpar run --report-json``).
+HPCPAR_REPORT_JSON = "HPCPAR_REPORT_JSON"
+
+#: ``0`` turns off progress output of ``ctx.progress`` and the farm.
+HPCPAR_PROGRESS = "HPCPAR_PROGRESS"
+
+#: Seconds between plain progress lines when stderr is not a terminal (default 10).
+HPCPAR_PROGRESS_EVERY = "HPCPAR_PROGRESS_EVERY"
+
+#: ``1``: ``hpcpar.get_logger`` loggers emit on every rank, not only rank 0.
+HPCPAR_LOG_ALL = "HPCPAR_LOG_ALL"
+
+#: Level of ``hpcpar.get_logger`` loggers: DEBUG, INFO (default), WARNING, ERROR.
+HPCPAR_LOG_LEVEL = "HPCPAR_LOG_LEVEL"
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
-from . import env
+from . import env, timing
 from .comm import Context
 
 __all__ = ["run", "run_path", "abort"]
@@ -74,19 +74,35 @@ def _guard(body: Callable[[], Any]) -> Any:
         abort(_failure_text(exc), 1)
 
 
+def _final_report(ctx: Context) -> None:
+    """Print the timing table on root when any rank timed a region (or it was asked for)."""
+    asked = env.get(env.HPCPAR_REPORT)
+    if asked == "0":
+        return
+    want = asked == "1" or bool(timing.REGISTRY.regions) or bool(env.get(env.HPCPAR_REPORT_JSON))
+    if ctx.comm.allreduce(want, op=MPI.LOR):
+        timing.report(ctx, json_path=env.get(env.HPCPAR_REPORT_JSON))
+
+
 def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Build a :class:`Context`, call ``main(ctx, *args, **kwargs)`` and return its value.
 
     **Collective** over ``COMM_WORLD``: every rank of the job calls it. An uncaught
     exception on any rank prints ``rank R of N failed:`` with the traceback to
     stderr and aborts the whole job with exit status 1; Ctrl-C exits with 130;
-    ``sys.exit(code)`` with a non-zero code aborts with that code. Works the same
+    ``sys.exit(code)`` with a non-zero code aborts with that code. When any rank
+    timed a region (``ctx.timer``), or ``HPCPAR_REPORT=1``, root prints the
+    per-rank timing table at the end (``HPCPAR_REPORT_JSON`` also writes it as
+    JSON). Works the same
     under ``mpiexec``, ``srun``, ``hpcpar run`` and as a plain one-rank script.
     """
     def body():
         ctx = Context()
+        timing.REGISTRY.started = time.perf_counter()
         try:
-            return main(ctx, *args, **kwargs)
+            result = main(ctx, *args, **kwargs)
+            _final_report(ctx)
+            return result
         finally:
             ctx.free()
 

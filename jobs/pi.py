@@ -49,10 +49,12 @@ def estimate(ctx: hpcpar.Context, samples: int, seed: int, chunk: int) -> tuple[
     nchunks = -(-samples // chunk)
     streams = np.random.SeedSequence(seed).spawn(nchunks)
     hits = 0
-    for k in partition.block_range(nchunks, ctx.size, ctx.rank):
-        n = min(chunk, samples - k * chunk)
-        hits += count_hits(np.random.default_rng(streams[k]), n)
-    total = ctx.allreduce(np.int64(hits))
+    with ctx.timer("compute"):
+        for k in partition.block_range(nchunks, ctx.size, ctx.rank):
+            n = min(chunk, samples - k * chunk)
+            hits += count_hits(np.random.default_rng(streams[k]), n)
+    with ctx.timer("reduce"):
+        total = ctx.allreduce(np.int64(hits))
     return 4.0 * int(total) / samples, int(total)
 
 

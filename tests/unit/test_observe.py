@@ -1,0 +1,68 @@
+"""Timing summaries, scaling arithmetic and progress lines (pure, no MPI)."""
+
+import io
+import time
+
+import pytest
+
+from hpcpar import scale, timing
+from hpcpar.progress import progress
+
+
+def test_region_accumulates_and_nests():
+    t = timing.Timers()
+    r = t("work")
+    for _ in range(3):
+        with r:
+            with t("work"):  # nested: counted once
+                time.sleep(0.002)
+    assert r.calls == 3 and r.total >= 0.006
+    assert t("work") is r
+
+    @t("deco")
+    def f(x):
+        return x + 1
+
+    assert f(1) == 2 and t("deco").calls == 1
+    with pytest.raises(ValueError):
+        t("")
+
+
+def test_summarize_imbalance_and_share():
+    per_rank = [{"compute": (10, 1.0), "halo": (10, 0.5)},
+                {"compute": (10, 3.0)}]
+    s = timing.summarize(per_rank, walls=[4.0, 3.5])
+    assert s["ranks"] == 2 and s["wall"] == 4.0
+    c, h = s["regions"]
+    assert (c["min"], c["mean"], c["max"]) == (1.0, 2.0, 3.0)
+    assert c["imbalance"] == pytest.approx(1.5) and c["share"] == pytest.approx(0.5)
+    assert c["slowest_rank"] == 1
+    assert h["per_rank"] == [0.5, 0.0] and h["imbalance"] == pytest.approx(2.0)
+    text = timing.format_report(s)
+    assert "compute" in text and "1.50" in text and "rank 1" in text
+
+
+def test_weak_args_and_efficiency():
+    assert scale.weak_args(["--samples", "1e6", "--x", "1"], "--samples", 4) == ["--samples", "4000000", "--x", "1"]
+    assert scale.weak_args(["--n=100"], "--n", 4, power=0.5) == ["--n=200"]
+    with pytest.raises(ValueError, match="--steps"):
+        scale.weak_args(["--n", "5"], "--steps", 2)
+    pts = [scale.Point(1, 8.0), scale.Point(2, 4.0), scale.Point(4, 4.0)]
+    rows = scale.efficiency_table(pts)
+    assert [r["speedup"] for r in rows] == [1.0, 2.0, 2.0]
+    assert [r["efficiency"] for r in rows] == [1.0, 1.0, 0.5]
+    weak = scale.efficiency_table(pts, weak=True)
+    assert [r["efficiency"] for r in weak] == [1.0, 2.0, 2.0]
+
+
+def test_progress_plain_lines_and_non_root(monkeypatch):
+    monkeypatch.setenv("HPCPAR_PROGRESS_EVERY", "0")
+    out = io.StringIO()
+    assert list(progress(range(3), desc="steps", stream=out)) == [0, 1, 2]
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("steps: 1/3 (33%)") and lines[-1].endswith("done")
+    out = io.StringIO()
+    items = [1, 2]
+    assert progress(items, is_root=False, stream=out) is items and out.getvalue() == ""
+    monkeypatch.setenv("HPCPAR_PROGRESS", "0")
+    assert progress(items, stream=out) is items
