@@ -23,12 +23,13 @@
 #
 # Why the build is done this way (pitfalls found while writing it):
 #   * Both compiles use --no-build-isolation. For h5py this matters: with
-#     HDF5_MPI=ON h5py's setup.py asks for mpi4py at *build* time, so an isolated
-#     build would install a second mpi4py into a throw-away build env (and, since
-#     --no-binary=mpi4py is forwarded there, compile it a second time). Building
-#     in the venv compiles h5py against exactly the mpi4py and numpy 2.x that it
-#     will run with. The price: the build requirements (setuptools, wheel,
-#     Cython>=3, pkgconfig, numpy, mpi4py) must be preinstalled, which we do.
+#     HDF5_MPI=ON, h5py's in-tree build backend adds "mpi4py==4.0.0" (Python
+#     < 3.13) to its build requirements, so an isolated build installs a second,
+#     older mpi4py into a throw-away env (compiling it too, ~3 min more, when
+#     --no-binary=mpi4py is in effect) and compiles h5py against that one.
+#     Building in the venv compiles h5py against exactly the mpi4py and numpy 2.x
+#     it will run with. The price: the build requirements (setuptools>=77, wheel,
+#     Cython>=3, pkgconfig, packaging, numpy, mpi4py) must be preinstalled: we do.
 #   * pip (>=23.1) reuses locally built wheels from its cache even with
 #     --no-binary. A cached h5py/mpi4py wheel built elsewhere against another
 #     HDF5/MPI would be silently reused, so after installing we check the result
@@ -36,6 +37,12 @@
 #   * /usr/bin/mpicc and /usr/bin/mpiexec are Debian "alternatives": if Open MPI
 #     is ever installed too it wins them by priority. We use them only when they
 #     resolve to MPICH, otherwise the explicit *.mpich names.
+#   * mpiexec runs with HYDRA_LAUNCHER=fork: with SLURM_* variables in the
+#     environment and slurm-client installed, Hydra would otherwise launch via
+#     srun and hang. Running as root needs nothing special with MPICH.
+#   * Debian's mpich package depends on libslurm38: purging slurm's libraries
+#     also removes mpich and hdf5-mpich (and breaks this venv); step 1 then
+#     reinstalls them on the next call.
 set -euo pipefail
 
 # ---------------------------------------------------------------- helpers ----
@@ -159,7 +166,7 @@ build_venv() {
     pip_install --upgrade pip setuptools wheel
     # Build requirements of mpi4py and h5py, preinstalled because both are built
     # with --no-build-isolation (see header).
-    pip_install numpy 'Cython>=3' pkgconfig
+    pip_install numpy 'Cython>=3' pkgconfig packaging
 
     log "venv: building mpi4py from source with MPICC=$MPICC"
     MPICC="$MPICC" pip_install --no-build-isolation --no-binary=mpi4py 'mpi4py>=4.1' \
@@ -295,7 +302,12 @@ with h5py.File(sys.argv[1], "w", driver="mpio", comm=comm) as f:
 with h5py.File(sys.argv[1], "r", driver="mpio", comm=comm) as f:
     got = f["data"][...]
 assert got.tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]], got
-print(f"rank {rank}/{size}: wrote row {rank}, read back {got.tolist()}", flush=True)
+# Report from rank 0 only (ranks' stdout would interleave), one line per rank.
+seen = comm.gather((rank, MPI.Get_processor_name(), got.tolist()), root=0)
+if rank == 0:
+    for r, host, rows in seen:
+        sys.stdout.write(f"rank {r}/{size} on {host}: wrote row {r}, read back {rows}\n")
+    sys.stdout.flush()
 EOF
 # HYDRA_LAUNCHER=fork: all ranks on this host, no ssh/slurm bootstrap probing.
 # `timeout` so that a hung MPI job fails CI instead of stalling it.
@@ -307,9 +319,11 @@ printf '%s\n' "$MPI_OUT" | sed 's/^/[parallel-hdf5]   /' >&2
 
 # Independent check with HDF5's own tool: -y no indices, -w 0 no line wrapping.
 DUMP="$(h5dump -d /data -y -w 0 "$H5FILE")" || die "h5dump could not read $H5FILE"
-VALUES="$(printf '%s\n' "$DUMP" | sed -n '/DATA {/,/}/p' | tr -d '\n' | sed 's/.*DATA {//; s/}.*//' | tr -s ' ')"
-[ "$(echo $VALUES)" = "0, 1, 2, 3, 10, 11, 12, 13" ] \
-    || { printf '%s\n' "$DUMP" >&2; die "h5dump shows unexpected values: $VALUES"; }
-log "verify: h5dump /data = [$(echo $VALUES)]"
+# The lines between "DATA {" and "}" joined into one, whitespace squeezed and trimmed.
+VALUES="$(printf '%s\n' "$DUMP" | sed -n '/DATA {/,/}/p' | sed '1d;$d' | tr '\n' ' ' \
+          | tr -s ' ' | sed 's/^ //; s/ $//')"
+[ "$VALUES" = "0, 1, 2, 3, 10, 11, 12, 13" ] \
+    || { printf '%s\n' "$DUMP" >&2; die "h5dump shows unexpected values: '$VALUES'"; }
+log "verify: h5dump /data = [$VALUES]"
 
 echo "parallel-hdf5 OK: venv=$VENV python=$(get python) numpy=$(get numpy) h5py=$(get h5py) HDF5=$(get hdf5) (mpio) mpi4py=$(get mpi4py) MPICH=$(get mpich) (Debian $MPICH_DEB_VERSION); mpiexec -n 2 collective write verified by h5dump (${SECONDS}s)"
