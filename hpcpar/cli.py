@@ -47,8 +47,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if ranks < 1:
         print(f"hpcpar run: -n must be at least 1, got {ranks}", file=sys.stderr)
         return 2
+    extra = {}
+    if args.timeout is not None:
+        from . import env
+        extra[env.HPCPAR_TIMEOUT] = str(args.timeout)
+    if args.debug:
+        from . import env
+        extra[env.HPCPAR_DEBUG] = "1"
     try:
-        return launch(args.script, script_args, ranks)
+        return launch(args.script, script_args, ranks, extra)
     except FileNotFoundError as exc:
         print(f"hpcpar run: {exc}", file=sys.stderr)
         return 2
@@ -88,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "`hpcpar run SCRIPT [ARGS] -n N`. The launcher is $HPCPAR_MPIEXEC, else the "
         "mpiexec beside this Python, else mpiexec on PATH.")
     p.add_argument("-n", "--ranks", type=int, default=None, help="number of ranks (default 1)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="a rank blocked longer than this in one hpcpar call dumps every rank's "
+                   "stacks and aborts the job with status 124 (sets HPCPAR_TIMEOUT)")
+    p.add_argument("--debug", action="store_true",
+                   help="debug checks before every collective (sets HPCPAR_DEBUG=1)")
     p.add_argument("script", help="the Python script to run on every rank")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     p.set_defaults(func=_cmd_run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "get", "get_float"]
+__all__ = ["HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "get", "get_float"]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
 #: Python, then ``mpiexec`` on ``PATH``). May hold options: ``"srun --mpi=pmi2"``.
@@ -17,6 +17,18 @@ HPCPAR_MPIEXEC = "HPCPAR_MPIEXEC"
 #: Seconds a failing rank waits for its traceback to reach stderr before it calls
 #: ``MPI_Abort`` on the whole job (default 0.2).
 HPCPAR_ABORT_GRACE = "HPCPAR_ABORT_GRACE"
+
+#: Seconds a rank may stay blocked in one hpcpar call (a collective, the final
+#: check after ``main`` returns, or a region marked with ``hpcpar.watchdog.watching``)
+#: before the watchdog dumps every rank's Python stacks to stderr and aborts the job
+#: with exit status 124 (default: no limit). ``hpcpar.run(main, timeout=...)`` and
+#: ``hpcpar run --timeout`` set it too.
+HPCPAR_TIMEOUT = "HPCPAR_TIMEOUT"
+
+#: ``1`` turns on debug checks: before every collective the ranks also check that
+#: they call it from the same function (``Context(debug=True)`` does the same for
+#: one context). Default ``0``.
+HPCPAR_DEBUG = "HPCPAR_DEBUG"
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -43,12 +43,15 @@ def launch_command(script: str, args: list[str], ranks: int, python: str | None 
     return [*launch, flag, str(ranks), python or sys.executable, "-m", "hpcpar._script", script, *args]
 
 
-def launch(script: str, args: list[str], ranks: int) -> int:
-    """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**."""
+def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None) -> int:
+    """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
+
+    ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
+    """
     if not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
     cmd = launch_command(script, args, ranks)
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
     try:
         return proc.wait()
     except KeyboardInterrupt:
