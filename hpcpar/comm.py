@@ -176,7 +176,9 @@ class Context:
     @_watched("barrier")
     def barrier(self) -> None:
         """Return once every rank has called it. **Collective** and checked like the others."""
-        self._agree(7, -1, 0, None, None, None)
+        raw, heads = self._agree(7, -1, 0, None, None, None)
+        if heads is not None:  # remember the agreed headers: the next barrier skips the checks
+            self._remember(raw, heads, _Plan())
 
     def finish(self) -> None:
         """Return once every rank has finished its work. **Collective**; the runner's final check.
@@ -636,11 +638,21 @@ def _call_desc(h) -> str:
 def _caller_site() -> str:
     """``file:function`` of the nearest caller outside the hpcpar package (debug mode)."""
     f = sys._getframe(2)
-    while f is not None and f.f_code.co_filename.startswith(_HERE):
+    while f is not None:
+        code = f.f_code
+        site = _SITE_NAMES.get(code)
+        if site is not None:
+            return site
+        if not code.co_filename.startswith(_HERE):
+            if len(_SITE_NAMES) > 4096:
+                _SITE_NAMES.clear()
+            site = _SITE_NAMES[code] = f"{os.path.basename(code.co_filename)}:{code.co_name}"
+            return site
         f = f.f_back
-    if f is None:
-        return "?"
-    return f"{os.path.basename(f.f_code.co_filename)}:{f.f_code.co_name}"
+    return "?"
+
+
+_SITE_NAMES: dict = {}  # code object -> "file:function", for code outside hpcpar
 
 
 def _site_code(site: str | None) -> int:
