@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run", help="run a script on N ranks under the hpcpar runner",
-        description="Launch `mpiexec -n N python -m hpcpar._script SCRIPT ARGS`. An uncaught "
+        description="Launch `mpiexec -n N python hpcpar/_guardian.py SCRIPT ARGS` (each rank runs "
+        "the script under the hpcpar runner; a rank killed by a signal is reported by rank). An uncaught "
         "exception on any rank prints `rank R of N failed:` with its traceback and ends the "
         "whole job with a non-zero status. `-n N` may also come last: "
         "`hpcpar run SCRIPT [ARGS] -n N`. The launcher is $HPCPAR_MPIEXEC, else the "

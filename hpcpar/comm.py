@@ -190,10 +190,12 @@ class Context:
         contexts that it has finished, and they end the job instead of hanging.
         """
         prev = watchdog.enter(watchdog.FINISH, self)
+        completed = False
         try:
             self._agree(_FINISH_CALL, -1, 0, None, None, None)
+            completed = self.size == MPI.COMM_WORLD.Get_size()
         finally:
-            watchdog.leave(prev)
+            watchdog.leave_finish(prev, completed)
 
     # ------------------------------------------------------------------ scatter
     @_watched("scatter")

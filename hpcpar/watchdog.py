@@ -63,7 +63,7 @@ class _State:
     """What this process is doing: the current call as ``(name, since, context)``."""
 
     __slots__ = ("now", "timeout", "thread", "stopping", "comm", "finished", "dumped",
-                 "fired", "notified", "sends", "lock")
+                 "fired", "notified", "sends", "explicit", "epoch", "lock")
 
     def __init__(self) -> None:
         self.now: tuple | None = None
@@ -76,7 +76,9 @@ class _State:
         self.fired = False
         self.notified = False
         self.sends: list = []
-        self.lock = threading.Lock()
+        self.explicit = False
+        self.epoch = 0  # final checks (finish) this rank has completed
+        self.lock = threading.Lock()  # epoch, finished, notified and leaving a finish
 
 
 _S = _State()
@@ -136,6 +138,7 @@ def set_timeout(seconds: float | None) -> None:
     if seconds is not None and not seconds > 0:
         seconds = None
     _S.timeout = None if seconds is None else float(seconds)
+    _S.explicit = True
     start()
 
 
@@ -156,7 +159,7 @@ def start(world: bool = False) -> None:
 
     The timeout comes from ``HPCPAR_TIMEOUT`` unless :func:`set_timeout` set one.
     """
-    if _S.timeout is None and not _S.fired:
+    if not _S.explicit:
         _S.timeout = _env_timeout()
     if world and _S.comm is None and MPI.COMM_WORLD.Get_size() > 1 \
             and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
@@ -177,14 +180,26 @@ def stop() -> None:
     comm = _S.comm
     if comm is not None and not MPI.Is_finalized():
         _drain(comm)
-        for req in _S.sends:
+        for req in _S.sends:  # tiny messages: sent eagerly, complete already
             try:
-                if not req.Test():
-                    req.Cancel()
-                    req.Wait()
+                req.Test()
             except Exception:  # noqa: BLE001 - never fail at exit
                 pass
         _S.sends.clear()
+
+
+def leave_finish(prev: tuple | None, completed: bool) -> None:
+    """Leave a final check (:data:`FINISH`); ``completed`` when it passed on every rank. **Local**.
+
+    Notices that ranks had finished belong to that round; a completed check forgets
+    them, so that a script running ``hpcpar.run`` twice is not taken for an early exit.
+    """
+    with _S.lock:
+        leave(prev)
+        if completed:
+            _S.epoch += 1
+            _S.finished.clear()
+            _S.notified = False
 
 
 atexit.register(stop)
@@ -209,20 +224,23 @@ def _check() -> None:
     comm = _S.comm
     if comm is not None:
         _serve(comm)
-    now = _S.now
-    if now is None:
-        return
-    name, since, ctx = now
-    waited = _monotonic() - since
-    if name == FINISH:
-        if comm is not None and not _S.notified and waited > _FINISH_NOTICE:
+    with _S.lock:
+        now, epoch, finished = _S.now, _S.epoch, set(_S.finished)
+        if now is None:
+            return
+        name, since, ctx = now
+        waited = _monotonic() - since
+        notify = (name == FINISH and comm is not None and not _S.notified
+                  and waited > _FINISH_NOTICE)
+        if notify:
             _S.notified = True
-            me = MPI.COMM_WORLD.Get_rank()
-            for r in range(comm.Get_size()):
-                if r != me:
-                    _S.sends.append(comm.isend(me, dest=r, tag=_TAG_FINISHED))
-    elif _S.finished and waited > _FINISHED_GRACE:
-        gone = sorted(_S.finished & set(_world_ranks(ctx)))
+    if notify:
+        me = MPI.COMM_WORLD.Get_rank()
+        for r in range(comm.Get_size()):
+            if r != me:
+                _S.sends.append(comm.isend((me, epoch), dest=r, tag=_TAG_FINISHED))
+    elif name != FINISH and finished and waited > _FINISHED_GRACE:
+        gone = sorted(finished & set(_world_ranks(ctx)))
         if gone:
             _fire_finished(name, waited, gone)
     timeout = _S.timeout
@@ -243,7 +261,9 @@ def _serve(comm: MPI.Comm) -> None:
         src, tag = status.Get_source(), status.Get_tag()
         msg = comm.recv(source=src, tag=tag)
         if tag == _TAG_FINISHED:
-            _S.finished.add(msg)
+            with _S.lock:
+                if msg[1] == _S.epoch:  # else a notice from a round this rank has completed
+                    _S.finished.add(msg[0])
         elif tag == _TAG_DUMP:
             _S.fired = True  # one rank reports for the job; this one only answers
             if not _S.dumped:
