@@ -14,7 +14,7 @@ Importing hpcpar imports mpi4py (which initialises MPI) and nothing else happens
 no call communicates until you make one.
 """
 
-from . import partition
+from . import partition, watchdog
 from .comm import CollectiveMismatchError, Context
 from .runner import abort, run
 
@@ -26,5 +26,6 @@ __all__ = [
     "run",
     "abort",
     "partition",
+    "watchdog",
     "__version__",
 ]

@@ -164,7 +164,7 @@ def start(world: bool = False) -> None:
     if world and _S.comm is None and MPI.COMM_WORLD.Get_size() > 1 \
             and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
         _S.comm = MPI.COMM_WORLD.Dup()
-    if _S.thread is None or not _S.thread.is_alive():
+    if (_S.thread is None or not _S.thread.is_alive()) and (_S.timeout or _S.comm is not None):
         _S.stopping.clear()
         _S.thread = threading.Thread(target=_loop, name="hpcpar-watchdog", daemon=True)
         _S.thread.start()

@@ -205,13 +205,13 @@ def test_no_timeout_for_a_slow_but_healthy_job(tmp_path):
     path = script(tmp_path, """
         import time, numpy as np, hpcpar
         def main(ctx):
-            for step in range(3):
-                time.sleep(0.4)            # computing is not waiting: no timeout
+            for step in range(4):
+                time.sleep(0.8)            # computing (3.2 s in all) is not waiting: no timeout
                 ctx.allreduce(np.ones(2))
             if ctx.rank == 0:
-                time.sleep(0.6)            # nor is a long finish, below the limit
+                time.sleep(1.2)            # nor is a finish shorter than the limit
             print("done", ctx.rank)
-        hpcpar.run(main, timeout=1.0)
+        hpcpar.run(main, timeout=2.5)
     """)
     r = run_mpi(3, [path], timeout=60)
     assert r.returncode == 0, r.stderr
