@@ -14,7 +14,7 @@ Importing hpcpar imports mpi4py (which initialises MPI) and nothing else happens
 no call communicates until you make one.
 """
 
-from . import partition
+from . import partition, watchdog
 from .comm import CollectiveMismatchError, Context
 from .log import get_logger
 from .runner import abort, run
@@ -30,5 +30,6 @@ __all__ = [
     "partition",
     "get_logger",
     "timed",
+    "watchdog",
     "__version__",
 ]

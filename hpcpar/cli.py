@@ -50,12 +50,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if ranks < 1:
         print(f"hpcpar run: -n must be at least 1, got {ranks}", file=sys.stderr)
         return 2
+    extra = {}
+    if args.timeout is not None:
+        extra[env.HPCPAR_TIMEOUT] = str(args.timeout)
+    if args.debug:
+        extra[env.HPCPAR_DEBUG] = "1"
     if args.report:
-        os.environ[env.HPCPAR_REPORT] = "1"
+        extra[env.HPCPAR_REPORT] = "1"
     if args.report_json:
-        os.environ[env.HPCPAR_REPORT_JSON] = os.path.abspath(args.report_json)
+        extra[env.HPCPAR_REPORT_JSON] = os.path.abspath(args.report_json)
     try:
-        return launch(args.script, script_args, ranks)
+        return launch(args.script, script_args, ranks, extra)
     except FileNotFoundError as exc:
         print(f"hpcpar run: {exc}", file=sys.stderr)
         return 2
@@ -91,7 +96,11 @@ def _cmd_scale(args: argparse.Namespace) -> int:
             json.dump({"job": args.job, "args": job_args, "weak": bool(args.weak), "rows": rows}, fh,
                       indent=2)
     if args.plot:
-        scale.plot_scaling(rows, args.plot, os.path.basename(args.job), weak=bool(args.weak))
+        try:
+            scale.plot_scaling(rows, args.plot, os.path.basename(args.job), weak=bool(args.weak))
+        except RuntimeError as exc:
+            print(f"hpcpar scale: {exc}", file=sys.stderr)
+            return 1
         print(f"plot written to {args.plot}")
     return 0
 
@@ -124,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run", help="run a script on N ranks under the hpcpar runner",
-        description="Launch `mpiexec -n N python -m hpcpar._script SCRIPT ARGS`. An uncaught "
+        description="Launch `mpiexec -n N python hpcpar/_guardian.py SCRIPT ARGS` (each rank runs "
+        "the script under the hpcpar runner; a rank killed by a signal is reported by rank). An uncaught "
         "exception on any rank prints `rank R of N failed:` with its traceback and ends the "
         "whole job with a non-zero status. `-n N` may also come last: "
         "`hpcpar run SCRIPT [ARGS] -n N`. The launcher is $HPCPAR_MPIEXEC, else the "
@@ -133,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="print the per-rank timing table at the end, even with no timed region")
     p.add_argument("--report-json", metavar="FILE", help="also write the timing report as JSON")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="a rank blocked longer than this in one hpcpar call dumps every rank's "
+                   "stacks and aborts the job with status 124 (sets HPCPAR_TIMEOUT)")
+    p.add_argument("--debug", action="store_true",
+                   help="debug checks before every collective (sets HPCPAR_DEBUG=1)")
     p.add_argument("script", help="the Python script to run on every rank")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     p.set_defaults(func=_cmd_run)

@@ -8,18 +8,29 @@ rank, instead of leaving the others blocked in a mismatched MPI call. Repeated
 calls with the same geometry reuse a cached plan, so a time-step loop pays only
 the header exchange. Array data always travels by buffer (the uppercase mpi4py
 calls, in bytes, so every dtype works); it is never pickled.
+
+Every collective also marks itself in :mod:`hpcpar.watchdog` while it runs, so a
+rank blocked too long in one is reported (``HPCPAR_TIMEOUT``). In debug mode
+(``HPCPAR_DEBUG=1`` or ``Context(debug=True)``) the header also carries the
+function each rank called from, and ranks that reach the same collective from
+different functions (a collective skipped by some ranks and paired with a later
+one) raise :class:`CollectiveMismatchError` instead of mixing up data.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import struct
+import sys
+import zlib
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
-from . import partition, timing
+from . import env, partition, timing, watchdog
 from .progress import progress as _progress
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS"]
@@ -39,9 +50,11 @@ LARGE_COUNT = MPI.Get_version() >= (4, 0)
 
 # ---- the header every checked collective exchanges ---------------------------
 _MAXDIM = 32
-_CALLS = ("?", "scatter", "gather", "allgather", "bcast", "reduce", "allreduce", "barrier")
-_CALL, _ROOT, _STATUS, _AXIS, _NDIM, _DTYPE, _AUX, _ONDIM, _ODTYPE = range(9)
-_SHAPE = 9
+_CALLS = ("?", "scatter", "gather", "allgather", "bcast", "reduce", "allreduce", "barrier",
+          watchdog.FINISH)
+_FINISH_CALL = 8
+_CALL, _ROOT, _STATUS, _AXIS, _NDIM, _DTYPE, _AUX, _ONDIM, _ODTYPE, _SITE = range(10)
+_SHAPE = 10
 _OSHAPE = _SHAPE + _MAXDIM
 _HFMT = struct.Struct(f"={_OSHAPE + _MAXDIM}q")
 _PAD = (0,) * _MAXDIM
@@ -62,8 +75,37 @@ def _code(dt: np.dtype | None) -> int:
     return dt.num if dt.isbuiltin == 1 and dt.num in _DTYPES else _CUSTOM
 
 
+_OPNAMES = {op.py2f(): name for name, op in OPS.items()}
+_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 class CollectiveMismatchError(ValueError):
-    """Ranks entered different collectives, or the same one with a different root or op."""
+    """Ranks entered different collectives, or the same one with a different root or op
+    (or, in debug mode, from different functions)."""
+
+
+def _watched(name: str):
+    """Mark the decorated collective in the watchdog while it runs (a few hundred ns)."""
+    state = watchdog._S
+    mono = watchdog._monotonic
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            prev = state.now
+            if prev is None:
+                state.now = (name, mono(), self)
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                if prev is None:
+                    state.now = None
+        return wrapper
+    return deco
+
+
+def _debug_default() -> bool:
+    return (env.get(env.HPCPAR_DEBUG, "0") or "0").lower() not in ("0", "false", "no", "off")
 
 
 class _Plan:
@@ -81,6 +123,9 @@ class Context:
 
     Args:
         comm: the communicator to duplicate; ``MPI.COMM_WORLD`` when None.
+        debug: also check, before every collective, that all ranks call it from
+            the same function (costs a stack walk per call, about a microsecond);
+            None reads ``HPCPAR_DEBUG``. Every rank should pass the same value.
 
     Attributes:
         comm: the private ``mpi4py.MPI.Comm`` (use it for point-to-point calls).
@@ -88,9 +133,10 @@ class Context:
         size: the number of ranks.
         root: the rank that does root-only work (0).
         is_root: ``rank == root``.
+        debug: whether debug checks are on.
     """
 
-    def __init__(self, comm: MPI.Comm | None = None):
+    def __init__(self, comm: MPI.Comm | None = None, debug: bool | None = None):
         base = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(base, MPI.Comm) or base == MPI.COMM_NULL:
             raise ValueError(f"Context needs an mpi4py communicator, got {comm!r}")
@@ -99,6 +145,17 @@ class Context:
         self.size: int = self.comm.Get_size()
         self.root: int = 0
         self.is_root: bool = self.rank == self.root
+        self.debug: bool = _debug_default() if debug is None else bool(debug)
+        world = MPI.COMM_WORLD
+        is_world = base == world or MPI.Comm.Compare(base, world) in (MPI.IDENT, MPI.CONGRUENT)
+        if is_world:
+            self._world_ranks = list(range(self.size))
+        else:
+            group, wgroup = self.comm.Get_group(), world.Get_group()
+            self._world_ranks = list(MPI.Group.Translate_ranks(group, list(range(self.size)), wgroup))
+            group.Free()
+            wgroup.Free()
+        watchdog.start(world=is_world)
         self._packed: dict[tuple, bytes] = {}
         self._hdr_all = bytearray(_HFMT.size * self.size)
         self._plans: dict[bytes, _Plan] = {}
@@ -129,11 +186,32 @@ class Context:
         """``iterable`` with a progress bar on root (plain lines when not a terminal). **Local**."""
         return _progress(iterable, total=total, desc=desc, is_root=self.is_root)
 
+    @_watched("barrier")
     def barrier(self) -> None:
         """Return once every rank has called it. **Collective** and checked like the others."""
-        self._agree(7, -1, 0, None, None, None)
+        raw, heads = self._agree(7, -1, 0, None, None, None)
+        if heads is not None:  # remember the agreed headers: the next barrier skips the checks
+            self._remember(raw, heads, _Plan())
+
+    def finish(self) -> None:
+        """Return once every rank has finished its work. **Collective**; the runner's final check.
+
+        ``hpcpar.run`` calls it after ``main`` returns. A rank still in another
+        collective of this context makes it raise :class:`CollectiveMismatchError`
+        on every rank ("rank 0: returned from main; rank 1: gather(...)"); while a
+        rank waits here, the watchdog tells ranks blocked in collectives of other
+        contexts that it has finished, and they end the job instead of hanging.
+        """
+        prev = watchdog.enter(watchdog.FINISH, self)
+        completed = False
+        try:
+            self._agree(_FINISH_CALL, -1, 0, None, None, None)
+            completed = self.size == MPI.COMM_WORLD.Get_size()
+        finally:
+            watchdog.leave_finish(prev, completed)
 
     # ------------------------------------------------------------------ scatter
+    @_watched("scatter")
     def scatter(self, array: np.ndarray | None, root: int = 0, axis: int = 0,
                 out: np.ndarray | None = None) -> np.ndarray:
         """Split root's array into blocks along ``axis``; return this rank's block.
@@ -181,6 +259,12 @@ class Context:
         h = heads[root]
         shape = _shape(h)
         ax = h[_AXIS] % len(shape)
+        axes = [hr[_AXIS] % len(shape) if -len(shape) <= hr[_AXIS] < len(shape) else hr[_AXIS]
+                for hr in heads]
+        if any(a != ax for a in axes):
+            raise ValueError("hpcpar.scatter: ranks passed different axes: "
+                             + "; ".join(f"rank {r}: axis={a}" for r, a in enumerate(axes))
+                             + "; every rank must pass root's axis")
         dtypes = self._dtypes(heads, arr, out)
         dtype = dtypes[root][0]
         counts = partition.block_counts(shape[ax], self.size)
@@ -194,6 +278,7 @@ class Context:
         return self._remember(raw, heads, plan)
 
     # ------------------------------------------------------------------ gather
+    @_watched("gather")
     def gather(self, local: np.ndarray, root: int = 0, axis: int = 0,
                out: np.ndarray | None = None) -> np.ndarray | None:
         """Concatenate every rank's block along ``axis`` on root.
@@ -217,6 +302,7 @@ class Context:
         """
         return self._gather(2, local, root, axis, out)
 
+    @_watched("allgather")
     def allgather(self, local: np.ndarray, axis: int = 0,
                   out: np.ndarray | None = None) -> np.ndarray:
         """Concatenate every rank's block along ``axis`` on every rank.
@@ -278,6 +364,7 @@ class Context:
         return self._remember(raw, heads, plan)
 
     # ------------------------------------------------------------------ bcast
+    @_watched("bcast")
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Send root's ``obj`` to every rank.
 
@@ -313,6 +400,7 @@ class Context:
         return recv
 
     # ------------------------------------------------------------------ reductions
+    @_watched("reduce")
     def reduce(self, x: Any, op: str | MPI.Op = "sum", root: int = 0) -> Any:
         """Combine every rank's ``x`` with ``op``; the result goes to root.
 
@@ -331,6 +419,7 @@ class Context:
         """
         return self._reduce(5, x, op, root)
 
+    @_watched("allreduce")
     def allreduce(self, x: Any, op: str | MPI.Op = "sum") -> Any:
         """Combine every rank's ``x`` with ``op``; every rank gets the result.
 
@@ -398,11 +487,13 @@ class Context:
         (None when the key is already cached and nothing needs unpacking).
         """
         isout = out.__class__ is np.ndarray or isinstance(out, np.ndarray)
+        site = _caller_site() if self.debug else None
         key = (call, root, axis, aux, None if arr is None else (arr.shape, arr.dtype),
-               (out.shape, out.dtype) if isout else None)
+               (out.shape, out.dtype) if isout else None, site)
         hdr = self._packed.get(key) if status is None else None
         if hdr is None:
-            hdr = self._pack(call, root, axis, status, arr, out if isout else None, aux)
+            hdr = self._pack(call, root, axis, status, arr, out if isout else None, aux,
+                             _site_code(site))
             if status is None:
                 if len(self._packed) >= 256:
                     self._packed.clear()
@@ -420,15 +511,31 @@ class Context:
         check_op = call in (5, 6)  # reductions must also agree on the op
         if any(h[_CALL] != first[_CALL] or h[_ROOT] != first[_ROOT]
                or (check_op and h[_AUX] != first[_AUX]) for h in heads):
+            sites = self._sites(heads, site)
             raise CollectiveMismatchError(
                 "hpcpar: ranks are in different collectives: "
-                + "; ".join(f"rank {r}: {_call_desc(h)}" for r, h in enumerate(heads))
+                + "; ".join(f"rank {r}: {_call_desc(h)}{sites[r]}" for r, h in enumerate(heads))
                 + ". Every rank must make the same collective calls in the same order; "
-                "a collective inside `if ctx.rank == ...:` is the usual cause.")
+                "a collective inside `if ctx.rank == ...:`, or a rank that returned early, "
+                "is the usual cause.")
+        if all(h[_SITE] for h in heads) and any(h[_SITE] != first[_SITE] for h in heads):
+            sites = self._sites(heads, site)
+            raise CollectiveMismatchError(
+                f"hpcpar.{_CALLS[call]} (debug mode): ranks reached this collective from "
+                "different functions: "
+                + "; ".join(f"rank {r}: {_call_desc(h)}{sites[r]}" for r, h in enumerate(heads))
+                + ". Usually some ranks skipped a collective (or made an extra one) earlier, "
+                "so this call pairs up calls that were meant to be different.")
         return raw, heads
 
+    def _sites(self, heads, site) -> list[str]:
+        """Each rank's caller (debug mode), for error messages; one pickled exchange."""
+        if not any(h[_SITE] for h in heads):
+            return [""] * len(heads)
+        return [f" from {s}" if s else "" for s in self.comm.allgather(site)]
+
     @staticmethod
-    def _pack(call, root, axis, status, arr, out, aux) -> bytes:
+    def _pack(call, root, axis, status, arr, out, aux, site=0) -> bytes:
         """This rank's header as bytes (see the field offsets at the top of the module)."""
         ndim, shape = (arr.ndim, arr.shape) if arr is not None else (-1, ())
         ondim, oshape = (out.ndim, out.shape) if out is not None else (-1, ())
@@ -440,7 +547,7 @@ class Context:
         return _HFMT.pack(
             call, root, 1 if status else 0, axis, ndim,
             _code(arr.dtype if arr is not None else None), aux, ondim,
-            _code(out.dtype if out is not None else None),
+            _code(out.dtype if out is not None else None), site,
             *shape, *_PAD[max(ndim, 0):], *oshape, *_PAD[max(ondim, 0):])
 
     def _dtypes(self, heads, arr, out) -> list[tuple[np.dtype | None, np.dtype | None]]:
@@ -533,11 +640,38 @@ def _desc(shape, dtype) -> str:
 
 
 def _call_desc(h) -> str:
+    if h[_CALL] == _FINISH_CALL:
+        return "returned from main (finished)"
     name = _CALLS[h[_CALL]] if 0 < h[_CALL] < len(_CALLS) else "?"
     root = "" if h[_ROOT] < 0 else f"root={h[_ROOT]}"
     dt = _DTYPES.get(h[_DTYPE])
-    parts = [p for p in (root, str(dt) if dt is not None else "") if p]
+    op = f"op={_OPNAMES.get(h[_AUX], h[_AUX])}" if h[_CALL] in (5, 6) else ""
+    parts = [p for p in (root, str(dt) if dt is not None else "", op) if p]
     return f"{name}({', '.join(parts)})"
+
+
+def _caller_site() -> str:
+    """``file:function`` of the nearest caller outside the hpcpar package (debug mode)."""
+    f = sys._getframe(2)
+    while f is not None:
+        code = f.f_code
+        site = _SITE_NAMES.get(code)
+        if site is not None:
+            return site
+        if not code.co_filename.startswith(_HERE):
+            if len(_SITE_NAMES) > 4096:
+                _SITE_NAMES.clear()
+            site = _SITE_NAMES[code] = f"{os.path.basename(code.co_filename)}:{code.co_name}"
+            return site
+        f = f.f_back
+    return "?"
+
+
+_SITE_NAMES: dict = {}  # code object -> "file:function", for code outside hpcpar
+
+
+def _site_code(site: str | None) -> int:
+    return 0 if site is None else (zlib.crc32(site.encode()) or 1)
 
 
 def _block_plan(ax, dtype, counts, shape) -> _Plan:

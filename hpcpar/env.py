@@ -11,7 +11,7 @@ import os
 __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
-    "get", "get_float",
+    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "get", "get_float",
 ]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
@@ -40,6 +40,18 @@ HPCPAR_LOG_ALL = "HPCPAR_LOG_ALL"
 
 #: Level of ``hpcpar.get_logger`` loggers: DEBUG, INFO (default), WARNING, ERROR.
 HPCPAR_LOG_LEVEL = "HPCPAR_LOG_LEVEL"
+
+#: Seconds a rank may stay blocked in one hpcpar call (a collective, the final
+#: check after ``main`` returns, or a region marked with ``hpcpar.watchdog.watching``)
+#: before the watchdog dumps every rank's Python stacks to stderr and aborts the job
+#: with exit status 124 (default: no limit). ``hpcpar.run(main, timeout=...)`` and
+#: ``hpcpar run --timeout`` set it too.
+HPCPAR_TIMEOUT = "HPCPAR_TIMEOUT"
+
+#: ``1`` turns on debug checks: before every collective the ranks also check that
+#: they call it from the same function (``Context(debug=True)`` does the same for
+#: one context). Default ``0``.
+HPCPAR_DEBUG = "HPCPAR_DEBUG"
 
 
 def get(name: str, default: str | None = None) -> str | None:

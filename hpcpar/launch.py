@@ -37,18 +37,29 @@ def launcher() -> list[str]:
 
 
 def launch_command(script: str, args: list[str], ranks: int, python: str | None = None) -> list[str]:
-    """The argv that runs ``script args`` on ``ranks`` ranks under the hpcpar runner."""
+    """The argv that runs ``script args`` on ``ranks`` ranks under the hpcpar runner.
+
+    Every rank is ``python hpcpar/_guardian.py SCRIPT ARGS``: a process without MPI
+    that runs ``python -m hpcpar._script SCRIPT ARGS`` and reports, by rank, a rank
+    killed by a signal.
+    """
     launch = launcher()
     flag = "-n" if os.path.basename(launch[0]) != "srun" else "--ntasks"
-    return [*launch, flag, str(ranks), python or sys.executable, "-m", "hpcpar._script", script, *args]
+    # Each rank starts as a guardian process (no MPI) that runs the real rank as its
+    # child and names the rank if a signal kills it; see hpcpar/_guardian.py.
+    guardian = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guardian.py")
+    return [*launch, flag, str(ranks), python or sys.executable, guardian, script, *args]
 
 
-def launch(script: str, args: list[str], ranks: int) -> int:
-    """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**."""
+def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None) -> int:
+    """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
+
+    ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
+    """
     if not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
     cmd = launch_command(script, args, ranks)
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
-from . import env, timing
+from . import env, timing, watchdog
 from .comm import Context
 
 __all__ = ["run", "run_path", "abort"]
@@ -84,7 +84,19 @@ def _final_report(ctx: Context) -> None:
         timing.report(ctx, json_path=env.get(env.HPCPAR_REPORT_JSON))
 
 
-def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _finishing(ctx: Context, body: Callable[[], Any]) -> Any:
+    """Run ``body``, then wait in ``ctx.finish()`` for every rank, also after ``sys.exit(0)``."""
+    try:
+        result = body()
+    except SystemExit as exc:
+        if exc.code is None or exc.code == 0:
+            ctx.finish()
+        raise
+    ctx.finish()
+    return result
+
+
+def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
     """Build a :class:`Context`, call ``main(ctx, *args, **kwargs)`` and return its value.
 
     **Collective** over ``COMM_WORLD``: every rank of the job calls it. An uncaught
@@ -95,13 +107,25 @@ def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     per-rank timing table at the end (``HPCPAR_REPORT_JSON`` also writes it as
     JSON). Works the same
     under ``mpiexec``, ``srun``, ``hpcpar run`` and as a plain one-rank script.
+
+    When ``main`` returns (or calls ``sys.exit(0)``) the rank waits in
+    :meth:`Context.finish` for the others: a rank still in a collective then gets
+    :class:`CollectiveMismatchError` and the job ends, instead of hanging.
+
+    Args:
+        main: the function every rank runs.
+        timeout: seconds a rank may stay blocked in one hpcpar call before the
+            watchdog dumps every rank's stacks and aborts the job (exit status
+            124); None: ``HPCPAR_TIMEOUT`` (default: no limit). Not passed to ``main``.
     """
     def body():
+        if timeout is not None:
+            watchdog.set_timeout(timeout)
         ctx = Context()
         timing.REGISTRY.started = time.perf_counter()
         try:
-            result = main(ctx, *args, **kwargs)
-            _final_report(ctx)
+            result = _finishing(ctx, lambda: main(ctx, *args, **kwargs))
+            _final_report(ctx)  # after finish(): every rank is here
             return result
         finally:
             ctx.free()
@@ -118,4 +142,12 @@ def run_path(path: str, argv: list[str]) -> None:
     """
     sys.argv = [path, *argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    _guard(lambda: runpy.run_path(path, run_name="__main__"))
+
+    def body():
+        ctx = Context()
+        try:
+            _finishing(ctx, lambda: runpy.run_path(path, run_name="__main__"))
+        finally:
+            ctx.free()
+
+    _guard(body)

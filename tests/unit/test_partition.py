@@ -91,6 +91,11 @@ def test_examples():
     lambda: P.block_counts(-1, 2), lambda: P.block_counts(3, 0), lambda: P.block_range(3, 2, 2),
     lambda: P.owner(5, 5, 2), lambda: P.dims_create(0, 2), lambda: P.weighted_counts([], 3),
     lambda: P.weighted_counts([1, float("nan")], 3), lambda: P.block_counts(2.5, 2),
+    lambda: P.block_displs(3, -1), lambda: P.block_range(3, 2, -1), lambda: P.cyclic_indices(3, 2, 2),
+    lambda: P.cyclic_indices(-3, 2, 0), lambda: P.owner(-1, 5, 2), lambda: P.owner(0, 5, True),
+    lambda: P.dims_create(4, 0), lambda: P.dims_create(2.0, 1), lambda: P.weighted_counts([1, -1], 3),
+    lambda: P.weighted_counts([0, 0], 3), lambda: P.weighted_counts([1, 2], -1),
+    lambda: P.block_counts("4", 2),
 ])
 def test_bad_input_is_a_clear_value_error(call):
     with pytest.raises(ValueError):

@@ -1,0 +1,119 @@
+"""Property tests (hypothesis) under MPI: scatter/gather/allgather/bcast round trips are the identity.
+
+Shapes, dtypes, axes, roots, ``out=`` and the number of ranks taking part (a
+sub-context of the first ``k`` ranks) are drawn by hypothesis. Every rank must
+draw the same examples: the settings are derandomized (the same seed everywhere)
+with no example database, and each example first checks that all ranks drew it.
+The budget is bounded (:data:`EXAMPLES` per test) so that CI stays fast.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mpi4py import MPI
+
+import hpcpar
+from hpcpar import partition
+from hpcpar.testing import assert_all
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
+
+#: examples per property test and rank count
+EXAMPLES = 40
+
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck), print_blob=False)
+
+SIZE = MPI.COMM_WORLD.Get_size()
+DTYPES = [np.dtype(t) for t in ("?", "i1", "u2", "<i8", "f4", "f8", "c8", ">i4", "M8[ms]", "U2", "S3",
+                                "V5")] + [np.dtype([("a", "<i2"), ("b", "<f8", (2,))])]
+
+
+@st.composite
+def cases(draw):
+    k = draw(st.integers(1, SIZE))
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(0, 7), min_size=ndim, max_size=ndim)))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    root = draw(st.integers(0, k - 1))
+    dtype = draw(st.sampled_from(DTYPES))
+    use_out = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return k, shape, axis, root, dtype, use_out, seed
+
+
+@pytest.fixture(scope="module")
+def contexts():
+    """The world context and, for each k, a context of the first k ranks (None elsewhere)."""
+    world = hpcpar.Context()
+    subs = {}
+    for k in range(1, SIZE + 1):
+        comm = world.comm.Split(0 if world.rank < k else MPI.UNDEFINED, world.rank)
+        subs[k] = hpcpar.Context(comm) if comm != MPI.COMM_NULL else None
+        if comm != MPI.COMM_NULL:
+            comm.Free()
+    yield world, subs
+    for c in subs.values():
+        if c is not None:
+            c.free()
+    world.free()
+
+
+def make(shape, dtype, seed):
+    raw = np.random.default_rng(seed).integers(0, 256, size=int(np.prod(shape)) * dtype.itemsize,
+                                               dtype=np.uint8)
+    if dtype.kind == "b":
+        raw %= 2
+    return raw.view(dtype).reshape(shape)
+
+
+def same(a, b) -> bool:
+    """Bit-identical: same dtype, shape and bytes (NaNs and padding included)."""
+    return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+            and a.tobytes() == b.tobytes())
+
+
+def drawn_alike(world, case):
+    seen = world.comm.allgather(repr(case))
+    assert_all(all(s == seen[0] for s in seen), f"ranks drew different examples: {seen}", ctx=world)
+
+
+@FUZZ
+@given(case=cases())
+def test_scatter_gather_allgather_round_trip(contexts, case):
+    world, subs = contexts
+    drawn_alike(world, case)
+    k, shape, axis, root, dtype, use_out, seed = case
+    c, problems = subs[k], []
+    if c is not None:
+        a = make(shape, dtype, seed)
+        ax = axis % len(shape)
+        r = partition.block_range(shape[ax], k, c.rank)
+        want = np.take(a, np.arange(r.start, r.stop), axis=ax)
+        out = np.empty(want.shape, dtype) if use_out else None
+        block = c.scatter(a if c.rank == root else None, root=root, axis=axis, out=out)
+        if not same(want, block) or (use_out and block is not out):
+            problems.append(f"scatter block {block!r} != {want!r}")
+        gout = np.empty(shape, dtype) if use_out and c.rank == root else None
+        back = c.gather(block, root=root, axis=axis, out=gout)
+        if (c.rank == root and not same(a, back)) or (c.rank != root and back is not None):
+            problems.append(f"gather gave {back!r}")
+        everywhere = c.allgather(block, axis=axis, out=np.empty(shape, dtype) if use_out else None)
+        if not same(a, everywhere):
+            problems.append(f"allgather gave {everywhere!r}")
+    assert_all(not problems, f"{case}: " + "; ".join(problems), ctx=world)
+
+
+@FUZZ
+@given(case=cases())
+def test_bcast_round_trip(contexts, case):
+    world, subs = contexts
+    drawn_alike(world, case)
+    k, shape, _, root, dtype, _, seed = case
+    c, ok = subs[k], True
+    if c is not None:
+        a = make(shape, dtype, seed)
+        got = c.bcast(a if c.rank == root else None, root=root)
+        ok = same(a, got)
+    assert_all(ok, f"{case}: bcast changed the array", ctx=world)
