@@ -397,7 +397,7 @@ class _Watchdog:
         run = self.run
         tag = f"[rank {run.rank}] "
         stacks = _stacks()
-        text = (f"{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
+        text = (f"\n{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
                 f"(--mpi-timeout); every rank dumps its stack, then the job is aborted.\n"
                 f"{tag}A collective that only some ranks reach (e.g. inside `if ctx.rank == 0:`) "
                 "blocks the others forever.\n"
@@ -522,5 +522,5 @@ class _SpawnedItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, _SpawnFailed):
             text, crash = (excinfo.value.args + ("",))[:2]
-            return _RankFailure(text, f"{crash} (in mpiexec -n {self.ranks})" if crash else text.split("\n")[0])
+            return _RankFailure(text, f"[mpiexec -n {self.ranks}] {crash}" if crash else text.split("\n")[0])
         return super().repr_failure(excinfo, style=style)
