@@ -12,7 +12,8 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
 - a test still running after ``--mpi-timeout`` seconds (default 60, or the test's
   own ``@pytest.mark.timeout(N)``) makes every rank print the test's node id and
   its Python stacks with ``[rank R]`` prefixes, then the job is aborted with
-  status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run;
+  status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run (pytest-timeout is
+  held back in such runs, as one rank ending alone leaves no stacks of the others);
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
   each line prefixed ``[rank R]``);
 - ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
@@ -300,7 +301,7 @@ def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank
         for r in failed:
             texts.setdefault(every[r][1], []).append(r)
         if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
-            return      # the same error on every rank (a collective assertion): this rank's report says it all
+            return      # one error on every rank (a collective assertion): this rank's report says it all
         others = [r for r in range(size) if r not in failed]
         head = f"{rep.when} failed on {_ranks(failed)} of {size}"
         if others:
@@ -500,10 +501,12 @@ class _SpawnedItem(pytest.Item):
         self.add_report_section("call", f"output of {title}", job.output)
         if job.returncode is None:
             raise _SpawnFailed(f"{title}: the job did not end within {wall:g} s and was killed "
-                               f"(the test's timeout {self.limit:g} s plus {STARTUP_ALLOWANCE:g} s to start); "
+                               f"(the test's timeout {self.limit:g} s plus {STARTUP_ALLOWANCE:g} s "
+                               "to start); "
                                f"its output:\n{job.output}")
         if records:     # the last report of a test carries the output of all its phases
-            self.job_sections = [(f"{name} (in {title})", content) for name, content in records[-1]["sections"]]
+            self.job_sections = [(f"{name} (in {title})", content)
+                                 for name, content in records[-1]["sections"]]
         for rec in records:
             if rec["outcome"] == "failed":
                 raise _SpawnFailed(f"{title}: {rec['when']} failed in the job (exit status "
