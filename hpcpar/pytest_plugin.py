@@ -110,8 +110,9 @@ class HpcparFixtures:
     def ctx(self):
         """A :class:`hpcpar.Context` on a fresh duplicate of ``COMM_WORLD``, freed after the test.
 
-        **Collective**: set up and torn down on every rank, so tests cannot see each
-        other's messages. In a plain run it is a one-rank context.
+        **Collective**: set up and torn down on every rank. The test's traffic never
+        mixes with traffic on ``COMM_WORLD`` or on the plugin's own communicator.
+        In a plain run it is a one-rank context.
         """
         from .comm import Context
 
@@ -203,6 +204,12 @@ class _SPMDRun:
         else:
             stream = open(os.devnull, "w")
         reporter._tw = create_terminal_writer(config, stream)
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        limit = f"{self.timeout:g} s" if self.timeout > 0 else "no limit"
+        who = "every rank" if config.getoption("--mpi-report") == "all" else "rank 0"
+        return (f"hpcpar: {self.size} MPI ranks in lockstep; per-test limit {limit} (--mpi-timeout "
+                f"or the test's timeout marker; replaces pytest-timeout); report of {who}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.prefixed is not None:
