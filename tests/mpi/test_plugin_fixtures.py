@@ -3,7 +3,7 @@
 import pytest
 from mpi4py import MPI
 
-from hpcpar.testing import assert_all, assert_equal_all
+from hpcpar.testing import assert_all, assert_equal_all, run_spmd
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(30)]
 
@@ -36,3 +36,20 @@ def test_mpi_tmp_path_is_one_directory_for_every_rank(ctx, mpi_tmp_path):
 def test_mpi_n_runs_only_on_exactly_that_many_ranks(ctx):
     assert_all(ctx.size == 2, f"ran on {ctx.size} ranks", ctx=ctx)
     assert_all(ctx.allreduce(1) == 2, "both ranks take part", ctx=ctx)
+
+
+def rank_and_sum(ctx):
+    return ctx.rank, ctx.allreduce(ctx.rank)
+
+
+def test_run_spmd_runs_in_place_in_a_job_of_its_size(ctx):
+    results = run_spmd(rank_and_sum, n=ctx.size)
+    total = ctx.size * (ctx.size - 1) // 2
+    assert_all(results == [(r, total) for r in range(ctx.size)], str(results), ctx=ctx)
+    if ctx.size > 1:
+        try:
+            run_spmd(rank_and_sum, n=ctx.size + 1)
+            problem = "no error for a job of the wrong size"
+        except ValueError as exc:
+            problem = None if f"{ctx.size}-rank job" in str(exc) else str(exc)
+        assert_all(problem is None, str(problem), ctx=ctx)
