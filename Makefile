@@ -10,6 +10,9 @@ TIMEOUT := timeout -k 10
 PYTEST  := $(BIN)/python -m pytest -p no:cacheprovider
 # Rank counts the MPI tests run at: 1, 2 and an odd 3 (uneven splits).
 RANKS   ?= 1 2 3
+# Seconds an MPI test may run before every rank dumps its stack and the job is
+# aborted (hpcpar's pytest plugin; a test's @pytest.mark.timeout(N) overrides it).
+MPI_TIMEOUT ?= 60
 
 .PHONY: all venv run test test-unit test-mpi bench clean
 
@@ -36,7 +39,8 @@ test-unit: venv
 test-mpi: venv
 	@set -e; for n in $(RANKS); do \
 	  echo "== MPI tests on $$n ranks"; \
-	  $(TIMEOUT) 1200 $(MPIEXEC) -n $$n $(BIN)/python -m pytest -p no:cacheprovider --with-mpi -m mpi tests; \
+	  $(TIMEOUT) 1200 $(MPIEXEC) -n $$n $(BIN)/python -m pytest -p no:cacheprovider --with-mpi \
+	    --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests; \
 	done
 
 ## bench: the collectives benchmark at 2 and 3 ranks

@@ -1,4 +1,8 @@
-"""Shared fixtures. MPI tests run under ``mpiexec -n N python -m pytest --with-mpi``."""
+"""Shared helpers. MPI tests run under ``mpiexec -n N python -m pytest --with-mpi``.
+
+The ``ctx`` and ``mpi_tmp_path`` fixtures come from hpcpar's pytest plugin
+(``hpcpar.pytest_plugin``, registered through the ``pytest11`` entry point).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"
-
-
-@pytest.fixture
-def ctx():
-    """A Context on a fresh duplicate of COMM_WORLD, freed after the test."""
-    import hpcpar
-
-    c = hpcpar.Context()
-    yield c
-    c.free()
 
 
 def mpiexec() -> str:
