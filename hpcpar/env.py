@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "get", "get_float"]
+__all__ = ["HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "get", "get_float"]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
 #: Python, then ``mpiexec`` on ``PATH``). May hold options: ``"srun --mpi=pmi2"``.
@@ -17,6 +17,15 @@ HPCPAR_MPIEXEC = "HPCPAR_MPIEXEC"
 #: Seconds a failing rank waits for its traceback to reach stderr before it calls
 #: ``MPI_Abort`` on the whole job (default 0.2).
 HPCPAR_ABORT_GRACE = "HPCPAR_ABORT_GRACE"
+
+#: I/O path of :class:`hpcpar.Output`, :func:`hpcpar.read` and :class:`hpcpar.Checkpoint`:
+#: ``mpio`` (collective MPI-IO; needs h5py built with MPI), ``serial`` (the fallback
+#: that works with any h5py) or ``auto`` (the default: mpio where h5py can do it).
+HPCPAR_H5 = "HPCPAR_H5"
+
+#: Read by the test suite only: when set (``mpio`` or ``serial``), the output tests
+#: assert that the automatic I/O path is this one (``make test-parallel-hdf5`` sets ``mpio``).
+HPCPAR_EXPECT_H5_MODE = "HPCPAR_EXPECT_H5_MODE"
 
 
 def get(name: str, default: str | None = None) -> str | None:
