@@ -15,7 +15,9 @@ no call communicates until you make one.
 """
 
 from . import partition
+from .checkpoint import Checkpoint
 from .comm import CollectiveMismatchError, Context
+from .output import Output, read, read_grid
 from .runner import abort, run
 
 __version__ = "0.1.0"
@@ -26,5 +28,9 @@ __all__ = [
     "run",
     "abort",
     "partition",
+    "Output",
+    "read",
+    "read_grid",
+    "Checkpoint",
     "__version__",
 ]

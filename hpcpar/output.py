@@ -717,6 +717,8 @@ class Output:
         ctx = self.ctx
         start, count = slabs[ctx.rank]
         block = np.asarray(block) if block is not None else np.empty(count, dtype)
+        if all(math.prod(c) == 0 for _, c in slabs):
+            return  # nothing to write anywhere (HDF5 refuses even empty selections then)
         if self.mode == "mpio":
             _, problem = _try(_hyper_write, self._file[name], start, count, block, self._dxpl)
             _agree(ctx, where, problem)
@@ -893,7 +895,9 @@ def _read_slab(ctx, path, name, where, io, slab_of):
         found, problem = _try(locate)
         _agree(ctx, where, problem)
         dset, (start, count, shape) = found
-        if start is None:  # the whole dataset, on every rank
+        if dset.size == 0:  # no storage to read (the same on every rank)
+            block, problem = np.empty(dset.shape if start is None else count, dset.dtype), None
+        elif start is None:  # the whole dataset, on every rank
             block, problem = _try(lambda: dset[()])
         else:
             dxpl = _collective_dxpl() if mine == "mpio" else None
