@@ -19,6 +19,8 @@ __all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_la
 BENCHMARKS = {
     "collectives": ("hpcpar.bench.collectives",
                     "scatter/gather/allgather vs raw mpi4py buffer calls and pickle calls"),
+    "output": ("hpcpar.bench.output",
+               "one shared HDF5 file: mpio / serial fallback vs one process writing with plain h5py"),
 }
 
 
