@@ -872,15 +872,10 @@ def _read_slab(ctx, path, name, where, io, slab_of):
         _raise(where, [("ValueError", "ranks disagree: " + "; ".join(
             f"rank {r}: {h[2]!r} ({h[0]})" for r, h in enumerate(heads)))], 1)
     path = ctx.comm.bcast(os.path.abspath(os.fspath(path)) if ctx.is_root else None, root=ctx.root)
-    if ctx.is_root:
-        problem = None
-        if not os.path.exists(path):
-            problem = ("FileNotFoundError", f"{path} does not exist")
-        elif not os.access(path, os.R_OK):
-            problem = ("PermissionError", f"cannot read {path}")
-        _agree_root(ctx, where, problem)
-    else:
-        _agree_root(ctx, where, None)
+    problem = None
+    if ctx.is_root and not os.path.exists(path):
+        problem = ("FileNotFoundError", f"{path} does not exist")
+    _agree_root(ctx, where, problem)
     if mine == "mpio":
         f, problem = _try(h5py.File, path, "r", driver="mpio", comm=ctx.comm)
     else:
