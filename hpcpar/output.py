@@ -441,7 +441,7 @@ class Output:
 
     def _exchange(self, op: str, name: str, payload: Any, problem: str | None) -> list:
         """**Collective**: every rank's payload; raises on every rank on any problem."""
-        where = f"hpcpar.Output.{op}({name!r})"
+        where = f"hpcpar.Output.{op.split('(')[0]}({name!r})"
         if self.closed:
             problem = problem or f"{self.path} is closed"
         heads = self.ctx.comm.allgather((op, name, payload, problem))
@@ -528,41 +528,10 @@ class Output:
             ValueError: on every rank, for an existing name, dtypes or shapes that
                 disagree across ranks, a dtype HDF5 cannot store, ...
         """
-        if _is_grid(local):
-            grid, field = local, axis
-            data, problem = None, _check_name(name)
-            slab = None
-            if problem is None:
-                try:
-                    slab = _grid_slab(grid, self.ctx)
-                    data = np.asarray(grid.interior(field))
-                    if data.shape != slab[2]:
-                        raise ValueError(f"grid.interior(a) has shape {data.shape}, but this "
-                                         f"rank's global_slices cover {slab[2]}")
-                    problem = _check_dtype(data.dtype)
-                except Exception as exc:  # noqa: BLE001
-                    problem = str(exc)
-            payload = None if slab is None else (slab, data.dtype)
-            heads = self._exchange("write", name, payload, problem)
-            gshape, dtype, slabs = self._agree_slabs(name, heads)
-            if not self._decomposition_set:
-                self._decomposition_set = True
-                dims = getattr(grid, "dims", None)
-                if dims is not None:
-                    self.attrs["decomposition"] = str(tuple(dims))
-            cover = sum(math.prod(c) for _, c in slabs) == math.prod(gshape)
-            self._create(name, gshape, dtype, compression=compression,
-                         compression_opts=compression_opts, attrs=attrs, cover=cover)
-            self._put(name, dtype, slabs, data)
-            return
-        data, problem, ax = local, _check_name(name), None
-        if problem is None:
-            problem, ax = _check_block(local, axis)
-        payload = None if problem else (tuple(data.shape), data.dtype, ax)
-        heads = self._exchange("write", name, payload, problem)
-        gshape, dtype, slabs = _block_slabs(heads, f"hpcpar.Output.write({name!r})")
+        data, gshape, dtype, slabs = self._layout("write", name, local, axis)
+        cover = sum(math.prod(c) for _, c in slabs) == math.prod(gshape)
         self._create(name, gshape, dtype, compression=compression,
-                     compression_opts=compression_opts, attrs=attrs, cover=True)
+                     compression_opts=compression_opts, attrs=attrs, cover=cover)
         self._put(name, dtype, slabs, data)
 
     def write_root(self, name: str, array, *, compression=None, compression_opts=None,
@@ -609,28 +578,7 @@ class Output:
             The index of the step written (0 for the first call).
         """
         where = f"hpcpar.Output.append({name!r})"
-        if _is_grid(local):
-            grid, field = local, axis
-            data, problem, slab = None, _check_name(name), None
-            if problem is None:
-                try:
-                    slab = _grid_slab(grid, self.ctx)
-                    data = np.asarray(grid.interior(field))
-                    if data.shape != slab[2]:
-                        raise ValueError(f"grid.interior(a) has shape {data.shape}, but this "
-                                         f"rank's global_slices cover {slab[2]}")
-                    problem = _check_dtype(data.dtype)
-                except Exception as exc:  # noqa: BLE001
-                    problem = str(exc)
-            heads = self._exchange("append", name, None if slab is None else (slab, data.dtype), problem)
-            gshape, dtype, slabs = self._agree_slabs(name, heads)
-        else:
-            data, problem, ax = local, _check_name(name), None
-            if problem is None:
-                problem, ax = _check_block(local, axis)
-            payload = None if problem else (tuple(data.shape), data.dtype, ax)
-            heads = self._exchange("append", name, payload, problem)
-            gshape, dtype, slabs = _block_slabs(heads, where)
+        data, gshape, dtype, slabs = self._layout("append", name, local, axis)
 
         def existing(f):
             if name not in f:
@@ -659,6 +607,39 @@ class Output:
         return steps
 
     # ------------------------------------------------------------ internals
+    def _layout(self, op, name, local, axis):
+        """``(data, global shape, dtype, [(start, count) per rank])`` of a block or
+        Grid write, agreed and checked on every rank. **Collective**."""
+        problem = _check_name(name)
+        if _is_grid(local):
+            grid, field, data, payload = local, axis, None, None
+            if problem is None:
+                try:
+                    slab = _grid_slab(grid, self.ctx)
+                    data = np.asarray(grid.interior(field))
+                    if data.shape != slab[2]:
+                        raise ValueError(f"grid.interior(a) has shape {data.shape}, but this "
+                                         f"rank's global_slices cover {slab[2]}")
+                    problem = _check_dtype(data.dtype)
+                    payload = (slab, data.dtype)
+                except Exception as exc:  # noqa: BLE001 - reported on every rank
+                    problem = str(exc)
+            heads = self._exchange(f"{op}(grid)", name, payload, problem)
+            gshape, dtype, slabs = self._agree_slabs(name, heads)
+            if not self._decomposition_set:
+                self._decomposition_set = True
+                dims = getattr(grid, "dims", None)
+                if dims is not None:
+                    self.attrs["decomposition"] = str(tuple(dims))
+            return data, gshape, dtype, slabs
+        ax = None
+        if problem is None:
+            problem, ax = _check_block(local, axis)
+        payload = None if problem else (tuple(local.shape), local.dtype, ax)
+        heads = self._exchange(op, name, payload, problem)
+        gshape, dtype, slabs = _block_slabs(heads, f"hpcpar.Output.{op}({name!r})")
+        return local, gshape, dtype, slabs
+
     def _agree_slabs(self, name, heads):
         """Global shape, dtype and per-rank (start, count) of a Grid write; checked."""
         where = f"hpcpar.Output.write({name!r})"

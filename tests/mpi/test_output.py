@@ -277,6 +277,9 @@ def test_bad_arguments_raise_on_every_rank_and_the_file_stays_usable(ctx, shared
                 out.write("e", bad)
             with pytest.raises(ValueError, match="ranks are in different calls"):
                 out.write("x" if ctx.rank else "y", np.zeros(1))
+            grid = BlockGrid(ctx, (4, 4))
+            with pytest.raises(ValueError, match=r"rank 0: write\(grid\)\('g'\); rank 1: write\('g'\)"):
+                out.write("g", *((grid, grid.zeros()) if ctx.is_root else (np.zeros(2),)))
         out.write("after", np.full(1, ctx.rank))  # still usable
     assert_equal_all(read(ctx, path, "after", axis=None), np.arange(ctx.size), ctx=ctx)
     with pytest.raises(KeyError, match="has no dataset 'missing'"):
