@@ -720,18 +720,27 @@ class Output:
                 comm.Send([_bytes(block), MPI.BYTE], dest=ctx.root, tag=_TAG)
             _agree_root(ctx, where, None)
             return
-        problem = None
+        # Root writes its own block while the next one arrives, then each received
+        # block while receiving the one after it: at most two blocks in flight.
+        senders = [r for r, (_, c) in enumerate(slabs) if math.prod(c) and r != ctx.rank]
+
+        def post(i):
+            if i >= len(senders):
+                return None
+            buf = np.empty(slabs[senders[i]][1], dtype)
+            return buf, comm.Irecv([_bytes(buf), MPI.BYTE], source=senders[i], tag=_TAG)
+
         dset = self._file[name]
-        for r, (s, c) in enumerate(slabs):
-            if math.prod(c) == 0:
-                continue
-            if r == ctx.rank:
-                buf = block
-            else:
-                buf = np.empty(c, dtype)
-                comm.Recv([_bytes(buf), MPI.BYTE], source=r, tag=_TAG)
+        pending = post(0)
+        problem = None
+        if math.prod(count):
+            _, problem = _try(_hyper_write, dset, start, count, block)
+        for i, r in enumerate(senders):
+            buf, req = pending
+            req.Wait()
+            pending = post(i + 1)
             if problem is None:  # keep receiving after an error: every send must be matched
-                _, problem = _try(_hyper_write, dset, s, c, buf)
+                _, problem = _try(_hyper_write, dset, slabs[r][0], slabs[r][1], buf)
         self._wrote = True
         _agree_root(ctx, where, problem)
 
