@@ -14,7 +14,16 @@ RANKS   ?= 1 2 3
 # aborted (hpcpar's pytest plugin; a test's @pytest.mark.timeout(N) overrides it).
 MPI_TIMEOUT ?= 60
 
-.PHONY: all venv run test test-unit test-mpi bench clean
+# The parallel-HDF5 leg: Debian's MPICH and hdf5-mpich, mpi4py and h5py built
+# against them (tests/env/parallel-hdf5.sh), launched with Debian's mpiexec.
+PHDF5_VENV    ?= .venv-phdf5
+PHDF5_BIN     := $(PHDF5_VENV)/bin
+PHDF5_MPIEXEC ?= /usr/bin/mpiexec
+# The tests of shared HDF5 output, run in both legs.
+OUTPUT_TESTS  := tests/mpi/test_output.py tests/mpi/test_checkpoint.py
+OUTPUT_JOBS   := tests/test_output_jobs.py tests/test_output_helpers.py
+
+.PHONY: all venv run test test-unit test-mpi test-parallel-hdf5 phdf5-venv bench bench-output clean
 
 all: test
 
@@ -43,10 +52,32 @@ test-mpi: venv
 	    --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests; \
 	done
 
+## test-parallel-hdf5: the output tests with h5py built against MPI (driver="mpio"), at 1, 2 and 3 ranks
+$(PHDF5_VENV)/.installed: pyproject.toml setup.cfg tests/env/parallel-hdf5.sh
+	bash tests/env/parallel-hdf5.sh $(PHDF5_VENV)
+	$(PHDF5_BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PHDF5_BIN)/python -c 'import h5py, hpcpar; assert h5py.get_config().mpi'
+	touch $@
+
+phdf5-venv: $(PHDF5_VENV)/.installed
+
+test-parallel-hdf5: phdf5-venv
+	@set -e; export HPCPAR_EXPECT_H5_MODE=mpio HPCPAR_MPIEXEC=$(PHDF5_MPIEXEC) HYDRA_LAUNCHER=fork; \
+	for n in $(RANKS); do \
+	  echo "== parallel HDF5 (mpio) output tests on $$n ranks"; \
+	  $(TIMEOUT) 1200 $(PHDF5_MPIEXEC) -n $$n $(PHDF5_BIN)/python -m pytest -p no:cacheprovider --with-mpi -m mpi $(OUTPUT_TESTS); \
+	done; \
+	echo "== parallel HDF5 (mpio): jobs written on n ranks and read on m, kill -9 during checkpoints"; \
+	$(TIMEOUT) 1200 $(PHDF5_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OUTPUT_JOBS)
+
 ## bench: the collectives benchmark at 2 and 3 ranks
 bench: venv
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench collectives
 	$(MPIEXEC) -n 3 $(BIN)/hpcpar bench collectives
 
+## bench-output: shared HDF5 output (serial fallback) at 2 ranks, and the mpio path in the parallel-HDF5 venv
+bench-output: venv
+	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench output
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PHDF5_VENV) build *.egg-info

@@ -15,8 +15,10 @@ no call communicates until you make one.
 """
 
 from . import partition, watchdog
+from .checkpoint import Checkpoint
 from .comm import CollectiveMismatchError, Context
 from .log import get_logger
+from .output import Output, read, read_grid
 from .runner import abort, run
 from .timing import timed
 
@@ -31,5 +33,9 @@ __all__ = [
     "get_logger",
     "timed",
     "watchdog",
+    "Output",
+    "read",
+    "read_grid",
+    "Checkpoint",
     "__version__",
 ]

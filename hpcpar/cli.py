@@ -21,6 +21,7 @@ examples:
   mpiexec -n 4 python jobs/pi.py                  the same, started by hand
   mpiexec -n 2 hpcpar info                        what MPI, h5py and CPUs each rank sees
   mpiexec -n 2 hpcpar bench collectives           hpcpar vs raw mpi4py vs pickle
+  mpiexec -n 2 hpcpar bench output --size 64M     shared HDF5 output vs one process
 """
 
 

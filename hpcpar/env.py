@@ -11,7 +11,7 @@ import os
 __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
-    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "get", "get_float",
+    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "get", "get_float",
 ]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
@@ -52,6 +52,15 @@ HPCPAR_TIMEOUT = "HPCPAR_TIMEOUT"
 #: they call it from the same function (``Context(debug=True)`` does the same for
 #: one context). Default ``0``.
 HPCPAR_DEBUG = "HPCPAR_DEBUG"
+
+#: I/O path of :class:`hpcpar.Output`, :func:`hpcpar.read` and :class:`hpcpar.Checkpoint`:
+#: ``mpio`` (collective MPI-IO; needs h5py built with MPI), ``serial`` (the fallback
+#: that works with any h5py) or ``auto`` (the default: mpio where h5py can do it).
+HPCPAR_H5 = "HPCPAR_H5"
+
+#: Read by the test suite only: when set (``mpio`` or ``serial``), the output tests
+#: assert that the automatic I/O path is this one (``make test-parallel-hdf5`` sets ``mpio``).
+HPCPAR_EXPECT_H5_MODE = "HPCPAR_EXPECT_H5_MODE"
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -28,3 +28,24 @@ def run_mpi(n: int, args: list[str], timeout: float = 60, env: dict | None = Non
     full_env = {**os.environ, **(env or {})}
     cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
+
+
+def expected_h5_mode() -> str | None:
+    """The I/O path the output tests must find (``HPCPAR_EXPECT_H5_MODE``), or None."""
+    from hpcpar import env
+
+    return env.get(env.HPCPAR_EXPECT_H5_MODE)
+
+
+@pytest.fixture
+def shared_dir(ctx):
+    """A fresh directory that every rank sees (made by root), removed after the test."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="hpcpar-test-") if ctx.is_root else None
+    path = ctx.comm.bcast(path, root=0)
+    yield Path(path)
+    ctx.comm.Barrier()
+    if ctx.is_root:
+        shutil.rmtree(path, ignore_errors=True)

@@ -21,6 +21,8 @@ BENCHMARKS = {
                     "scatter/gather/allgather vs raw mpi4py buffer calls and pickle calls"),
     "checks": ("hpcpar.bench.checks",
                "per-call cost of the collective checks, debug mode and the watchdog mark"),
+    "output": ("hpcpar.bench.output",
+               "one shared HDF5 file: mpio / serial fallback vs one process writing with plain h5py"),
 }
 
 

@@ -1,0 +1,97 @@
+"""Checkpoint save/load under real MPI: atomic replacement, every field kind, errors."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcpar import Checkpoint, partition
+from hpcpar.testing import assert_all, assert_equal_all
+
+from gridstub import BlockGrid
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]
+
+
+def block_of(n, ctx, scale=1.0):
+    r = partition.block_range(n, ctx.size, ctx.rank)
+    return np.arange(r.start, r.stop, dtype=np.float64) * scale
+
+
+@pytest.mark.parametrize("io", ["auto", "serial"])
+def test_save_load_every_field_kind(ctx, shared_dir, io):
+    ck = Checkpoint(ctx, shared_dir / "c.h5", io=io)
+    assert_all(ck.load() is None and not ck.exists(), "no checkpoint yet", ctx=ctx)
+    grid = BlockGrid(ctx, (5, 6))
+    g = np.arange(30.0).reshape(5, 6)
+    u = grid.zeros()
+    grid.interior(u)[...] = g[grid.global_slices]
+    rows = np.stack([block_of(7, ctx), block_of(7, ctx, 2.0)], axis=1)
+    for step in (10, 20):
+        ck.save(step, x=block_of(11, ctx, step), rows=rows, u=(grid, u * step), t=0.5 * step,
+                n=np.int64(step))
+    state = ck.load(grid=grid)
+    assert_all(state is not None, "load found the checkpoint", ctx=ctx)
+    step, f = state
+    assert_all(step == 20 and sorted(f) == ["n", "rows", "t", "u", "x"], f"{step} {sorted(f)}", ctx=ctx)
+    assert_equal_all(f["x"], block_of(11, ctx, 20), ctx=ctx)
+    assert_equal_all(f["rows"], rows, ctx=ctx)
+    assert_equal_all(f["u"], 20 * g[grid.global_slices], ctx=ctx)
+    assert_all(f["t"] == 10.0 and f["n"] == 20 and f["n"].dtype == np.int64, f"{f['t']} {f['n']}", ctx=ctx)
+    assert_all(not os.path.exists(ck.tmp_path), "the temporary file is gone", ctx=ctx)
+    with pytest.raises(ValueError, match=r"has Grid fields \(u\); pass load\(grid=...\)"):
+        ck.load()
+
+
+def test_uneven_blocks_are_repartitioned_on_load(ctx, shared_dir):
+    # saved from uneven blocks (rank r holds r+1 rows), loaded as block_range blocks
+    n = ctx.size * (ctx.size + 1) // 2
+    start = ctx.rank * (ctx.rank + 1) // 2
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    ck.save(3, x=np.arange(start, start + ctx.rank + 1, dtype=np.int32))
+    step, f = ck.load()
+    r = partition.block_range(n, ctx.size, ctx.rank)
+    assert_equal_all(f["x"], np.arange(r.start, r.stop, dtype=np.int32), ctx=ctx)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(ctx, shared_dir):
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    ck.save(1, x=block_of(5, ctx))
+    with pytest.raises(ValueError, match="HDF5 cannot store dtype <U1"):
+        ck.save(2, x=block_of(5, ctx), label=np.array(["a"]))
+    with pytest.raises(ValueError, match="step must be an int"):
+        ck.save(2.5, x=block_of(5, ctx))
+    step, f = ck.load()
+    assert_all(step == 1, f"step {step} after failed saves", ctx=ctx)
+    assert_equal_all(f["x"], block_of(5, ctx), ctx=ctx)
+    assert_all(not os.path.exists(ck.tmp_path), "no temporary file left", ctx=ctx)
+
+
+def test_a_stale_temporary_file_is_ignored_and_replaced(ctx, shared_dir):
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    ck.save(1, x=block_of(4, ctx))
+    if ctx.is_root:
+        with open(ck.tmp_path, "wb") as f:
+            f.write(b"half a file from a crash")
+    ctx.barrier()
+    assert_all(ck.load()[0] == 1, "load ignores the temporary file", ctx=ctx)
+    ck.save(2, x=block_of(4, ctx))
+    assert_all(ck.load()[0] == 2 and not os.path.exists(ck.tmp_path), "replaced", ctx=ctx)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(ctx, shared_dir):
+    path = shared_dir / "other.h5"
+    if ctx.is_root:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.zeros(3)
+    ctx.barrier()
+    with pytest.raises(ValueError, match="is not an hpcpar checkpoint"):
+        Checkpoint(ctx, path).load()
+
+
+def test_save_into_a_missing_directory_fails_everywhere(ctx, shared_dir):
+    ck = Checkpoint(ctx, shared_dir / "missing" / "c.h5")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ck.save(1, x=block_of(3, ctx))
+    assert_all(not os.path.exists(shared_dir / "missing"), "nothing created", ctx=ctx)

@@ -1,0 +1,383 @@
+"""Output, read and read_grid under real MPI and real HDF5 files, on both I/O paths.
+
+Run with ``mpiexec -n N python -m pytest --with-mpi``. With the pip h5py only the
+serial path exists; in ``make test-parallel-hdf5`` (h5py built with MPI) both the
+mpio path and the forced serial path run, and ``HPCPAR_EXPECT_H5_MODE=mpio``
+makes every test assert that the automatic path is mpio.
+"""
+
+import os
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+import hpcpar
+from hpcpar import Output, partition, read, read_grid
+from hpcpar.output import io_mode
+from hpcpar.testing import assert_all, assert_equal_all
+
+from conftest import expected_h5_mode
+from gridstub import BlockGrid
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]
+
+#: The I/O paths to run: the automatic one, and the serial one by small gathers
+#: and by token passing (forced; the same as the automatic one with the pip h5py).
+PATHS = [("auto", None), ("serial", None), ("serial", 0)]
+PATH_IDS = ["auto", "serial-gather", "serial-token"]
+
+
+def open_out(ctx, path, io, gather=None, **kw):
+    if gather is not None:
+        kw["gather_bytes"] = gather
+    out = Output(ctx, path, io=io, **kw)
+    if io == "auto":
+        want = expected_h5_mode() or io_mode()
+        assert_all(out.mode == want, f"Output.mode is {out.mode}, expected {want}", ctx=ctx)
+    else:
+        assert_all(out.mode == io, f"Output.mode is {out.mode}, forced {io}", ctx=ctx)
+    return out
+
+
+def uneven_counts(n_ranks):
+    """Uneven rows per rank, rank 1 empty: 2, 0, 3, 1, 2, 0, ..."""
+    return [(2, 0, 3, 1)[r % 4] for r in range(n_ranks)]
+
+
+def global_array(shape, dtype, seed=1):
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if dt.kind == "b":
+        return (np.arange(n) % 3 == 0).reshape(shape)
+    if dt.kind == "S":
+        return np.array([b"%02d" % (i % 100) for i in range(n)], dtype=dt).reshape(shape)
+    if dt.names:
+        a = np.zeros(n, dt)
+        a["a"] = np.arange(n)
+        a["b"] = np.arange(2 * n).reshape(n, 2) * 0.5
+        return a.reshape(shape)
+    rng = np.random.default_rng(seed)
+    vals = rng.integers(0, 100, size=n)
+    if dt.kind == "c":
+        return (vals + 1j * vals[::-1]).astype(dt).reshape(shape)
+    return vals.astype(dt).reshape(shape)
+
+
+def my_rows(counts, rank):
+    start = sum(counts[:rank])
+    return start, start + counts[rank]
+
+
+def whole(ctx, path, name):
+    """The whole dataset, read by root with plain h5py after the file is closed."""
+    if not ctx.is_root:
+        return None
+    with h5py.File(path, "r") as f:
+        return f[name][()]
+
+
+def test_automatic_io_path_is_the_expected_one(ctx, shared_dir):
+    want = expected_h5_mode()
+    mode = io_mode()
+    if want:
+        assert_all(mode == want, f"io_mode() is {mode}, {want} expected (HPCPAR_EXPECT_H5_MODE)", ctx=ctx)
+    assert_all(mode == ("mpio" if h5py.get_config().mpi else "serial"), f"io_mode() {mode}", ctx=ctx)
+    with Output(ctx, shared_dir / "m.h5") as out:
+        got = out.mode
+        stored = out.attrs["io_mode"]
+    assert_all(got == mode and stored == mode, f"Output.mode {got}, attribute {stored}", ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("shape,axis", [((4,), 0), ((3, 4), 1), ((2, 3, 4), 2), ((5, 3), 0),
+                                        ((2, 3, 4), -2)])
+def test_write_read_roundtrip_uneven_and_empty_blocks(ctx, shared_dir, io, gather, shape, axis):
+    ax = axis % len(shape)
+    counts = uneven_counts(ctx.size)
+    gshape = shape[:ax] + (sum(counts),) + shape[ax + 1:]
+    a = global_array(gshape, np.float64)
+    lo, hi = my_rows(counts, ctx.rank)
+    local = np.take(a, np.arange(lo, hi), axis=ax)
+    path = shared_dir / "rt.h5"
+    with open_out(ctx, path, io, gather) as out:
+        out.write("a", local, axis=axis)
+    got = whole(ctx, path, "a")
+    assert_all(not ctx.is_root or (got.shape == a.shape and np.array_equal(got, a)),
+               f"file holds {None if got is None else got.shape}, expected {a.shape}", ctx=ctx)
+    back = read(ctx, path, "a", axis=axis, io=io)
+    r = partition.block_range(gshape[ax], ctx.size, ctx.rank)
+    assert_equal_all(back, np.take(a, np.arange(r.start, r.stop), axis=ax), ctx=ctx)
+    assert_equal_all(read(ctx, path, "a", axis=None, io=io), a, ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_all_blocks_empty_and_more_ranks_than_rows(ctx, shared_dir, io, gather):
+    path = shared_dir / "empty.h5"
+    with open_out(ctx, path, io, gather) as out:
+        out.write("none", np.zeros((0, 3), np.int32))
+        out.write("one", np.ones((1 if ctx.is_root else 0, 2)))
+    assert_equal_all(read(ctx, path, "none", io=io), np.zeros((0, 3), np.int32), ctx=ctx)
+    expect = np.ones((1, 2)) if ctx.is_root else np.ones((0, 2))
+    assert_equal_all(read(ctx, path, "one", io=io), expect, ctx=ctx)
+
+
+DTYPES = [np.bool_, np.int8, np.uint16, np.int64, np.float32, np.complex128, np.dtype(">f8"),
+          np.dtype("S2"), np.dtype([("a", "<i4"), ("b", "<f8", (2,))])]
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes(ctx, shared_dir, io, gather, dtype):
+    counts = uneven_counts(ctx.size)
+    a = global_array((sum(counts), 2), dtype)
+    lo, hi = my_rows(counts, ctx.rank)
+    path = shared_dir / "dt.h5"
+    with open_out(ctx, path, io, gather) as out:
+        out.write("a", a[lo:hi])
+    back = read(ctx, path, "a", io=io)
+    r = partition.block_range(a.shape[0], ctx.size, ctx.rank)
+    assert_equal_all(back, a[r.start:r.stop], ctx=ctx)
+    assert_all(back.dtype == a.dtype, f"read dtype {back.dtype}, wrote {a.dtype}", ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_write_root_attrs_and_provenance(ctx, shared_dir, io, gather, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    path = shared_dir / "root.h5"
+    table = np.arange(12, dtype=np.int16).reshape(3, 4)
+    with open_out(ctx, path, io, gather, decomposition=(ctx.size,)) as out:
+        out.write_root("table", table if ctx.is_root else None, attrs={"units": "m"})
+        out.write_root("dt", np.float64(0.25) if ctx.is_root else "ignored")
+        out.attrs["nsteps"] = 100 if ctx.is_root else -1  # root's value is written
+        out.attrs.update({"name": "test", "alpha": np.array([1.0, 2.0])})
+        values = (out.attrs["nsteps"], out.attrs["name"], "alpha" in out.attrs, "nope" in out.attrs)
+        prov = {k: out.attrs[k] for k in ("hpcpar_version", "mpi_ranks", "decomposition",
+                                          "slurm_job_id", "mpi_library", "utc_time", "command_line")}
+    assert_all(values == (100, "test", True, False), f"attrs read back as {values}", ctx=ctx)
+    assert_all(prov["hpcpar_version"] == hpcpar.__version__ and prov["mpi_ranks"] == ctx.size
+               and prov["decomposition"] == str((ctx.size,)) and prov["slurm_job_id"] == "4242"
+               and prov["mpi_library"] and prov["utc_time"].endswith("+00:00") and prov["command_line"],
+               f"provenance {prov}", ctx=ctx)
+    assert_equal_all(read(ctx, path, "table", axis=None, io=io), table, ctx=ctx)
+    assert_equal_all(read(ctx, path, "dt", io=io), np.float64(0.25), ctx=ctx)
+    if ctx.is_root:
+        with h5py.File(path, "r") as f:
+            units = f["table"].attrs["units"]
+    assert_all(not ctx.is_root or units == "m", "dataset attribute", ctx=ctx)
+
+
+def test_no_slurm_job_id_attribute_outside_slurm(ctx, shared_dir, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with Output(ctx, shared_dir / "p.h5") as out:
+        has = "slurm_job_id" in out.attrs
+    assert_all(not has, "slurm_job_id written without SLURM_JOB_ID", ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_append_snapshots(ctx, shared_dir, io, gather):
+    counts = uneven_counts(ctx.size)
+    lo, hi = my_rows(counts, ctx.rank)
+    path = shared_dir / "snap.h5"
+    steps = []
+    with open_out(ctx, path, io, gather) as out:
+        for t in range(4):
+            steps.append(out.append("u", np.arange(lo, hi) * 10.0 + t))
+        with pytest.raises(ValueError, match="appending needs an extendible dataset"):
+            out.append("u", np.zeros((hi - lo, 2)))  # a different shape: refused everywhere
+    assert_all(steps == [0, 1, 2, 3], f"append returned {steps}", ctx=ctx)
+    n = sum(counts)
+    expect = np.arange(n)[None, :] * 10.0 + np.arange(4)[:, None]
+    got = whole(ctx, path, "u")
+    assert_all(not ctx.is_root or np.array_equal(got, expect), f"snapshots {got}", ctx=ctx)
+    # Reopened with mode="a", appending goes on where it stopped.
+    with open_out(ctx, path, io, gather, mode="a") as out:
+        t = out.append("u", np.arange(lo, hi) * 10.0 + 4)
+    assert_all(t == 4, f"append after reopening returned {t}", ctx=ctx)
+    back = read(ctx, path, "u", axis=1, io=io)
+    r = partition.block_range(n, ctx.size, ctx.rank)
+    full = np.arange(n)[None, :] * 10.0 + np.arange(5)[:, None]
+    assert_equal_all(back, full[:, r.start:r.stop], ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("shape", [(7, 5), (4, 3, 5), (9,)])
+def test_grid_write_append_and_read_grid(ctx, shared_dir, io, gather, shape):
+    grid = BlockGrid(ctx, shape, halo=1)
+    g = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    u = grid.zeros()
+    u[...] = -1.0  # halo values must not reach the file
+    grid.interior(u)[...] = g[grid.global_slices]
+    path = shared_dir / "grid.h5"
+    with open_out(ctx, path, io, gather) as out:
+        out.write("u", grid, u)
+        out.append("snap", grid, u)
+        out.append("snap", grid, 2 * u)
+        dec = out.attrs["decomposition"]
+    assert_all(dec == str(grid.dims), f"decomposition attribute {dec!r}", ctx=ctx)
+    got = whole(ctx, path, "u")
+    assert_all(not ctx.is_root or np.array_equal(got, g), "the file holds the global field", ctx=ctx)
+    snap = whole(ctx, path, "snap")
+    assert_all(not ctx.is_root or np.array_equal(snap, np.stack([g, 2 * g])), "snapshots", ctx=ctx)
+    assert_equal_all(read_grid(grid, path, "u", io=io), g[grid.global_slices], ctx=ctx)
+    v = grid.zeros()
+    res = read_grid(grid, path, "u", out=v, io=io)
+    assert_equal_all(grid.interior(v), g[grid.global_slices], ctx=ctx)
+    assert_all(res is v and np.all(v[(0,) * v.ndim] == 0.0), "out= filled, halo untouched", ctx=ctx)
+
+
+def test_read_grid_refuses_a_dataset_of_another_shape(ctx, shared_dir):
+    path = shared_dir / "g.h5"
+    with Output(ctx, path) as out:
+        out.write("x", np.zeros(3))
+    grid = BlockGrid(ctx, (4, 4))
+    with pytest.raises(ValueError, match=r"has shape \[%d\], the grid \[4, 4\]" % (3 * ctx.size)):
+        read_grid(grid, path, "x")
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_compression(ctx, shared_dir, io, gather):
+    counts = uneven_counts(ctx.size)
+    lo, hi = my_rows(counts, ctx.rank)
+    local = np.repeat(np.arange(lo, hi, dtype=np.float64)[:, None], 50, axis=1)
+    path = shared_dir / "z.h5"
+    with open_out(ctx, path, io, gather) as out:
+        out.write("z", local, compression="gzip", compression_opts=4)
+    if ctx.is_root:
+        with h5py.File(path, "r") as f:
+            comp = f["z"].compression
+    assert_all(not ctx.is_root or comp == "gzip", "dataset is gzip-compressed", ctx=ctx)
+    r = partition.block_range(sum(counts), ctx.size, ctx.rank)
+    expect = np.repeat(np.arange(r.start, r.stop, dtype=np.float64)[:, None], 50, axis=1)
+    assert_equal_all(read(ctx, path, "z", io=io), expect, ctx=ctx)
+
+
+# ---------------------------------------------------------------- errors on every rank
+def test_bad_arguments_raise_on_every_rank_and_the_file_stays_usable(ctx, shared_dir):
+    path = shared_dir / "bad.h5"
+    with Output(ctx, path) as out:
+        with pytest.raises(ValueError, match="HDF5 cannot store dtype <U3"):
+            out.write("s", np.array(["abc"] * 2))
+        with pytest.raises(ValueError, match="must be a NumPy array"):
+            out.write("l", [1, 2, 3])
+        with pytest.raises(ValueError, match="axis=2 is out of range"):
+            out.write("a", np.zeros((2, 2)), axis=2)
+        out.write("ok", np.full(2, ctx.rank))
+        with pytest.raises(ValueError, match="'ok' already exists"):
+            out.write("ok", np.full(2, ctx.rank))
+        if ctx.size > 1:
+            # one rank with another dtype / shape / call: the same error everywhere
+            bad = np.zeros(2, np.float32 if ctx.rank == 1 else np.float64)
+            with pytest.raises(ValueError, match="rank 1: float32"):
+                out.write("d", bad)
+            bad = np.zeros((2, 3 if ctx.rank == ctx.size - 1 else 2))
+            with pytest.raises(ValueError, match="blocks must agree"):
+                out.write("e", bad)
+            with pytest.raises(ValueError, match="ranks are in different calls"):
+                out.write("x" if ctx.rank else "y", np.zeros(1))
+            grid = BlockGrid(ctx, (4, 4))
+            with pytest.raises(ValueError, match=r"rank 0: write\(grid\)\('g'\); rank 1: write\('g'\)"):
+                out.write("g", *((grid, grid.zeros()) if ctx.is_root else (np.zeros(2),)))
+        out.write("after", np.full(1, ctx.rank))  # still usable
+    assert_equal_all(read(ctx, path, "after", axis=None), np.arange(ctx.size), ctx=ctx)
+    with pytest.raises(KeyError, match="has no dataset 'missing'"):
+        read(ctx, path, "missing")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read(ctx, shared_dir / "nope.h5", "x")
+
+
+def test_missing_directory_fails_everywhere_without_a_file(ctx, shared_dir):
+    path = shared_dir / "no" / "such" / "dir" / "o.h5"
+    with pytest.raises(FileNotFoundError, match=r"directory .*/no/such/dir does not exist"):
+        Output(ctx, path)
+    assert_all(not os.path.exists(shared_dir / "no"), "nothing created", ctx=ctx)
+
+
+def test_existing_file_with_mode_w_minus_is_left_untouched(ctx, shared_dir):
+    path = shared_dir / "keep.h5"
+    with Output(ctx, path) as out:
+        out.write("x", np.full(3, 7.0))
+    before = path.read_bytes() if ctx.is_root else None
+    for mode in ("w-", "x"):
+        with pytest.raises(FileExistsError, match="already exists and mode='w-'"):
+            Output(ctx, path, mode=mode)
+    after = path.read_bytes() if ctx.is_root else None
+    assert_all(before == after, "the existing file was modified", ctx=ctx)
+    with pytest.raises(FileNotFoundError, match="mode='r\\+' opens an existing file"):
+        Output(ctx, shared_dir / "absent.h5", mode="r+")
+    with pytest.raises(ValueError, match="mode='r' is not one of"):
+        Output(ctx, path, mode="r")
+
+
+def read_only_dir(shared_dir):
+    """A directory where this process cannot create files, or None."""
+    ro = shared_dir / "ro"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o555)
+    probe = ro / "probe"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        return ro
+    # Running as root: permissions do not stop us; /sys refuses new files even to root.
+    try:
+        open("/sys/hpcpar-probe", "w").close()
+    except OSError:
+        return "/sys"
+    os.unlink("/sys/hpcpar-probe")
+    return None
+
+
+def test_read_only_location_fails_everywhere_without_a_file(ctx, shared_dir):
+    ro = read_only_dir(shared_dir) if ctx.is_root else None
+    ro = ctx.comm.bcast(None if ro is None else str(ro), root=0)
+    if ro is None:
+        pytest.skip("no location here refuses to create files")
+    with pytest.raises(PermissionError, match=f"cannot create files in {ro}"):
+        Output(ctx, os.path.join(ro, "o.h5"))
+    assert_all(not os.path.exists(os.path.join(ro, "o.h5")), "a file was left behind", ctx=ctx)
+    if ctx.is_root:
+        (shared_dir / "ro").chmod(0o755)
+
+
+def test_forcing_mpio_without_mpi_h5py_is_a_clear_error(ctx, shared_dir):
+    if h5py.get_config().mpi:
+        pytest.skip("this h5py is built with MPI: io='mpio' works")
+    with pytest.raises(ValueError, match=r"io=mpio, but this h5py was built without MPI"):
+        Output(ctx, shared_dir / "m.h5", io="mpio")
+    with pytest.raises(ValueError, match="not one of 'mpio', 'serial', 'auto'"):
+        Output(ctx, shared_dir / "m.h5", io="posix")
+    assert_all(not os.path.exists(shared_dir / "m.h5"), "a file was left behind", ctx=ctx)
+
+
+# ---------------------------------------------------------------- an independent reader
+def test_h5dump_reads_what_the_ranks_wrote(ctx, shared_dir):
+    tool = shutil.which("h5dump")
+    if tool is None:
+        pytest.skip("h5dump not found (Debian package hdf5-tools)")
+    counts = uneven_counts(ctx.size)
+    lo, hi = my_rows(counts, ctx.rank)
+    local = np.arange(lo * 3, hi * 3, dtype=np.int32).reshape(hi - lo, 3) * 7
+    path = shared_dir / "dump.h5"
+    with Output(ctx, path) as out:
+        out.write("m", local)
+        mode = out.mode
+    problem = None
+    if ctx.is_root:
+        r = subprocess.run([tool, "-d", "/m", "-y", "-w", "0", str(path)],
+                           capture_output=True, text=True, timeout=30)
+        text = r.stdout
+        n = sum(counts)
+        values = text.split("DATA {", 1)[-1].split("}", 1)[0].replace(",", " ").split()
+        checks = {
+            "exit status 0": r.returncode == 0,
+            "32-bit little-endian int": "H5T_STD_I32LE" in text,
+            f"shape ( {n}, 3 )": f"SIMPLE {{ ( {n}, 3 ) / ( {n}, 3 ) }}" in text,
+            "values": [int(v) for v in values] == list(range(0, n * 3 * 7, 7)),
+        }
+        failed = [k for k, ok in checks.items() if not ok]
+        problem = f"{mode}: h5dump disagrees on {failed}:\n{text}{r.stderr}" if failed else None
+    assert_all(problem is None, problem or "", ctx=ctx)
