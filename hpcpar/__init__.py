@@ -16,6 +16,7 @@ no call communicates until you make one.
 
 from . import partition
 from .comm import CollectiveMismatchError, Context
+from .grid import Grid
 from .runner import abort, run
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Context",
     "CollectiveMismatchError",
+    "Grid",
     "run",
     "abort",
     "partition",
