@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 
 ## run: the main job on 4 ranks
 run: venv
-	$(BIN)/hpcpar run -n 4 jobs/pi.py
+	$(BIN)/hpcpar run -n 4 jobs/heat.py
 
 ## test: pure logic with plain pytest, then everything that communicates at 1, 2 and 3 ranks
 test: test-unit test-mpi
