@@ -39,10 +39,11 @@ test-mpi: venv
 	  $(TIMEOUT) 1200 $(MPIEXEC) -n $$n $(BIN)/python -m pytest -p no:cacheprovider --with-mpi -m mpi tests; \
 	done
 
-## bench: the collectives benchmark at 2 and 3 ranks
+## bench: the collectives benchmark at 2 and 3 ranks, the halo/sort benchmark at 2 ranks
 bench: venv
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench collectives
 	$(MPIEXEC) -n 3 $(BIN)/hpcpar bench collectives
+	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench halo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,6 +18,7 @@ examples:
   mpiexec -n 4 python jobs/pi.py                  the same, started by hand
   mpiexec -n 2 hpcpar info                        what MPI, h5py and CPUs each rank sees
   mpiexec -n 2 hpcpar bench collectives           hpcpar vs raw mpi4py vs pickle
+  mpiexec -n 2 hpcpar bench halo                  Grid heat step vs hand-written Sendrecv vs 1 rank
 """
 
 

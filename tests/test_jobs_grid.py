@@ -61,3 +61,11 @@ def test_sort_job_at_1_2_3_4_ranks(extra):
 def test_sort_job_with_fewer_keys_than_ranks():
     r = run_mpi(3, [str(JOBS / "sort.py"), "--n", "2", "--check"], timeout=60)
     assert r.returncode == 0 and "verified against np.sort" in r.stdout, r.stdout + r.stderr
+
+
+def test_bench_halo_runs_small_and_prints_ratios():
+    r = run_mpi(2, ["-m", "hpcpar", "bench", "halo", "--size", "64", "--sort-keys", "5000",
+                    "--min-time", "0.01", "--repeats", "1"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for word in ("hand-written", "hpcpar overlap", "1 rank", "speedup vs 1 rank", "sample_sort", "np.sort"):
+        assert word in r.stdout, r.stdout
