@@ -14,7 +14,7 @@ Importing hpcpar imports mpi4py (which initialises MPI) and nothing else happens
 no call communicates until you make one.
 """
 
-from . import partition
+from . import partition, sort
 from .comm import CollectiveMismatchError, Context
 from .grid import Grid
 from .runner import abort, run
@@ -28,5 +28,6 @@ __all__ = [
     "run",
     "abort",
     "partition",
+    "sort",
     "__version__",
 ]

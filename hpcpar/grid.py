@@ -44,6 +44,7 @@ class Grid:
         ctx, shape, ndim, halo, periodic, dims: as given (normalised to tuples).
         comm: the Cartesian ``mpi4py`` communicator (``Create_cart``, not reordered:
             a rank's number is its ``ctx.rank``).
+        rank: this rank in ``comm`` (the same as ``ctx.rank``).
         layout: the pure :class:`hpcpar.partition.GridLayout`.
         coords: this rank's process-grid coordinates.
         local_shape: this rank's interior shape (without halo).
