@@ -50,12 +50,16 @@ def test_heat_rejects_bad_dims_on_every_rank():
     assert "dims (3, 1) make a grid of 3 processes, but the context has 2 ranks" in r.stderr
 
 
-@pytest.mark.parametrize("extra", [["--dtype", "int64"], ["--dtype", "float64", "--distinct", "40"]])
-def test_sort_job_at_1_2_3_4_ranks(extra):
-    for ranks in (1, 2, 3, 4):
-        r = run_mpi(ranks, [str(JOBS / "sort.py"), "--n", "20000", "--check", *extra], timeout=60)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert f"on {ranks} ranks" in r.stdout and "verified against np.sort" in r.stdout, r.stdout
+@pytest.mark.parametrize("ranks,extra", [
+    (1, ["--dtype", "int64"]),
+    (2, ["--dtype", "float64", "--distinct", "40"]),
+    (3, ["--dtype", "int32", "--distinct", "3"]),
+    (4, ["--dtype", "float64"]),
+])
+def test_sort_job_at_1_2_3_4_ranks(ranks, extra):
+    r = run_mpi(ranks, [str(JOBS / "sort.py"), "--n", "20000", "--check", *extra], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"on {ranks} ranks" in r.stdout and "verified against np.sort" in r.stdout, r.stdout
 
 
 def test_sort_job_with_fewer_keys_than_ranks():
