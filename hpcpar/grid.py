@@ -146,7 +146,8 @@ class Grid:
         Args:
             a: a C-contiguous local array of shape :attr:`halo_shape` (see
                 :meth:`zeros`); any dtype without Python objects.
-            corners: also exchange with diagonal neighbours.
+            corners: also exchange with diagonal neighbours; every rank passes
+                the same value.
 
         Returns:
             ``a``, its ghost cells filled.

@@ -128,6 +128,9 @@ def simulate(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, steps: int, 
     if not 0 < r <= R_MAX:
         raise ValueError(f"r = alpha dt / h^2 = {r} is outside (0, {R_MAX}]: the explicit scheme "
                          "is unstable above 1/4; use a smaller --r")
+    if grid.ndim != 2 or grid.halo != 1 or u.shape != grid.halo_shape:
+        raise ValueError(f"simulate needs a 2-D grid with halo 1 and a field of shape {grid.halo_shape}; "
+                         f"got a {grid.ndim}-D grid with halo {grid.halo} and a field of shape {u.shape}")
     other = np.zeros_like(u)
     for k in range(start + 1, steps + 1):
         step(grid, u, other, r)
