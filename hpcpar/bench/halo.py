@@ -152,6 +152,10 @@ def _heat(ctx, args) -> list[list[str]]:
                                  min_time=args.min_time, repeats=args.repeats)
     cart, exchange = _hand_written(ctx.comm, grid.dims, n0, n1)
     t["hand-written"] = timeit(ctx, _Stepper(u, exchange), min_time=args.min_time, repeats=args.repeats)
+    # the halo exchange alone, without the stencil
+    x = {"hpcpar": timeit(ctx, lambda: grid.exchange(u, corners=False), min_time=0.1, repeats=args.repeats),
+         "hpcpar corners": timeit(ctx, lambda: grid.exchange(u), min_time=0.1, repeats=args.repeats),
+         "hand-written": timeit(ctx, lambda: exchange(u), min_time=0.1, repeats=args.repeats)}
     del u
     cart.Free()
     grid.free()
@@ -164,7 +168,8 @@ def _heat(ctx, args) -> list[list[str]]:
         rows.append([name, "x".join(map(str, grid.dims)) if name != "1 rank" else "1x1",
                      f"{t[name] * 1e3:,.2f}", f"{n * n / t[name] / 1e6:,.0f}",
                      f"{t['hand-written'] / t[name]:.3f}", f"{t['1 rank'] / t[name]:.2f}"])
-    return rows
+    xrows = [[name, f"{x[name] * 1e6:,.1f}", f"{x['hand-written'] / x[name]:.3f}"] for name in x]
+    return rows, xrows
 
 
 def _sort(ctx, args) -> list[list[str]]:
@@ -189,7 +194,7 @@ def _sort(ctx, args) -> list[list[str]]:
 def main(ctx, args) -> None:
     if args.size < 3:
         raise ValueError(f"--size must be at least 3, got {args.size}")
-    heat_rows = _heat(ctx, args)
+    heat_rows, exchange_rows = _heat(ctx, args)
     sort_rows = _sort(ctx, args) if args.sort_keys >= 1 else []
     if not ctx.is_root:
         return
@@ -201,6 +206,10 @@ def main(ctx, args) -> None:
     print()
     print(format_table(["variant", "dims", "ms/step", "M cells/s", "vs hand-written", "speedup vs 1 rank"],
                        heat_rows))
+    print()
+    print("the halo exchange alone (faces only unless named 'corners')")
+    print()
+    print(format_table(["exchange", "us/call", "vs hand-written"], exchange_rows))
     if sort_rows:
         print()
         print(f"sample sort on {ctx.size} ranks vs np.sort of all keys on one rank "
