@@ -311,14 +311,12 @@ class GridLayout:
 
 
 def _int_tuple(values, name: str, lo: int) -> tuple[int, ...]:
+    """``values`` as a non-empty tuple of ints >= ``lo`` (NumPy ints accepted), or ValueError."""
     try:
         out = tuple(values)
     except TypeError:
-        raise ValueError(f"{name} must be a sequence of ints, got {values!r}") from None
-    if not out or any(not isinstance(v, (int,)) or isinstance(v, bool) or v < lo for v in out):
-        if out and all(hasattr(v, "__index__") and not isinstance(v, bool) for v in out):
-            out = tuple(int(v) for v in out)
-            if all(v >= lo for v in out):
-                return out
+        out = None
+    if (not out or any(isinstance(v, bool) or not hasattr(v, "__index__") for v in out)
+            or any(v < lo for v in out)):
         raise ValueError(f"{name} must be a non-empty sequence of ints >= {lo}, got {values!r}")
-    return out
+    return tuple(int(v) for v in out)
