@@ -14,9 +14,10 @@ Importing hpcpar imports mpi4py (which initialises MPI) and nothing else happens
 no call communicates until you make one.
 """
 
-from . import partition, watchdog
+from . import partition, sort, watchdog
 from .checkpoint import Checkpoint
 from .comm import CollectiveMismatchError, Context
+from .grid import Grid
 from .log import get_logger
 from .output import Output, read, read_grid
 from .runner import abort, run
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Context",
     "CollectiveMismatchError",
+    "Grid",
     "run",
     "abort",
     "partition",
@@ -37,5 +39,6 @@ __all__ = [
     "read",
     "read_grid",
     "Checkpoint",
+    "sort",
     "__version__",
 ]

@@ -22,6 +22,7 @@ examples:
   mpiexec -n 2 hpcpar info                        what MPI, h5py and CPUs each rank sees
   mpiexec -n 2 hpcpar bench collectives           hpcpar vs raw mpi4py vs pickle
   mpiexec -n 2 hpcpar bench output --size 64M     shared HDF5 output vs one process
+  mpiexec -n 2 hpcpar bench halo                  Grid heat step vs hand-written Sendrecv vs 1 rank
 """
 
 

@@ -30,5 +30,5 @@ def test_readme_has_runnable_programs():
 def test_readme_program_runs_on_2_ranks(tmp_path, code):
     p = tmp_path / "snippet.py"
     p.write_text(code)
-    r = run_mpi(2, [str(p)], timeout=90, cwd=str(ROOT), env={"HPCPAR_REPORT": "0"})
+    r = run_mpi(2, [str(p)], timeout=90, cwd=str(tmp_path), env={"HPCPAR_REPORT": "0"})
     assert r.returncode == 0, f"README program failed:\n{code}\n--- stderr ---\n{r.stderr[-3000:]}"

@@ -23,6 +23,8 @@ BENCHMARKS = {
                "per-call cost of the collective checks, debug mode and the watchdog mark"),
     "output": ("hpcpar.bench.output",
                "one shared HDF5 file: mpio / serial fallback vs one process writing with plain h5py"),
+    "halo": ("hpcpar.bench.halo",
+             "heat step on Grid vs hand-written Sendrecv vs 1 rank; sample sort vs np.sort"),
 }
 
 

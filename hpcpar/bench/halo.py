@@ -1,0 +1,219 @@
+"""Benchmark: a heat step on hpcpar.Grid vs hand-written mpi4py Sendrecv vs one rank; sample sort vs np.sort.
+
+Heat: every variant applies the same NumPy 5-point stencil to an N x N grid
+(default 4096 x 4096) with Dirichlet walls, decomposed over the same process
+grid. (a) ``hpcpar``: ``grid.exchange(u, corners=False)`` then the update;
+(b) ``hpcpar overlap``: ``exchange_begin``, the deep interior, ``exchange_end``,
+the rim (as ``jobs/heat.py`` does); (c) ``hand-written``: a Cartesian
+communicator and blocking ``Sendrecv`` of rows (contiguous) and packed columns,
+written as a hand-tuned mpi4py code would; (d) ``1 rank``: the whole grid on
+root alone, the other ranks idle (sleeping, not spinning).
+
+Sort: ``hpcpar.sort.sample_sort`` of N random keys spread over the ranks, against
+``np.sort`` of the same N keys on root alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import partition
+from ..grid import Grid
+from ..sort import sample_sort
+from . import format_table, timeit
+
+__all__ = ["add_arguments", "main"]
+
+_R = 0.2  # alpha dt / h^2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=4096, help="grid points per side (default 4096)")
+    p.add_argument("--dims", default=None, help="process grid as RxC (default: balanced)")
+    p.add_argument("--sort-keys", type=float, default=1e7,
+                   help="keys for the sort benchmark (default 1e7; 0 skips it)")
+    p.add_argument("--sort-dtypes", default="int64,float64", help="comma-separated key dtypes")
+    p.add_argument("--repeats", type=int, default=3, help="timed batches per measurement (best is kept)")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds per timed batch")
+
+
+def _stencil(u, out, rows: slice, cols: slice) -> None:
+    """out[rows, cols] = u + r * (north + south + west + east - 4 u)."""
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return
+    c = u[rows, cols]
+    t = out[rows, cols]
+    np.add(u[rows.start - 1:rows.stop - 1, cols], u[rows.start + 1:rows.stop + 1, cols], out=t)
+    t += u[rows, cols.start - 1:cols.stop - 1]
+    t += u[rows, cols.start + 1:cols.stop + 1]
+    t -= 4.0 * c
+    t *= _R
+    t += c
+
+
+def _update(u, out) -> None:
+    n0, n1 = u.shape[0] - 2, u.shape[1] - 2
+    _stencil(u, out, slice(1, n0 + 1), slice(1, n1 + 1))
+
+
+def _initial(shape, slices) -> np.ndarray:
+    u = np.zeros(tuple(n + 2 for n in (s.stop - s.start for s in slices)))
+    x = [np.sin(np.pi * np.arange(s.start + 1, s.stop + 1) / (n + 1)) for s, n in zip(slices, shape)]
+    u[1:-1, 1:-1] = x[0][:, None] * x[1][None, :]
+    return u
+
+
+class _Stepper:
+    """Double-buffered time stepping with one of the exchange variants."""
+
+    def __init__(self, u, exchange, overlap_grid=None):
+        self.u, self.v = u, np.zeros_like(u)
+        self.exchange = exchange
+        self.grid = overlap_grid
+
+    def __call__(self):
+        u, v = self.u, self.v
+        if self.grid is None:
+            self.exchange(u)
+            _update(u, v)
+        else:
+            n0, n1 = u.shape[0] - 2, u.shape[1] - 2
+            self.grid.exchange_begin(u, corners=False)
+            _stencil(u, v, slice(2, n0), slice(2, n1))
+            self.grid.exchange_end()
+            _stencil(u, v, slice(1, 2), slice(1, n1 + 1))
+            _stencil(u, v, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))
+            _stencil(u, v, slice(2, n0), slice(1, 2))
+            _stencil(u, v, slice(2, n0), slice(max(n1, 2), n1 + 1))
+        self.u, self.v = v, u
+
+
+def _hand_written(comm, dims, n0, n1):
+    """A Sendrecv halo exchange as one writes it by hand with mpi4py."""
+    cart = comm.Create_cart(list(dims), [False, False], reorder=False)
+    up, down = cart.Shift(0, 1)
+    left, right = cart.Shift(1, 1)
+    col_send = np.empty(n0)
+    col_recv = np.empty(n0)
+    rows = up != MPI.PROC_NULL or down != MPI.PROC_NULL
+    cols = left != MPI.PROC_NULL or right != MPI.PROC_NULL
+
+    def exchange(u):
+        if rows:
+            cart.Sendrecv(u[n0, :], dest=down, recvbuf=u[0, :], source=up)
+            cart.Sendrecv(u[1, :], dest=up, recvbuf=u[n0 + 1, :], source=down)
+        if cols:
+            col_send[:] = u[1:-1, n1]
+            cart.Sendrecv(col_send, dest=right, recvbuf=col_recv, source=left)
+            if left != MPI.PROC_NULL:
+                u[1:-1, 0] = col_recv
+            col_send[:] = u[1:-1, 1]
+            cart.Sendrecv(col_send, dest=left, recvbuf=col_recv, source=right)
+            if right != MPI.PROC_NULL:
+                u[1:-1, n1 + 1] = col_recv
+
+    return cart, exchange
+
+
+def _on_root_alone(ctx, fn, min_time: float, repeats: int) -> float | None:
+    """Seconds per call of ``fn`` run on root only; the others sleep in an Ibarrier. **Collective**."""
+    best = None
+    if ctx.is_root:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        calls = max(1, int(min_time / max(time.perf_counter() - t0, 1e-9)))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / calls)
+    req = ctx.comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.005)
+    return ctx.comm.bcast(best, root=0)
+
+
+def _heat(ctx, args) -> list[list[str]]:
+    n = args.size
+    dims = tuple(int(d) for d in args.dims.split("x")) if args.dims else None
+    grid = Grid(ctx, (n, n), dims=dims)
+    n0, n1 = grid.local_shape
+    t = {}
+    u = _initial(grid.shape, grid.global_slices)
+    t["hpcpar"] = timeit(ctx, _Stepper(u.copy(), lambda a: grid.exchange(a, corners=False)),
+                         min_time=args.min_time, repeats=args.repeats)
+    t["hpcpar overlap"] = timeit(ctx, _Stepper(u.copy(), None, overlap_grid=grid),
+                                 min_time=args.min_time, repeats=args.repeats)
+    cart, exchange = _hand_written(ctx.comm, grid.dims, n0, n1)
+    t["hand-written"] = timeit(ctx, _Stepper(u, exchange), min_time=args.min_time, repeats=args.repeats)
+    # the halo exchange alone, without the stencil
+    x = {"hpcpar": timeit(ctx, lambda: grid.exchange(u, corners=False), min_time=0.1, repeats=args.repeats),
+         "hpcpar corners": timeit(ctx, lambda: grid.exchange(u), min_time=0.1, repeats=args.repeats),
+         "hand-written": timeit(ctx, lambda: exchange(u), min_time=0.1, repeats=args.repeats)}
+    del u
+    cart.Free()
+    grid.free()
+    full = (slice(0, n), slice(0, n))
+    serial = _Stepper(_initial((n, n), full) if ctx.is_root else np.zeros((3, 3)), lambda a: None)
+    t["1 rank"] = _on_root_alone(ctx, serial, args.min_time, args.repeats)
+    del serial
+    rows = []
+    for name in ("hpcpar", "hpcpar overlap", "hand-written", "1 rank"):
+        rows.append([name, "x".join(map(str, grid.dims)) if name != "1 rank" else "1x1",
+                     f"{t[name] * 1e3:,.2f}", f"{n * n / t[name] / 1e6:,.0f}",
+                     f"{t['hand-written'] / t[name]:.3f}", f"{t['1 rank'] / t[name]:.2f}"])
+    xrows = [[name, f"{x[name] * 1e6:,.1f}", f"{x['hand-written'] / x[name]:.3f}"] for name in x]
+    return rows, xrows
+
+
+def _sort(ctx, args) -> list[list[str]]:
+    n = int(args.sort_keys)
+    rows = []
+    for name in [d.strip() for d in args.sort_dtypes.split(",") if d.strip()]:
+        dt = np.dtype(name)
+        r = partition.block_range(n, ctx.size, ctx.rank)
+        rng = np.random.default_rng([11, ctx.rank])
+        make = (lambda m: rng.standard_normal(m).astype(dt)) if dt.kind == "f" else (
+            lambda m: rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, m, dtype=dt))
+        keys = make(len(r))
+        t_par = timeit(ctx, lambda: sample_sort(ctx, keys), min_time=0.0, repeats=args.repeats)
+        everything = ctx.gather(keys)
+        t_np = _on_root_alone(ctx, lambda: np.sort(everything), 0.0, args.repeats)
+        del everything, keys
+        rows.append([name, f"{n:,}", f"{t_par:.3f}", f"{n / t_par / 1e6:,.1f}",
+                     f"{t_np:.3f}", f"{n / t_np / 1e6:,.1f}", f"{t_np / t_par:.2f}"])
+    return rows
+
+
+def main(ctx, args) -> None:
+    if args.size < 3:
+        raise ValueError(f"--size must be at least 3, got {args.size}")
+    heat_rows, exchange_rows = _heat(ctx, args)
+    sort_rows = _sort(ctx, args) if args.sort_keys >= 1 else []
+    if not ctx.is_root:
+        return
+    print(f"hpcpar bench halo: {ctx.size} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
+    print(f"heat step (5-point stencil, Dirichlet walls) on {args.size} x {args.size} float64; "
+          "best of batches, slowest rank")
+    print("vs hand-written = hand-written time / variant time (>= 1: at least as fast); "
+          "speedup = 1-rank time / variant time")
+    print()
+    print(format_table(["variant", "dims", "ms/step", "M cells/s", "vs hand-written", "speedup vs 1 rank"],
+                       heat_rows))
+    print()
+    print("the halo exchange alone (faces only unless named 'corners')")
+    print()
+    print(format_table(["exchange", "us/call", "vs hand-written"], exchange_rows))
+    if sort_rows:
+        print()
+        print(f"sample sort on {ctx.size} ranks vs np.sort of all keys on one rank "
+              "(ratio = np.sort time / sample_sort time)")
+        print()
+        print(format_table(["dtype", "keys", "sample_sort s", "M keys/s", "np.sort s", "M keys/s",
+                            "ratio"], sort_rows))
