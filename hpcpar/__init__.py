@@ -16,6 +16,9 @@ no call communicates until you make one.
 
 from . import partition
 from .comm import CollectiveMismatchError, Context
+from .farm import TaskError, farm, farm_iter
+from .local import LocalPool, local_cpus, local_pool
+from .pipeline import pipeline
 from .runner import abort, run
 
 __version__ = "0.1.0"
@@ -26,5 +29,12 @@ __all__ = [
     "run",
     "abort",
     "partition",
+    "farm",
+    "farm_iter",
+    "TaskError",
+    "pipeline",
+    "local_cpus",
+    "local_pool",
+    "LocalPool",
     "__version__",
 ]
