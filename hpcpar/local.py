@@ -19,6 +19,7 @@ import concurrent.futures as cf
 import multiprocessing.context as mpc
 import os
 import threading
+import weakref
 from multiprocessing import shared_memory
 from typing import Any, Callable, Iterable, Iterator
 
@@ -30,7 +31,8 @@ __all__ = ["local_cpus", "available_cpus", "local_pool", "LocalPool"]
 CHILD_ENV = {"MPI4PY_RC_INITIALIZE": "0"}
 
 _ENV_LOCK = threading.Lock()
-_CACHE: dict[Any, int] = {}
+_WORLD: list[int] = []  # local_cpus() for COMM_WORLD, once computed
+_CACHE: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()  # per Context
 
 
 def available_cpus() -> int:
@@ -64,7 +66,8 @@ def local_cpus(ctx=None) -> int:
 
     **Collective** over ``ctx`` (``COMM_WORLD`` when None) the first time it is
     called for that communicator; later calls are local and return the cached
-    value. The ranks that run on the same node (an ``MPI_COMM_TYPE_SHARED``
+    value (per Context object; for ``COMM_WORLD`` when ``ctx`` is None).
+    The ranks that run on the same node (an ``MPI_COMM_TYPE_SHARED``
     split) and have the same affinity set share that set evenly (the first
     ``n % k`` of them get one more CPU); the share is then capped by
     ``SLURM_CPUS_PER_TASK`` when set, and is at least 1. So with 2 ranks on a
@@ -77,10 +80,11 @@ def local_cpus(ctx=None) -> int:
     """
     from mpi4py import MPI
 
+    if ctx is None and _WORLD:
+        return _WORLD[0]
+    if ctx is not None and ctx in _CACHE:
+        return _CACHE[ctx]
     comm = MPI.COMM_WORLD if ctx is None else ctx.comm
-    key = _key(comm)
-    if key in _CACHE:
-        return _CACHE[key]
     mine = _affinity()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
@@ -93,22 +97,17 @@ def local_cpus(ctx=None) -> int:
     share = len(mine) // k + (1 if position < len(mine) % k else 0)
     slurm = _slurm_cpus()
     n = max(1, min(share, slurm) if slurm else share)
-    _CACHE[key] = n
+    if ctx is None:
+        _WORLD[:] = [n]
+    else:
+        _CACHE[ctx] = n
     return n
-
-
-def _key(comm) -> Any:
-    from mpi4py import MPI
-
-    if comm == MPI.COMM_WORLD:
-        return "world"
-    return MPI.Comm.py2f(comm)
 
 
 def _default_workers() -> int:
     """local_cpus() when already computed; otherwise a local estimate from the launcher."""
-    if "world" in _CACHE:
-        return _CACHE["world"]
+    if _WORLD:
+        return _WORLD[0]
     local_ranks = 1
     for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE"):
         value = os.environ.get(name, "").strip()
