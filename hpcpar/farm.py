@@ -1,14 +1,17 @@
 """A dynamic task farm: independent tasks spread over every rank, uneven costs balanced.
 
-Root owns the task list and hands out *chunks* of consecutive tasks on request;
-each worker asks for its next chunk (carrying the results of the previous one)
-just before it starts the last task of the chunk it holds, so the reply travels
-while that task runs. Root computes tasks too: between two of its own tasks it
-answers every pending request (one ``MPI_Improbe`` each, about a microsecond),
-and while one of its tasks runs long a helper thread answers them instead (when
-MPI provides ``MPI_THREAD_MULTIPLE``, which mpi4py asks for by default). Nothing
-busy-waits: the helper thread sleeps between probes (20 us, doubling to 2 ms)
-and so does root once its own share is done.
+Root owns the task list and hands out *chunks* of ``chunksize`` consecutive
+tasks on request; each worker asks for more (carrying the results so far) just
+before it starts the last task it holds, so the reply travels while that task
+runs. A worker that still ran dry before the reply came asks for twice as many
+chunks next time (root grants at most a ``1 / (2 * size)`` share of what is
+left, so the end of the farm stays balanced). Root computes tasks too: between
+two of its own tasks it answers every pending request (an ``MPI_Improbe``, about
+a microsecond, when none is waiting), and while one of its tasks runs a helper
+thread answers them too (when MPI provides ``MPI_THREAD_MULTIPLE``, which mpi4py
+asks for by default). Nothing spins for long: the helper thread, an idle root
+and a waiting worker sleep between probes (20 us doubling to 2 ms), because a
+blocking ``MPI_Recv`` busy-polls a core that the computing ranks need.
 
 Every farm runs on its own duplicate of the context's communicator, freed at the
 end, so farm messages never meet the user's messages, and an aborted farm leaves
@@ -31,8 +34,9 @@ __all__ = ["farm", "farm_iter", "TaskError"]
 
 _TAG = 7  # every farm message uses one tag on the farm's private communicator
 _REQ, _RES = 0, 1  # worker -> root kinds: "results, and give me more" / "results only"
-_STOP = None  # root -> worker: no more work
+_MAX_WANT = 64  # the most chunks a worker asks for at once
 _IDLE_MIN, _IDLE_MAX = 20e-6, 2e-3  # sleep between probes when nothing arrives (seconds)
+_SPIN = 50e-6  # probe without sleeping this long first (seconds)
 _ERRORS = ("raise", "collect")
 
 
@@ -122,8 +126,9 @@ def farm(ctx, fn: Callable[[Any], Any], tasks: Iterable[Any] | None, chunksize: 
         ctx: the :class:`hpcpar.Context`.
         fn: called as ``fn(task)`` on whichever rank gets the task.
         tasks: on root, an iterable of tasks (it is consumed into a list first).
-        chunksize: tasks per request; None gives ``ceil(n / (4 * size))``. Use 1
-            when task costs vary a lot, larger for many tiny tasks.
+        chunksize: tasks per chunk, the unit root hands out; None gives
+            ``ceil(n / (4 * size))``. Use 1 when task costs vary a lot. A
+            worker that waits for replies asks for several chunks at once.
         ordered: results in task order (True) or in completion order.
         progress: show a progress bar on root's stderr (tqdm when installed),
             silent when stderr is not a terminal.
@@ -202,6 +207,26 @@ def _check_args(tasks, chunksize, errors) -> str | None:
 
 
 # ---------------------------------------------------------------- workers
+def _await(comm: MPI.Comm, source: int) -> None:
+    """Return when a farm message from ``source`` is waiting.
+
+    Probes without pause for ``_SPIN`` seconds (a reply to a request usually
+    arrives within microseconds), then sleeps between probes, 20 us doubling to
+    2 ms: a blocking ``MPI_Recv`` would spin a core for as long as root takes to
+    answer, a core that root's own tasks (or other ranks on the node) need.
+    """
+    if comm.iprobe(source=source, tag=_TAG):
+        return
+    t_end = time.perf_counter() + _SPIN
+    while time.perf_counter() < t_end:
+        if comm.iprobe(source=source, tag=_TAG):
+            return
+    pause = _IDLE_MIN
+    while not comm.iprobe(source=source, tag=_TAG):
+        time.sleep(pause)
+        pause = min(2 * pause, _IDLE_MAX)
+
+
 def _run_one(fn, i, task, rank):
     try:
         return True, fn(task)
@@ -210,35 +235,53 @@ def _run_one(fn, i, task, rank):
 
 
 def _work(comm: MPI.Comm, fn, root: int, errors: str) -> None:
-    """A worker's loop: ask, compute, ask again before the last task of each chunk."""
+    """A worker's loop: ask, compute, ask again before the last task it holds.
+
+    One request is outstanding at a time. A request asks for ``want`` chunks;
+    ``want`` starts at 1 and doubles (up to ``_MAX_WANT``) whenever the worker
+    ran out of tasks before the reply came, i.e. when root answers more slowly
+    than this worker computes (root busy with a long task of its own, or tasks
+    far shorter than a message round trip). Root caps each grant so the end of
+    the farm stays balanced.
+    """
     rank = comm.Get_rank()
     sends: list[MPI.Request] = []
     done: list = []  # (index, ok, value) not yet reported
+    queue: deque = deque()  # (index, task) received, not yet run
+    want, asked, dry, failed = 1, False, False, False
 
     def post(kind):
         nonlocal done
-        sends.append(comm.isend((kind, done), dest=root, tag=_TAG))
+        sends.append(comm.isend((kind, done, want), dest=root, tag=_TAG))
         done = []
         if len(sends) > 8:
             sends[:] = [r for r in sends if not r.Test()]
 
     post(_REQ)
-    failed = False
+    asked = True
     while True:
-        chunk = comm.recv(source=root, tag=_TAG)
-        if chunk is _STOP:
-            break
-        start, items = chunk
-        last = len(items) - 1
-        for k, task in enumerate(items):
-            if k == last:
-                post(_REQ)  # the reply travels while the last task runs
-            if failed:
-                done.append((start + k, None, None))  # skipped: the farm is failing
-                continue
-            ok, value = _run_one(fn, start + k, task, rank)
-            done.append((start + k, ok, value))
-            failed = failed or (not ok and errors == "raise")
+        if asked and (not queue or comm.iprobe(source=root, tag=_TAG)):
+            if not queue and not comm.iprobe(source=root, tag=_TAG):
+                want = min(2 * want, _MAX_WANT)  # it will have to wait: ask for more next time
+                _await(comm, root)
+            chunks = comm.recv(source=root, tag=_TAG)
+            asked = False
+            if not chunks:
+                dry = True
+            for start, items in chunks:
+                queue.extend(enumerate(items, start))
+        if not queue:
+            break  # dry: root has nothing more
+        if len(queue) == 1 and not asked and not dry:
+            post(_REQ)  # the reply travels while the last task runs
+            asked = True
+        i, task = queue.popleft()
+        if failed:
+            done.append((i, None, None))  # skipped: the farm is failing
+            continue
+        ok, value = _run_one(fn, i, task, rank)
+        done.append((i, ok, value))
+        failed = failed or (not ok and errors == "raise")
     if done:
         post(_RES)
     MPI.Request.Waitall(sends)
@@ -273,6 +316,18 @@ class _Root:
         self.outstanding += stop - start
         return start, self.tasks[start:stop]
 
+    def _grant(self, want: int) -> list:
+        """Up to ``want`` chunks, but no more than a ``1 / (2 * size)`` share of what is left."""
+        left = -(-(self.n - self.next) // self.cs)
+        k = max(1, min(want, left // (2 * self.size)))
+        out = []
+        for _ in range(k):
+            chunk = self._take()
+            if chunk is None:
+                break
+            out.append(chunk)
+        return out
+
     def _record(self, done):
         for i, ok, value in done:
             self.outstanding -= 1
@@ -288,13 +343,13 @@ class _Root:
             self.bar.update(len(done))
 
     def _serve(self, msg, source: int) -> None:
-        kind, done = msg.recv()
+        kind, done, want = msg.recv()
         self._record(done)
         if kind == _REQ:
-            chunk = self._take()
-            if chunk is None:
+            chunks = self._grant(want)
+            if not chunks:
                 self.stopped += 1
-            self.sends.append(self.comm.isend(chunk, dest=source, tag=_TAG))
+            self.sends.append(self.comm.isend(chunks, dest=source, tag=_TAG))
             if len(self.sends) > 16:
                 self.sends = [r for r in self.sends if not r.Test()]
 
