@@ -35,6 +35,8 @@ __all__ = ["farm", "farm_iter", "TaskError"]
 _TAG = 7  # every farm message uses one tag on the farm's private communicator
 _REQ, _RES = 0, 1  # worker -> root kinds: "results, and give me more" / "results only"
 _MAX_WANT = 64  # the most chunks a worker asks for at once
+#: Answer requests from a helper thread while root computes (needs MPI_THREAD_MULTIPLE).
+_USE_HELPER = True
 _IDLE_MIN, _IDLE_MAX = 20e-6, 2e-3  # sleep between probes when nothing arrives (seconds)
 _SPIN = 50e-6  # probe without sleeping this long first (seconds)
 _ERRORS = ("raise", "collect")
@@ -177,11 +179,11 @@ def farm_iter(ctx, fn: Callable[[Any], Any], tasks: Iterable[Any] | None,
         problem = None
     if not callable(fn):
         problem = (problem + "; " if problem else "") + f"fn must be callable, got {fn!r}"
-    problems = comm.allgather(problem)
-    bad = [f"rank {r}: {p}" for r, p in enumerate(problems) if p]
+    heads = comm.allgather((problem, errors))  # one exchange: every rank's problem, root's mode
+    bad = [f"rank {r}: {p}" for r, (p, _) in enumerate(heads) if p]
     if bad:
         raise ValueError("hpcpar.farm: " + "; ".join(bad))
-    errors = comm.bcast(errors, root=ctx.root)
+    errors = heads[ctx.root][1]
     fcomm = comm.Dup()
     try:
         if ctx.is_root:
@@ -381,7 +383,7 @@ class _Root:
     # -- the main loop
     def run(self) -> Iterator[Any]:
         helper = stop = None
-        if self.size > 1 and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+        if self.size > 1 and MPI.Query_thread() == MPI.THREAD_MULTIPLE and _USE_HELPER:
             stop = threading.Event()
             helper = threading.Thread(target=self._helper, args=(stop,), daemon=True,
                                       name="hpcpar-farm")

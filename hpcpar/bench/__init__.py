@@ -19,6 +19,8 @@ __all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_la
 BENCHMARKS = {
     "collectives": ("hpcpar.bench.collectives",
                     "scatter/gather/allgather vs raw mpi4py buffer calls and pickle calls"),
+    "farm": ("hpcpar.bench.farm",
+             "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; local_pool speedup"),
 }
 
 
