@@ -39,10 +39,12 @@ test-mpi: venv
 	  $(TIMEOUT) 1200 $(MPIEXEC) -n $$n $(BIN)/python -m pytest -p no:cacheprovider --with-mpi -m mpi tests; \
 	done
 
-## bench: the collectives benchmark at 2 and 3 ranks
+## bench: the collectives and farm benchmarks at 2 and 3 ranks
 bench: venv
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench collectives
 	$(MPIEXEC) -n 3 $(BIN)/hpcpar bench collectives
+	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench farm
+	$(MPIEXEC) -n 3 $(BIN)/hpcpar bench farm
 
 clean:
 	rm -rf $(VENV) build *.egg-info
