@@ -21,6 +21,7 @@ nothing behind.
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 import threading
 import time
@@ -80,8 +81,6 @@ class _Failure:
         self.exc = exc
 
     def __getstate__(self):
-        import pickle
-
         try:
             exc = pickle.loads(pickle.dumps(self.exc))
         except Exception:  # noqa: BLE001 - an unpicklable exception travels as text
@@ -236,6 +235,16 @@ def _run_one(fn, i, task, rank):
         return False, _Failure(i, rank, exc)
 
 
+def _picklable(item, rank):
+    i, ok, value = item
+    try:
+        pickle.dumps(value)
+        return item
+    except Exception as exc:  # noqa: BLE001
+        err = TypeError(f"the result of task {i} cannot be sent to root: {type(exc).__name__}: {exc}")
+        return i, False, _Failure(i, rank, err)
+
+
 def _work(comm: MPI.Comm, fn, root: int, errors: str) -> None:
     """A worker's loop: ask, compute, ask again before the last task it holds.
 
@@ -254,7 +263,11 @@ def _work(comm: MPI.Comm, fn, root: int, errors: str) -> None:
 
     def post(kind):
         nonlocal done
-        sends.append(comm.isend((kind, done, want), dest=root, tag=_TAG))
+        try:
+            sends.append(comm.isend((kind, done, want), dest=root, tag=_TAG))
+        except Exception:  # noqa: BLE001 - some result cannot be pickled: report it as the task's error
+            done = [_picklable(item, rank) for item in done]
+            sends.append(comm.isend((kind, done, want), dest=root, tag=_TAG))
         done = []
         if len(sends) > 8:
             sends[:] = [r for r in sends if not r.Test()]

@@ -159,3 +159,19 @@ def test_progress_is_silent_off_a_terminal(ctx, capfd):
 
 def test_exported_names():
     assert hpcpar.farm is farm and hpcpar.TaskError is TaskError
+
+
+def test_unpicklable_result_becomes_a_task_error(ctx):
+    import threading
+
+    def task(x):
+        return threading.Lock() if x == 3 else x
+
+    out = farm(ctx, task, range(8) if ctx.is_root else None, chunksize=1, errors="collect")
+    if ctx.is_root:
+        # root may run task 3 itself (no pickling then): either the lock or a TypeError
+        ok = out[:3] == [0, 1, 2] and out[4:] == [4, 5, 6, 7] and (
+            isinstance(out[3], TypeError) or hasattr(out[3], "acquire"))
+    else:
+        ok = out is None
+    assert_all(ok, f"unpicklable result: {out}", ctx=ctx)
