@@ -65,18 +65,17 @@ def local_cpus(ctx=None) -> int:
     """The number of CPUs this rank may use for its own workers.
 
     **Collective** over ``ctx`` (``COMM_WORLD`` when None) the first time it is
-    called for that communicator; later calls are local and return the cached
-    value (per Context object; for ``COMM_WORLD`` when ``ctx`` is None).
-    The ranks that run on the same node (an ``MPI_COMM_TYPE_SHARED``
-    split) and have the same affinity set share that set evenly (the first
-    ``n % k`` of them get one more CPU); the share is then capped by
-    ``SLURM_CPUS_PER_TASK`` when set, and is at least 1. So with 2 ranks on a
-    2-core node each gets 1; with ranks bound to their own cores, each gets its
-    own. :func:`local_pool` uses the cached value as its default size.
+    called for that Context (or for ``COMM_WORLD``); later calls are local and
+    return the cached value. The ranks that run on the same node (an
+    ``MPI_COMM_TYPE_SHARED`` split) and have the same affinity set share that
+    set evenly (the first ``n % k`` of them get one more CPU); the share is then
+    capped by ``SLURM_CPUS_PER_TASK`` when set, and is at least 1. So with 2
+    ranks on a 2-core node each gets 1; with ranks bound to their own cores,
+    each gets its own. Once computed for ``COMM_WORLD`` (or a Context over all
+    of its ranks) it is the default size of :func:`local_pool`.
 
     Returns:
-        The same kind of count on every rank: this rank's share (it may differ
-        between ranks).
+        This rank's share; it may differ between ranks.
     """
     from mpi4py import MPI
 
@@ -97,10 +96,10 @@ def local_cpus(ctx=None) -> int:
     share = len(mine) // k + (1 if position < len(mine) % k else 0)
     slurm = _slurm_cpus()
     n = max(1, min(share, slurm) if slurm else share)
-    if ctx is None:
-        _WORLD[:] = [n]
-    else:
+    if ctx is not None:
         _CACHE[ctx] = n
+    if ctx is None or (not _WORLD and ctx.size == MPI.COMM_WORLD.Get_size()):
+        _WORLD[:] = [n]
     return n
 
 

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=int, default=10_000, help="tiny tasks per throughput run (default 10000)")
     p.add_argument("--chunksizes", default="1,8,64,256", help="chunksizes to try (default 1,8,64,256)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
-    p.add_argument("--size", default="600x400", help="Mandelbrot image WxH (default 600x400)")
+    p.add_argument("--size", default="800x600", help="Mandelbrot image WxH (default 800x600)")
     p.add_argument("--max-iter", type=int, default=200, help="Mandelbrot iterations (default 200)")
     p.add_argument("--cpu-tasks", type=int, default=16, help="CPU-bound tasks for the local_pool run")
 
