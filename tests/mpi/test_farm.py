@@ -175,3 +175,26 @@ def test_unpicklable_result_becomes_a_task_error(ctx):
     else:
         ok = out is None
     assert_all(ok, f"unpicklable result: {out}", ctx=ctx)
+
+
+def test_failure_on_the_last_rank_carries_its_traceback(ctx):
+    last = ctx.size - 1
+
+    def fails_on_last_rank(x):
+        time.sleep(0.003)
+        if ctx.rank == last:
+            raise RuntimeError(f"rank {ctx.rank} refuses task {x}")
+        return x
+
+    err = None
+    try:
+        farm(ctx, fails_on_last_rank, range(30) if ctx.is_root else None, chunksize=1)
+    except TaskError as exc:
+        err = exc
+    if ctx.is_root:
+        ok = (err is not None and err.rank == last and "fails_on_last_rank" in err.remote_traceback
+              and f"refuses task {err.index}" in str(err) and isinstance(err.__cause__, RuntimeError))
+    else:
+        ok = err is None
+    assert_all(ok, f"got {err!r}", ctx=ctx)
+    assert_all(ctx.comm.allreduce(1) == ctx.size, "context usable", ctx=ctx)
