@@ -39,6 +39,7 @@ _MAX_WANT = 64  # the most chunks a worker asks for at once
 #: Answer requests from a helper thread while root computes (needs MPI_THREAD_MULTIPLE).
 _USE_HELPER = True
 _IDLE_MIN, _IDLE_MAX = 20e-6, 2e-3  # sleep between probes when nothing arrives (seconds)
+_OWN_SLICE = 5e-3  # root yields results at least this often while computing (seconds)
 _SPIN = 50e-6  # probe without sleeping this long first (seconds)
 _ERRORS = ("raise", "collect")
 
@@ -431,16 +432,8 @@ class _Root:
                 if done:
                     break
                 if mine is not None:
-                    start, items, pos = mine
-                    if self.cancel:
-                        with self.lock:
-                            self._record([(start + k, None, None) for k in range(pos, len(items))])
-                        mine = None
-                        continue
-                    ok, value = _run_one(self.fn, start + pos, items[pos], self.rank)
-                    with self.lock:
-                        self._record([(start + pos, ok, value)])
-                    mine = (start, items, pos + 1) if pos + 1 < len(items) else None
+                    self._compute_own(mine)
+                    mine = None
                     idle = _IDLE_MIN
                 else:
                     # Own share done: wait for the workers without spinning a core.
@@ -469,6 +462,43 @@ class _Root:
         MPI.Request.Waitall(self.sends)
         if self.errors == "raise" and self.first_failure is not None:
             raise self.first_failure.error()
+
+    def _compute_own(self, mine) -> None:
+        """Run root's current chunk, and the next ones for up to ``_OWN_SLICE`` seconds.
+
+        Requests are answered between any two tasks. Root takes one chunk at a
+        time, like a worker, so the load stays balanced; it returns to the main
+        loop (which yields results) after each time slice.
+        """
+        comm, fn, rank, multi = self.comm, self.fn, self.rank, self.size > 1
+        raise_ = self.errors == "raise"
+        deadline = time.perf_counter() + _OWN_SLICE
+        while mine is not None:
+            start, items, pos = mine
+            results = []
+            k = len(items)
+            for j in range(pos, len(items)):
+                if multi and comm.iprobe(source=MPI.ANY_SOURCE, tag=_TAG):
+                    with self.lock:
+                        self._serve_pending()
+                    if self.cancel:
+                        k = j
+                        break
+                try:
+                    results.append((start + j, True, fn(items[j])))
+                except Exception as exc:  # noqa: BLE001 - reported with its traceback
+                    results.append((start + j, False, _Failure(start + j, rank, exc)))
+                    if raise_:
+                        k = j + 1
+                        break
+            with self.lock:
+                self._record(results)
+                if k < len(items):  # cancelled: the rest of the chunk is skipped
+                    self._record([(start + j, None, None) for j in range(k, len(items))])
+                if self.cancel or time.perf_counter() > deadline:
+                    return
+                chunk = self._take()
+            mine = (chunk[0], chunk[1], 0) if chunk else None
 
     def _drain(self) -> None:
         """The caller stopped early: start nothing new, let every worker finish."""
