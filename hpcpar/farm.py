@@ -10,8 +10,9 @@ two of its own tasks it answers every pending request (an ``MPI_Improbe``, about
 a microsecond, when none is waiting), and while one of its tasks runs a helper
 thread answers them too (when MPI provides ``MPI_THREAD_MULTIPLE``, which mpi4py
 asks for by default). Nothing spins for long: the helper thread, an idle root
-and a waiting worker sleep between probes (20 us doubling to 2 ms), because a
-blocking ``MPI_Recv`` busy-polls a core that the computing ranks need.
+and a waiting worker sleep between probes (20 us doubling to 0.5 ms; 2 ms for the
+helper), because a blocking ``MPI_Recv`` busy-polls a core that the computing
+ranks need.
 
 Every farm runs on its own duplicate of the context's communicator, freed at the
 end, so farm messages never meet the user's messages, and an aborted farm leaves
@@ -38,7 +39,8 @@ _REQ, _RES = 0, 1  # worker -> root kinds: "results, and give me more" / "result
 _MAX_WANT = 64  # the most chunks a worker asks for at once
 #: Answer requests from a helper thread while root computes (needs MPI_THREAD_MULTIPLE).
 _USE_HELPER = True
-_IDLE_MIN, _IDLE_MAX = 20e-6, 2e-3  # sleep between probes when nothing arrives (seconds)
+_IDLE_MIN, _IDLE_MAX = 20e-6, 5e-4  # a waiting rank sleeps between probes (seconds)
+_HELPER_MAX = 2e-3  # the most root's helper thread sleeps between probes (seconds)
 _OWN_SLICE = 5e-3  # root yields results at least this often while computing (seconds)
 _SPIN = 50e-6  # probe without sleeping this long first (seconds)
 _ERRORS = ("raise", "collect")
@@ -214,7 +216,7 @@ def _await(comm: MPI.Comm, source: int) -> None:
 
     Probes without pause for ``_SPIN`` seconds (a reply to a request usually
     arrives within microseconds), then sleeps between probes, 20 us doubling to
-    2 ms: a blocking ``MPI_Recv`` would spin a core for as long as root takes to
+    0.5 ms: a blocking ``MPI_Recv`` would spin a core for as long as root takes to
     answer, a core that root's own tasks (or other ranks on the node) need.
     """
     if comm.iprobe(source=source, tag=_TAG):
@@ -391,7 +393,7 @@ class _Root:
                     served = self._serve_pending()
                 finally:
                     self.lock.release()
-            pause = _IDLE_MIN if served else min(2 * pause, _IDLE_MAX)
+            pause = _IDLE_MIN if served else min(2 * pause, _HELPER_MAX)
             stop.wait(pause)
 
     # -- the main loop

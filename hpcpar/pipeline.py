@@ -26,7 +26,7 @@ __all__ = ["pipeline"]
 
 _TAG = 11
 _EOS = ("eos",)  # end of stream
-_IDLE_MIN, _IDLE_MAX = 20e-6, 2e-3
+_IDLE_MIN, _IDLE_MAX = 20e-6, 5e-4  # sleep between probes while waiting (seconds)
 
 
 class _StageFailure:
