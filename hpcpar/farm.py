@@ -6,8 +6,8 @@ before it starts the last task it holds, so the reply travels while that task
 runs. A worker that still ran dry before the reply came asks for twice as many
 chunks next time (root grants at most a ``1 / (2 * size)`` share of what is
 left, so the end of the farm stays balanced). Root computes tasks too: between
-two of its own tasks it answers every pending request (an ``MPI_Improbe``, about
-a microsecond, when none is waiting), and while one of its tasks runs a helper
+two of its own tasks it probes for requests (an ``MPI_Iprobe``, about a
+microsecond) and answers those waiting, and while one of its tasks runs a helper
 thread answers them too (when MPI provides ``MPI_THREAD_MULTIPLE``, which mpi4py
 asks for by default). Nothing spins for long: the helper thread, an idle root
 and a waiting worker sleep between probes (20 us doubling to 0.5 ms; 2 ms for the
