@@ -70,11 +70,13 @@ test-parallel-hdf5: phdf5-venv
 	echo "== parallel HDF5 (mpio): jobs written on n ranks and read on m, kill -9 during checkpoints"; \
 	$(TIMEOUT) 1200 $(PHDF5_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OUTPUT_JOBS)
 
-## bench: the collectives benchmark at 2 and 3 ranks, the halo/sort benchmark at 2 ranks
+## bench: the collectives and farm benchmarks at 2 and 3 ranks, the halo/sort benchmark at 2 ranks
 bench: venv
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench collectives
 	$(MPIEXEC) -n 3 $(BIN)/hpcpar bench collectives
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench halo
+	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench farm
+	$(MPIEXEC) -n 3 $(BIN)/hpcpar bench farm
 
 ## bench-output: shared HDF5 output (serial fallback) at 2 ranks, and the mpio path in the parallel-HDF5 venv
 bench-output: venv

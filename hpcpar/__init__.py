@@ -17,9 +17,12 @@ no call communicates until you make one.
 from . import partition, sort, watchdog
 from .checkpoint import Checkpoint
 from .comm import CollectiveMismatchError, Context
+from .farm import TaskError, farm, farm_iter
 from .grid import Grid
+from .local import LocalPool, local_cpus, local_pool
 from .log import get_logger
 from .output import Output, read, read_grid
+from .pipeline import pipeline
 from .runner import abort, run
 from .timing import timed
 
@@ -40,5 +43,12 @@ __all__ = [
     "read_grid",
     "Checkpoint",
     "sort",
+    "farm",
+    "farm_iter",
+    "TaskError",
+    "pipeline",
+    "local_cpus",
+    "local_pool",
+    "LocalPool",
     "__version__",
 ]

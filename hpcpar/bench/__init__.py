@@ -25,6 +25,8 @@ BENCHMARKS = {
                "one shared HDF5 file: mpio / serial fallback vs one process writing with plain h5py"),
     "halo": ("hpcpar.bench.halo",
              "heat step on Grid vs hand-written Sendrecv vs 1 rank; sample sort vs np.sort"),
+    "farm": ("hpcpar.bench.farm",
+             "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; local_pool speedup"),
 }
 
 

@@ -1,0 +1,139 @@
+"""The Mandelbrot set two ways: a static block partition of the rows, and a dynamic farm.
+
+Rows inside the set cost ``--max-iter`` iterations per pixel, rows far outside a
+few, so equal blocks of rows give the ranks very unequal work. The job computes
+the image both ways, prints each one's *load imbalance* (the busiest rank's
+compute time over the mean: 1.00 is perfect balance) and checks that the two
+images are identical. ``--png`` writes the image with matplotlib.
+
+    mpiexec -n 2 python jobs/mandelbrot.py --width 800 --height 600 --png mandelbrot.png
+    hpcpar run -n 4 jobs/mandelbrot.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import hpcpar
+from hpcpar import partition
+
+#: Region of the complex plane: (re_min, re_max, im_min, im_max).
+REGION = (-2.0, 0.6, -0.35, 1.25)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=800, help="pixels per row (default 800)")
+    p.add_argument("--height", type=int, default=600, help="rows (default 600)")
+    p.add_argument("--max-iter", type=int, default=200, help="iterations before a point counts as inside")
+    p.add_argument("--rows", type=int, default=4, help="rows per farm task (default 4)")
+    p.add_argument("--png", metavar="PATH", help="write the image as a PNG (needs matplotlib)")
+    return p.parse_args(argv)
+
+
+def rows(y0: int, y1: int, width: int, height: int, max_iter: int) -> np.ndarray:
+    """Escape counts (uint16) of rows ``y0:y1``; every pixel's arithmetic is the same however rows are grouped."""
+    re = np.linspace(REGION[0], REGION[1], width)
+    im = np.linspace(REGION[3], REGION[2], height)[y0:y1]
+    c = (re[None, :] + 1j * im[:, None]).ravel()
+    z = np.zeros_like(c)
+    count = np.full(c.shape, max_iter, dtype=np.uint16)
+    active = np.arange(c.size)
+    for k in range(max_iter):
+        zi = z[active] * z[active] + c[active]
+        z[active] = zi
+        out = (zi.real * zi.real + zi.imag * zi.imag) > 4.0
+        if out.any():
+            count[active[out]] = k
+            active = active[~out]
+            if active.size == 0:
+                break
+    return count.reshape(y1 - y0, width)
+
+
+def static(ctx, width, height, max_iter):
+    """Equal blocks of rows per rank. **Collective**: (image on root, this rank's compute seconds)."""
+    r = partition.block_range(height, ctx.size, ctx.rank)
+    t0 = time.perf_counter()
+    block = rows(r.start, r.stop, width, height, max_iter)
+    busy = time.perf_counter() - t0
+    return ctx.gather(block), busy
+
+
+def dynamic(ctx, width, height, max_iter, per_task):
+    """Tasks of ``per_task`` rows handed out by :func:`hpcpar.farm`. **Collective**: (image on root, busy seconds)."""
+    busy = 0.0
+
+    def task(y0):
+        nonlocal busy
+        t0 = time.perf_counter()
+        out = rows(y0, min(height, y0 + per_task), width, height, max_iter)
+        busy += time.perf_counter() - t0
+        return out
+
+    parts = hpcpar.farm(ctx, task, range(0, height, per_task) if ctx.is_root else None, chunksize=1)
+    image = np.concatenate(parts) if ctx.is_root else None
+    return image, busy
+
+
+def imbalance(ctx, busy: float) -> float:
+    """The busiest rank's compute time over the mean. **Collective**: the same on every rank."""
+    times = ctx.comm.allgather(busy)
+    mean = sum(times) / len(times)
+    return max(times) / mean if mean > 0 else 1.0
+
+
+def write_png(image: np.ndarray, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(path, image, cmap="magma", origin="upper")
+
+
+#: Output writers by command-line option: ``--png`` now; other formats (HDF5)
+#: register here with their own option and are called on root with the image.
+WRITERS = {"png": write_png}
+
+
+def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
+    args = parse_args(argv)
+    w, h, m = args.width, args.height, args.max_iter
+    ctx.barrier()
+    t0 = time.perf_counter()
+    img_static, busy_static = static(ctx, w, h, m)
+    t_static = ctx.comm.allreduce(time.perf_counter() - t0, op=max_op())
+    imb_static = imbalance(ctx, busy_static)
+    ctx.barrier()
+    t0 = time.perf_counter()
+    img_farm, busy_farm = dynamic(ctx, w, h, m, args.rows)
+    t_farm = ctx.comm.allreduce(time.perf_counter() - t0, op=max_op())
+    imb_farm = imbalance(ctx, busy_farm)
+    if not ctx.is_root:
+        return None
+    if not np.array_equal(img_static, img_farm):
+        raise SystemExit("mandelbrot: the static and farmed images differ")
+    inside = int(np.count_nonzero(img_farm == m))
+    print(f"mandelbrot {w}x{h}, max_iter {m}, {ctx.size} ranks, {inside:,} pixels inside")
+    print(f"  static blocks: {t_static:.3f} s, load imbalance {imb_static:.2f} (max/mean compute time)")
+    print(f"  dynamic farm:  {t_farm:.3f} s, load imbalance {imb_farm:.2f} ({args.rows} rows per task)")
+    for option, writer in WRITERS.items():
+        path = getattr(args, option, None)
+        if path:
+            writer(img_farm, path)
+            print(f"  wrote {path}")
+    return img_farm
+
+
+def max_op():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+if __name__ == "__main__":
+    hpcpar.run(main)

@@ -1,0 +1,57 @@
+"""Pure parts of the task tools and jobs: no ranks needed."""
+
+import pickle
+import sys
+
+import pytest
+
+from conftest import JOBS
+from hpcpar.farm import TaskError, default_chunksize
+
+sys.path.insert(0, str(JOBS))
+import crawler  # noqa: E402
+import fibonacci  # noqa: E402
+
+
+@pytest.mark.parametrize("n,size,want", [(0, 2, 1), (1, 4, 1), (10_000, 2, 1250), (9, 2, 2), (100, 3, 9)])
+def test_default_chunksize_is_ceil_n_over_4_workers(n, size, want):
+    assert default_chunksize(n, size) == want
+
+
+def test_task_error_pickles_with_its_fields():
+    err = TaskError("task 3 raised X on rank 1", 3, 1, "X", "Traceback ...", stage=2)
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.index, back.rank, back.stage, back.exc_type, back.remote_traceback) == (3, 1, 2, "X", "Traceback ...")
+    assert str(back) == str(err)
+
+
+def test_links_of_resolves_relative_drops_fragments_and_other_hosts():
+    base = "http://127.0.0.1:8000/"
+    html = ('<a href="b.html">x</a><a href="/c#top">y</a><a href="http://example.com/z">z</a>'
+            '<a href="b.html#s">again</a><a name="anchor-only">n</a>')
+    assert crawler.links_of("http://127.0.0.1:8000/p/a.html", html, base) == [
+        "http://127.0.0.1:8000/c", "http://127.0.0.1:8000/p/b.html"]
+
+
+@pytest.mark.parametrize("url,ok", [("http://127.0.0.1:1/", True), ("http://[::1]:80/", True),
+                                    ("http://localhost/", True), ("http://10.0.0.1/", False),
+                                    ("http://example.com/", False)])
+def test_crawler_fetches_loopback_only(url, ok):
+    if ok:
+        crawler.check_loopback(url)
+    else:
+        with pytest.raises(ValueError, match="only loopback"):
+            crawler.check_loopback(url)
+
+
+def test_generated_site_graph_is_connected_and_has_broken_links():
+    site, targets = crawler.make_site(120, seed=9)
+    graph = crawler.expected_graph(targets, "http://127.0.0.1:9/")
+    fetched = [u for u, v in graph.items() if v is not None]
+    assert len(fetched) == 120  # every page reachable from /
+    assert any(v is None for v in graph.values())
+
+
+def test_fib_loop_and_fast_doubling_agree():
+    assert [fibonacci.fib(n) for n in range(10)] == [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]
+    assert all(fibonacci.fib(n) == fibonacci.fib_doubling(n) for n in (0, 1, 2, 50, 999, 1234))
