@@ -4,9 +4,12 @@ Rows inside the set cost ``--max-iter`` iterations per pixel, rows far outside a
 few, so equal blocks of rows give the ranks very unequal work. The job computes
 the image both ways, prints each one's *load imbalance* (the busiest rank's
 compute time over the mean: 1.00 is perfect balance) and checks that the two
-images are identical. ``--png`` writes the image with matplotlib.
+images are identical. ``--png`` writes the image with matplotlib; ``--out`` writes
+it to HDF5 with :class:`hpcpar.Output`, each rank writing its own block of rows
+(dataset ``image``, uint16 escape counts, the parameters as its attributes).
 
     mpiexec -n 2 python jobs/mandelbrot.py --width 800 --height 600 --png mandelbrot.png
+    mpiexec -n 2 python jobs/mandelbrot.py --out mandelbrot.h5
     hpcpar run -n 4 jobs/mandelbrot.py
 """
 
@@ -31,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-iter", type=int, default=200, help="iterations before a point counts as inside")
     p.add_argument("--rows", type=int, default=4, help="rows per farm task (default 4)")
     p.add_argument("--png", metavar="PATH", help="write the image as a PNG (needs matplotlib)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the image to HDF5 (dataset 'image', each rank its rows)")
     return p.parse_args(argv)
 
 
@@ -54,12 +59,20 @@ def rows(y0: int, y1: int, width: int, height: int, max_iter: int) -> np.ndarray
     return count.reshape(y1 - y0, width)
 
 
-def static(ctx, width, height, max_iter):
-    """Equal blocks of rows per rank. **Collective**: (image on root, this rank's compute seconds)."""
+def static_block(ctx, width, height, max_iter):
+    """This rank's equal block of rows. **Local**: (block, compute seconds).
+
+    The block is rows ``partition.block_range(height, ctx.size, ctx.rank)``.
+    """
     r = partition.block_range(height, ctx.size, ctx.rank)
     t0 = time.perf_counter()
     block = rows(r.start, r.stop, width, height, max_iter)
-    busy = time.perf_counter() - t0
+    return block, time.perf_counter() - t0
+
+
+def static(ctx, width, height, max_iter):
+    """Equal blocks of rows per rank. **Collective**: (image on root, this rank's compute seconds)."""
+    block, busy = static_block(ctx, width, height, max_iter)
     return ctx.gather(block), busy
 
 
@@ -86,7 +99,10 @@ def imbalance(ctx, busy: float) -> float:
     return max(times) / mean if mean > 0 else 1.0
 
 
-def write_png(image: np.ndarray, path: str) -> None:
+def write_png(ctx, path: str, image, block, args) -> None:
+    """The image as a PNG, written by root. **Collective** (the other ranks do nothing)."""
+    if not ctx.is_root:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,9 +111,24 @@ def write_png(image: np.ndarray, path: str) -> None:
     plt.imsave(path, image, cmap="magma", origin="upper")
 
 
-#: Output writers by command-line option: ``--png`` now; other formats (HDF5)
-#: register here with their own option and are called on root with the image.
-WRITERS = {"png": write_png}
+def write_h5(ctx, path: str, image, block, args) -> None:
+    """The image as dataset ``image`` of the HDF5 file ``path``. **Collective**.
+
+    Every rank writes its static block of rows (:meth:`hpcpar.Output.write`); the
+    dataset's attributes hold the parameters (``width``, ``height``,
+    ``max_iter``, ``region`` = re_min, re_max, im_min, im_max; row 0 is ``im_max``).
+    """
+    attrs = {"width": args.width, "height": args.height, "max_iter": args.max_iter,
+             "region": np.array(REGION), "value": "escape count (max_iter: inside the set)"}
+    with hpcpar.Output(ctx, path) as out:
+        out.write("image", block, attrs=attrs)
+        out.attrs["job"] = "mandelbrot"
+
+
+#: Output writers by command-line option (``--png``, ``--out``). Each is called on
+#: every rank as ``writer(ctx, path, image, block, args)``: ``image`` is the whole
+#: image on root (None elsewhere), ``block`` this rank's static block of rows.
+WRITERS = {"png": write_png, "out": write_h5}
 
 
 def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
@@ -105,7 +136,8 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
     w, h, m = args.width, args.height, args.max_iter
     ctx.barrier()
     t0 = time.perf_counter()
-    img_static, busy_static = static(ctx, w, h, m)
+    block, busy_static = static_block(ctx, w, h, m)
+    img_static = ctx.gather(block)
     t_static = ctx.comm.allreduce(time.perf_counter() - t0, op=max_op())
     imb_static = imbalance(ctx, busy_static)
     ctx.barrier()
@@ -113,20 +145,21 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
     img_farm, busy_farm = dynamic(ctx, w, h, m, args.rows)
     t_farm = ctx.comm.allreduce(time.perf_counter() - t0, op=max_op())
     imb_farm = imbalance(ctx, busy_farm)
-    if not ctx.is_root:
-        return None
-    if not np.array_equal(img_static, img_farm):
+    same = ctx.comm.bcast(np.array_equal(img_static, img_farm) if ctx.is_root else None, root=ctx.root)
+    if not same:
         raise SystemExit("mandelbrot: the static and farmed images differ")
-    inside = int(np.count_nonzero(img_farm == m))
-    print(f"mandelbrot {w}x{h}, max_iter {m}, {ctx.size} ranks, {inside:,} pixels inside")
-    print(f"  static blocks: {t_static:.3f} s, load imbalance {imb_static:.2f} (max/mean compute time)")
-    print(f"  dynamic farm:  {t_farm:.3f} s, load imbalance {imb_farm:.2f} ({args.rows} rows per task)")
+    if ctx.is_root:
+        inside = int(np.count_nonzero(img_farm == m))
+        print(f"mandelbrot {w}x{h}, max_iter {m}, {ctx.size} ranks, {inside:,} pixels inside")
+        print(f"  static blocks: {t_static:.3f} s, load imbalance {imb_static:.2f} (max/mean compute time)")
+        print(f"  dynamic farm:  {t_farm:.3f} s, load imbalance {imb_farm:.2f} ({args.rows} rows per task)")
     for option, writer in WRITERS.items():
         path = getattr(args, option, None)
         if path:
-            writer(img_farm, path)
-            print(f"  wrote {path}")
-    return img_farm
+            writer(ctx, path, img_farm, block, args)
+            if ctx.is_root:
+                print(f"  wrote {path}")
+    return img_farm if ctx.is_root else None
 
 
 def max_op():

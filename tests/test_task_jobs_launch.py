@@ -1,5 +1,7 @@
 """The task-parallel jobs started as scripts under mpiexec (workers spawned from the job script)."""
 
+import sys
+
 import pytest
 
 from conftest import JOBS, run_mpi
@@ -23,6 +25,28 @@ def test_mandelbrot_script_png(tmp_path):
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert r.stdout.count("load imbalance") == 2
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_mandelbrot_script_out_hdf5(tmp_path, n):
+    import h5py
+    import numpy as np
+
+    sys.path.insert(0, str(JOBS))
+    import mandelbrot
+
+    w, h, m = 70, 53, 60
+    path = tmp_path / "m.h5"
+    r = run_mpi(n, [str(JOBS / "mandelbrot.py"), "--width", str(w), "--height", str(h),
+                    "--max-iter", str(m), "--out", str(path)], timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {path}" in r.stdout
+    with h5py.File(path, "r") as f:
+        image = f["image"][...]
+        assert f.attrs["mpi_ranks"] == n
+        assert (f["image"].attrs["width"], f["image"].attrs["height"]) == (w, h)
+    assert image.dtype == np.uint16 and image.shape == (h, w)
+    assert np.array_equal(image, mandelbrot.rows(0, h, w, h, m))
 
 
 def test_crawler_serve_demo():

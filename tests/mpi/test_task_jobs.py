@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import JOBS
+import hpcpar
 from hpcpar.testing import assert_all
 
 sys.path.insert(0, str(JOBS))  # before the imports: pool workers find the job modules the same way
@@ -63,6 +64,30 @@ def test_mandelbrot_main_prints_imbalance_and_writes_png(ctx, tmp_path, capsys):
     else:
         ok = image is None and out == ""
     assert_all(ok, f"mandelbrot main output: {out!r}", ctx=ctx)
+
+
+def test_mandelbrot_out_writes_each_ranks_rows_to_hdf5(ctx, shared_dir, capsys):
+    import h5py
+
+    from hpcpar import partition
+
+    w, h, m = 48, 37, 50  # 37 rows: uneven blocks on 2 and 3 ranks
+    path = str(shared_dir / "m.h5")
+    image = mandelbrot.main(ctx, ["--width", str(w), "--height", str(h), "--max-iter", str(m),
+                                  "--out", path])
+    capsys.readouterr()
+    serial = mandelbrot.rows(0, h, w, h, m)
+    mine = hpcpar.read(ctx, path, "image")  # this rank's block, read back in parallel
+    r = partition.block_range(h, ctx.size, ctx.rank)
+    ok = mine.dtype == np.uint16 and np.array_equal(mine, serial[r.start:r.stop])
+    if ctx.is_root:
+        with h5py.File(path, "r") as f:
+            d = f["image"]
+            ok = ok and np.array_equal(d[...], serial) and np.array_equal(image, serial)
+            ok = ok and (d.attrs["width"], d.attrs["height"], d.attrs["max_iter"]) == (w, h, m)
+            ok = ok and np.array_equal(d.attrs["region"], mandelbrot.REGION)
+            ok = ok and f.attrs["mpi_ranks"] == ctx.size and f.attrs["job"] == "mandelbrot"
+    assert_all(ok, "the HDF5 image differs from a serial computation", ctx=ctx)
 
 
 def test_crawler_finds_the_known_link_graph(ctx):
