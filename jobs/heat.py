@@ -126,7 +126,8 @@ def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float,
     cell; the rim follows once the ghosts have arrived. Wall ghost cells are never
     written, so they keep the Dirichlet value 0 of :meth:`hpcpar.Grid.zeros`.
     ``compute`` and ``exchange`` are timer regions (``ctx.timer(...)``) around the
-    stencil work and the halo exchange.
+    stencil work and the halo exchange (each is entered twice per step, so the
+    timing table counts two calls per step).
 
     Returns:
         ``out``.
