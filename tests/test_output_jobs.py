@@ -113,7 +113,8 @@ def main(ctx):
         step += 1
         ck.save(step, **fields(ctx, step))
         if first:
-            print("saved", os.getpid(), flush=True)
+            sys.stdout.write(f"saved {os.getpid()}\\n")  # one write: lines of two ranks never mix
+            sys.stdout.flush()
             first = False
 
 hpcpar.run(main)
