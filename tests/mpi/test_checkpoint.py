@@ -142,7 +142,9 @@ def test_an_unreadable_checkpoint_without_a_previous_one_is_a_clear_error(ctx, s
     ctx.barrier()
     with pytest.raises(OSError, match=rf"{ck.path} is not a readable HDF5 file, truncated or corrupted"):
         ck.load()
-    ck.save(2, x=block_of(6, ctx))  # a new save replaces it
+    ck.save(2, x=block_of(6, ctx))  # a new save replaces it, and keeps no unreadable .prev
+    assert_all(not os.path.exists(ck.prev_path), "the unreadable file was kept as .prev", ctx=ctx)
+    ck.save(3, x=block_of(6, ctx))
     if ctx.is_root:
         damage(ck.path, how)
         damage(ck.prev_path, how)
