@@ -14,12 +14,26 @@ bit-identical for any number of ranks.
 
     mpiexec -n 4 python jobs/heat.py --n 512 --steps 500
     hpcpar run -n 4 jobs/heat.py --png heat.png
+    mpiexec -n 4 python jobs/heat.py --out heat.h5 --snapshot-every 50 \
+        --checkpoint heat.ckpt.h5 --every 100
+
+``--out FILE`` writes one HDF5 file (:class:`hpcpar.Output`): the dataset
+``snapshots`` (one field every ``--snapshot-every`` steps; their step numbers in
+the root attribute ``snapshot_steps``), the final field ``u``, the run parameters
+and hpcpar's provenance as root attributes. ``--checkpoint FILE --every K``
+saves the field every K steps (:class:`hpcpar.Checkpoint`); when FILE exists at
+start the run resumes from it, on any number of ranks, and ends with the field
+bit-identical to an uninterrupted run (an existing ``--out`` file is then kept,
+with the snapshots after the checkpoint's step dropped).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+import signal
 import time
 from typing import Callable
 
@@ -42,7 +56,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="process grid as RxC, e.g. 2x2 (default: balanced for the rank count)")
     p.add_argument("--png", metavar="FILE", help="write an image of the final field (needs matplotlib)")
     p.add_argument("--save-npy", metavar="FILE", help="write the final global field to a .npy file")
-    return p.parse_args(argv)
+    p.add_argument("--out", metavar="FILE",
+                   help="write snapshots, the final field u and the run's parameters to an HDF5 file")
+    p.add_argument("--snapshot-every", type=int, default=0, metavar="K",
+                   help="with --out: append the field to 'snapshots' every K steps (default 0: none)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="save a checkpoint every --every steps; resume from FILE when it exists")
+    p.add_argument("--every", type=int, default=100, metavar="K",
+                   help="checkpoint interval in steps (default 100)")
+    p.add_argument("--crash-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: kill -9 after step K
+    args = p.parse_args(argv)
+    for name in ("snapshot_every", "every", "steps"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.every == 0 and args.checkpoint:
+        p.error("--every must be >= 1 with --checkpoint")
+    if args.snapshot_every and not args.out:
+        p.error("--snapshot-every needs --out FILE")
+    return args
 
 
 def spacing(n: int) -> float:
@@ -84,24 +115,35 @@ def _stencil(u: np.ndarray, out: np.ndarray, r: float, rows: slice, cols: slice)
     t += c
 
 
-def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float) -> np.ndarray:
+_UNTIMED = contextlib.nullcontext()
+
+
+def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float,
+         compute=_UNTIMED, exchange=_UNTIMED) -> np.ndarray:
     """One explicit step from ``u`` into ``out`` (both with halo of width 1). **Collective**.
 
     The halo exchange of ``u`` overlaps the update of the cells that need no ghost
     cell; the rim follows once the ghosts have arrived. Wall ghost cells are never
     written, so they keep the Dirichlet value 0 of :meth:`hpcpar.Grid.zeros`.
+    ``compute`` and ``exchange`` are timer regions (``ctx.timer(...)``) around the
+    stencil work and the halo exchange (each is entered twice per step, so the
+    timing table counts two calls per step).
 
     Returns:
         ``out``.
     """
     n0, n1 = grid.local_shape
-    grid.exchange_begin(u, corners=False)  # the 5-point stencil needs no corners
-    _stencil(u, out, r, slice(2, n0), slice(2, n1))  # the deep interior
-    grid.exchange_end()
-    _stencil(u, out, r, slice(1, 2), slice(1, n1 + 1))  # first row
-    _stencil(u, out, r, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))  # last row
-    _stencil(u, out, r, slice(2, n0), slice(1, 2))  # first column
-    _stencil(u, out, r, slice(2, n0), slice(max(n1, 2), n1 + 1))  # last column
+    with exchange:
+        grid.exchange_begin(u, corners=False)  # the 5-point stencil needs no corners
+    with compute:
+        _stencil(u, out, r, slice(2, n0), slice(2, n1))  # the deep interior
+    with exchange:
+        grid.exchange_end()
+    with compute:
+        _stencil(u, out, r, slice(1, 2), slice(1, n1 + 1))  # first row
+        _stencil(u, out, r, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))  # last row
+        _stencil(u, out, r, slice(2, n0), slice(1, 2))  # first column
+        _stencil(u, out, r, slice(2, n0), slice(max(n1, 2), n1 + 1))  # last column
     return out
 
 
@@ -122,6 +164,9 @@ def simulate(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, steps: int, 
             (output and checkpoints hook in here; ``field`` is the current array
             with halo, valid until the next step).
 
+    The time goes to the timer regions ``"compute"`` and ``"exchange"`` of
+    ``ctx.timer`` (the table :func:`hpcpar.run` prints at the end).
+
     Returns:
         The field after step ``steps`` (``u`` or its twin buffer).
     """
@@ -132,8 +177,9 @@ def simulate(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, steps: int, 
         raise ValueError(f"simulate needs a 2-D grid with halo 1 and a field of shape {grid.halo_shape}; "
                          f"got a {grid.ndim}-D grid with halo {grid.halo} and a field of shape {u.shape}")
     other = np.zeros_like(u)
+    compute, exchange = ctx.timer("compute"), ctx.timer("exchange")
     for k in range(start + 1, steps + 1):
-        step(grid, u, other, r)
+        step(grid, u, other, r, compute, exchange)
         u, other = other, u
         if on_step is not None:
             on_step(k, u)
@@ -174,6 +220,64 @@ def _parse_dims(text):
         raise ValueError(f"--dims must look like 2x2, got {text!r}") from None
 
 
+def resume(ctx: hpcpar.Context, grid: hpcpar.Grid, ckpt: hpcpar.Checkpoint,
+           args: argparse.Namespace) -> tuple[int, np.ndarray] | None:
+    """``(step, field with halo)`` from the checkpoint, or None when there is none. **Collective**.
+
+    The checkpoint may come from any number of ranks (it is re-partitioned onto
+    ``grid``). Raises ValueError on every rank when it was written for other
+    parameters (``--n``, ``--r``, ``--alpha``) or lies beyond ``--steps``.
+    """
+    state = ckpt.load(grid=grid)
+    if state is None:
+        return None
+    k, fields = state
+    saved = {"n": int(fields.get("n", -1)), "r": float(fields.get("r", math.nan)),
+             "alpha": float(fields.get("alpha", math.nan))}
+    wrong = [f"--{key} {saved[key]:g} (this run: {getattr(args, key):g})"
+             for key in saved if saved[key] != getattr(args, key)]
+    if wrong or "u" not in fields:
+        raise ValueError(f"checkpoint {ckpt.path} was written by a run with "
+                         f"{', '.join(wrong) or 'no field u'}; use the same parameters or "
+                         "remove the file to start afresh")
+    if k > args.steps:
+        raise ValueError(f"checkpoint {ckpt.path} holds step {k}, beyond --steps {args.steps}; "
+                         "ask for more steps or remove the file")
+    u = grid.zeros(fields["u"].dtype)
+    grid.interior(u)[...] = fields["u"]
+    return k, u
+
+
+def keep_output(ctx: hpcpar.Context, path: str, k: int) -> bool:
+    """Prepare an existing ``--out`` file for a run resumed at step ``k``. **Collective**.
+
+    Root drops the snapshots after step ``k`` and the final field (the resumed run
+    writes them again). Returns whether the file can be reopened in mode ``"a"``;
+    False when it is missing, or unreadable after a crash (root then says so, and
+    the run writes a fresh file).
+    """
+    import h5py
+
+    why = None
+    if ctx.is_root and os.path.exists(path):
+        try:
+            with h5py.File(path, "r+") as f:
+                steps = [int(s) for s in np.atleast_1d(f.attrs.get("snapshot_steps", []))]
+                keep = sum(1 for s in steps if s <= k)
+                if "snapshots" in f:
+                    f["snapshots"].resize(keep, axis=0)
+                f.attrs["snapshot_steps"] = np.array(steps[:keep], dtype=np.int64)
+                if "u" in f:
+                    del f["u"]
+        except Exception as exc:  # noqa: BLE001 - reported, then the file is rewritten
+            why = f"{type(exc).__name__}: {exc}"
+            print(f"heat: cannot reuse {path} after the restart ({why}); writing it afresh",
+                  flush=True)
+    elif ctx.is_root:
+        why = "missing"
+    return ctx.comm.bcast(why is None, root=ctx.root)
+
+
 def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
     args = parse_args(argv)
     if args.png:  # fail early, before the run, when matplotlib is missing
@@ -183,17 +287,36 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
             raise SystemExit("--png needs matplotlib: pip install 'hpcpar[plot]'") from None
     n, h = args.n, spacing(args.n)
     dt = args.r * h * h / args.alpha
-    with hpcpar.Grid(ctx, (n, n), dims=_parse_dims(args.dims)) as grid:
-        u = initial_field(grid)
+    with hpcpar.Grid(ctx, (n, n), dims=_parse_dims(args.dims)) as grid, contextlib.ExitStack() as stack:
+        ckpt = hpcpar.Checkpoint(ctx, args.checkpoint) if args.checkpoint else None
+        state = resume(ctx, grid, ckpt, args) if ckpt else None
+        start, u = state if state else (0, initial_field(grid))
+        if state and ctx.is_root:
+            print(f"heat: resuming from step {start} of {ckpt.path}", flush=True)
+        out = None
+        if args.out:
+            mode = "a" if state and keep_output(ctx, args.out, start) else "w"
+            out = stack.enter_context(hpcpar.Output(ctx, args.out, mode, decomposition=grid.dims))
+            out.attrs.update({"n": n, "steps": args.steps, "alpha": args.alpha, "r": args.r,
+                              "dt": dt, "dims": np.array(grid.dims), "h": h,
+                              "snapshot_every": args.snapshot_every,
+                              "checkpoint_every": args.every if ckpt else 0})
+            if mode == "w":
+                out.attrs["snapshot_steps"] = np.zeros(0, np.int64)
+        on_step = make_hook(ctx, grid, args, out, ckpt) if (out or ckpt or args.crash_after) else None
         ctx.barrier()
         t0 = time.perf_counter()
-        u = simulate(ctx, grid, u, args.steps, args.r)
+        u = simulate(ctx, grid, u, args.steps, args.r, start=start, on_step=on_step)
         elapsed = ctx.allreduce(time.perf_counter() - t0, op="max")
+        done = args.steps - start
+        if out is not None:
+            with ctx.timer("output"):
+                out.write("u", grid, u)
         t = args.steps * dt
         err = relative_error(ctx, grid, u, args.alpha, t)
         field = grid.gather(u) if (args.png or args.save_npy) else None
         if ctx.is_root:
-            per = elapsed / max(args.steps, 1)
+            per = elapsed / max(done, 1)
             print(f"heat: {n} x {n} grid on {ctx.size} ranks (dims {'x'.join(map(str, grid.dims))}), "
                   f"{args.steps} steps to t = {t:.4g} (alpha {args.alpha:g}, r {args.r:g}): "
                   f"{per * 1e3:.3f} ms/step, {n * n / per / 1e6:.1f} M cells/s; "
@@ -204,6 +327,28 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
                 write_png(args.png, field, f"heat, t = {t:.3g}, {n}x{n}, {ctx.size} ranks")
                 print(f"wrote {args.png}")
         return field
+
+
+def make_hook(ctx: hpcpar.Context, grid: hpcpar.Grid, args: argparse.Namespace,
+              out: hpcpar.Output | None, ckpt: hpcpar.Checkpoint | None):
+    """The ``on_step`` of :func:`simulate`: snapshots, checkpoints (timer region ``"output"``)."""
+    region = ctx.timer("output")
+    snap, every, crash = args.snapshot_every if out else 0, args.every if ckpt else 0, args.crash_after
+
+    def on_step(k: int, u: np.ndarray) -> None:
+        if snap and k % snap == 0:
+            with region:
+                out.append("snapshots", grid, u)
+                steps = np.append(out.attrs["snapshot_steps"], np.int64(k))
+                out.attrs["snapshot_steps"] = steps
+                out.flush()  # a crash later keeps this snapshot readable
+        if every and k % every == 0:
+            with region:
+                ckpt.save(k, u=(grid, u), n=args.n, r=args.r, alpha=args.alpha)
+        if k == crash and ctx.rank == ctx.size - 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: a crash right after step k
+
+    return on_step
 
 
 if __name__ == "__main__":

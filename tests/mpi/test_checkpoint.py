@@ -95,3 +95,59 @@ def test_save_into_a_missing_directory_fails_everywhere(ctx, shared_dir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ck.save(1, x=block_of(3, ctx))
     assert_all(not os.path.exists(shared_dir / "missing"), "nothing created", ctx=ctx)
+
+
+def damage(path, how):
+    """Truncate the file to half, or overwrite its first 64 bytes (the HDF5 superblock)."""
+    if how == "truncated":
+        os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"\xff" * 64)
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(ctx, shared_dir, how, capfd):
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    ck.save(1, x=block_of(6, ctx))
+    assert_all(not os.path.exists(ck.prev_path), "no previous checkpoint after the first save", ctx=ctx)
+    ck.save(2, x=block_of(6, ctx, 2.0))
+    assert_all(os.path.exists(ck.prev_path), "the replaced checkpoint is kept as .prev", ctx=ctx)
+    if ctx.is_root:
+        damage(ck.path, how)
+    ctx.barrier()
+    step, f = Checkpoint(ctx, ck.path).load()
+    assert_all(step == 1, f"loaded step {step}, want the previous one", ctx=ctx)
+    assert_equal_all(f["x"], block_of(6, ctx), ctx=ctx)
+    err = capfd.readouterr().err
+    warned = f"{ck.path} is unreadable" in err and f"loaded the previous checkpoint {ck.prev_path} (step 1)" in err
+    assert_all(warned or not ctx.is_root, f"root warns: {err!r}", ctx=ctx)
+    # the next save must not keep the unreadable file as the previous checkpoint
+    again = Checkpoint(ctx, ck.path)
+    again.load()
+    again.save(3, x=block_of(6, ctx, 3.0))
+    if ctx.is_root:
+        damage(ck.path, how)
+    ctx.barrier()
+    step, f = Checkpoint(ctx, ck.path).load()
+    assert_all(step == 1, f"after a fallback, .prev is still step 1, got {step}", ctx=ctx)
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_an_unreadable_checkpoint_without_a_previous_one_is_a_clear_error(ctx, shared_dir, how):
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    ck.save(1, x=block_of(6, ctx))
+    if ctx.is_root:
+        damage(ck.path, how)
+    ctx.barrier()
+    with pytest.raises(OSError, match=rf"{ck.path} is not a readable HDF5 file, truncated or corrupted"):
+        ck.load()
+    ck.save(2, x=block_of(6, ctx))  # a new save replaces it, and keeps no unreadable .prev
+    assert_all(not os.path.exists(ck.prev_path), "the unreadable file was kept as .prev", ctx=ctx)
+    ck.save(3, x=block_of(6, ctx))
+    if ctx.is_root:
+        damage(ck.path, how)
+        damage(ck.prev_path, how)
+    ctx.barrier()
+    with pytest.raises(OSError, match="the previous checkpoint is unreadable too"):
+        ck.load()
