@@ -13,13 +13,14 @@ calls, in bytes, so every dtype works); it is never pickled.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
-from . import partition, timing
+from . import partition, preempt, timing
 from .progress import progress as _progress
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS"]
@@ -62,6 +63,12 @@ def _code(dt: np.dtype | None) -> int:
     return dt.num if dt.isbuiltin == 1 and dt.num in _DTYPES else _CUSTOM
 
 
+def _array_index() -> int | None:
+    """``SLURM_ARRAY_TASK_ID`` as an int; None outside a Slurm job array."""
+    value = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+    return int(value) if value.isdigit() else None
+
+
 class CollectiveMismatchError(ValueError):
     """Ranks entered different collectives, or the same one with a different root or op."""
 
@@ -88,6 +95,8 @@ class Context:
         size: the number of ranks.
         root: the rank that does root-only work (0).
         is_root: ``rank == root``.
+        array_index: this task's index in a Slurm job array (``SLURM_ARRAY_TASK_ID``),
+            None outside job arrays.
     """
 
     def __init__(self, comm: MPI.Comm | None = None):
@@ -99,6 +108,7 @@ class Context:
         self.size: int = self.comm.Get_size()
         self.root: int = 0
         self.is_root: bool = self.rank == self.root
+        self.array_index: int | None = _array_index()
         self._packed: dict[tuple, bytes] = {}
         self._hdr_all = bytearray(_HFMT.size * self.size)
         self._plans: dict[bytes, _Plan] = {}
@@ -128,6 +138,15 @@ class Context:
     def progress(self, iterable, total: int | None = None, desc: str = ""):
         """``iterable`` with a progress bar on root (plain lines when not a terminal). **Local**."""
         return _progress(iterable, total=total, desc=desc, is_root=self.is_root)
+
+    def should_stop(self, every: int = 1) -> bool:
+        """True on every rank once any rank got SIGUSR1 (Slurm's time-limit warning). **Collective**.
+
+        Call it once per time step on every rank; then save a checkpoint and end
+        (under Slurm, root may :func:`hpcpar.slurm.requeue` the job). It exchanges
+        one integer on every ``every``-th call; see :func:`hpcpar.preempt.should_stop`.
+        """
+        return preempt.should_stop(self, every)
 
     def barrier(self) -> None:
         """Return once every rank has called it. **Collective** and checked like the others."""

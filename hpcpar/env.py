@@ -11,6 +11,7 @@ import os
 __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
+    "HPCPAR_REQUEUE",
     "get", "get_float",
 ]
 
@@ -40,6 +41,10 @@ HPCPAR_LOG_ALL = "HPCPAR_LOG_ALL"
 
 #: Level of ``hpcpar.get_logger`` loggers: DEBUG, INFO (default), WARNING, ERROR.
 HPCPAR_LOG_LEVEL = "HPCPAR_LOG_LEVEL"
+
+#: ``1`` in a Slurm job rendered with ``JobSpec(requeue=True)``: ``hpcpar.slurm.requeue()``
+#: then puts the job back in the queue (otherwise it does nothing and the job ends).
+HPCPAR_REQUEUE = "HPCPAR_REQUEUE"
 
 
 def get(name: str, default: str | None = None) -> str | None:
