@@ -21,6 +21,7 @@ This module imports no MPI and never communicates: everything here is
 from __future__ import annotations
 
 import ast
+import atexit
 import dataclasses
 import json
 import os
@@ -203,7 +204,8 @@ class JobSpec:
         output, error: file patterns (``%j`` job id, ``%x`` job name, ``%A``/``%a``
             array job and task ...).
         env: variables exported in the script before the launcher runs.
-        launcher: ``"srun"`` (``srun --mpi=pmi2``, the default) or ``"mpiexec"``
+        launcher: ``"srun"`` (``srun --mpi=pmi2 --kill-on-bad-exit=1``: a rank that
+            dies ends the step, the default) or ``"mpiexec"``
             (``mpiexec -n $SLURM_NTASKS``, the MPI library's own launcher, found
             beside ``python`` when that is an absolute path).
         mpi: the ``srun --mpi`` plugin (default ``pmi2``).
@@ -331,7 +333,7 @@ class JobSpec:
         """The launcher command line of the job, as argv words (unquoted). **Local**, pure."""
         self.validate()
         if self.launcher == "srun":
-            launch = ["srun", f"--mpi={self.mpi}"]
+            launch = ["srun", f"--mpi={self.mpi}", "--kill-on-bad-exit=1"]
             if self.cpus_per_task is not None:
                 launch.append(f"--cpus-per-task={self.cpus_per_task}")
         else:
@@ -496,34 +498,58 @@ def _check_signal(sig: str) -> str:
 def requeue(job_id: str | int | None = None, force: bool = False) -> bool:
     """Put this job back in the queue (``scontrol requeue``). **Local**: call it on one rank.
 
-    Call it after the checkpoint is saved. Slurm then ends every step of the
-    job (SIGTERM) and starts the job again once it is eligible (the local test
-    cluster: ~35 s); the rerun should resume from the checkpoint. Without
-    ``job_id`` the current job (``SLURM_JOB_ID``) is requeued, and only when it
-    was submitted with ``JobSpec(requeue=True)`` (``HPCPAR_REQUEUE=1``) or
-    ``force`` is true. The job's status file then says ``REQUEUED``.
+    Call it after the checkpoint is saved, then let ``main`` return on every
+    rank. Without ``job_id`` the current job (``SLURM_JOB_ID``) is requeued, and
+    only when it was submitted with ``JobSpec(requeue=True)`` (``HPCPAR_REQUEUE=1``)
+    or ``force`` is true. The job's status file says ``REQUEUED`` at once, but the
+    ``scontrol requeue`` itself runs when this process exits, after
+    ``MPI_Finalize``: Slurm ends a requeued job's processes with SIGTERM at once,
+    and MPI processes killed before they finalize leave shared-memory segments
+    behind whose names the rerun (same job and step id) would reuse, failing in
+    ``MPI_Init``. The rerun starts once the job is eligible again (the local test
+    cluster: ~35 s) and should resume from the checkpoint. With an explicit
+    ``job_id`` of another job the requeue happens at once.
 
     Returns:
         True when the requeue was requested; False outside a Slurm job or when
         the job did not ask for requeueing (the job then simply ends).
 
     Raises:
-        SlurmError: when scontrol refuses (its message is included).
+        SlurmError: when scontrol refuses another job's requeue (its message is included).
     """
+    own = os.environ.get("SLURM_JOB_ID")
     if job_id is None:
-        job_id = os.environ.get("SLURM_JOB_ID")
-        if not job_id:
+        if not own:
             sys.stderr.write("hpcpar.slurm.requeue: not inside a Slurm job; nothing to requeue\n")
             return False
         if not force and env.get(env.HPCPAR_REQUEUE) != "1":
             sys.stderr.write("hpcpar.slurm.requeue: the job was not submitted with requeue=True "
                              f"({env.HPCPAR_REQUEUE} is not 1); not requeueing\n")
             return False
+        job_id = own
     job_id = _check_id(job_id)
-    if str(job_id) == os.environ.get("SLURM_JOB_ID"):
-        _mark_requeued()
-    _run(["scontrol", "requeue", job_id])
+    if job_id != own:
+        _run(["scontrol", "requeue", job_id])
+        return True
+    _mark_requeued()
+    if not _JOB["atexit"]:
+        atexit.register(_requeue_at_exit, job_id)
+        _JOB["atexit"] = True
     return True
+
+
+def _requeue_at_exit(job_id: str) -> None:
+    mpi = sys.modules.get("mpi4py.MPI")
+    try:
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            mpi.Finalize()
+        _run(["scontrol", "requeue", job_id])
+    except Exception as exc:  # noqa: BLE001 - report, and fail the job visibly
+        sys.stderr.write(f"hpcpar.slurm.requeue: could not requeue job {job_id}: {exc}\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------- the runner's status file
@@ -559,7 +585,7 @@ def read_status(path: str | os.PathLike) -> dict | None:
 
 
 # In-job state of the current process (used by the runner and by requeue()).
-_JOB: dict[str, Any] = {"path": None, "requeued": False}
+_JOB: dict[str, Any] = {"path": None, "requeued": False, "atexit": False}
 
 
 def _job_started(rank: int, size: int) -> None:
