@@ -11,7 +11,7 @@ PYTEST  := $(BIN)/python -m pytest -p no:cacheprovider
 # Rank counts the MPI tests run at: 1, 2 and an odd 3 (uneven splits).
 RANKS   ?= 1 2 3
 
-.PHONY: all venv run test test-unit test-mpi bench clean
+.PHONY: all venv run test test-unit test-mpi test-slurm bench clean
 
 all: test
 
@@ -31,13 +31,19 @@ run: venv
 test: test-unit test-mpi
 
 test-unit: venv
-	$(TIMEOUT) 1800 $(PYTEST) tests -m "not mpi"
+	$(TIMEOUT) 1800 $(PYTEST) tests -m "not mpi and not slurm"
 
 test-mpi: venv
 	@set -e; for n in $(RANKS); do \
 	  echo "== MPI tests on $$n ranks"; \
 	  $(TIMEOUT) 1200 $(MPIEXEC) -n $$n $(BIN)/python -m pytest -p no:cacheprovider --with-mpi -m mpi tests; \
 	done
+
+## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
+test-slurm: venv
+	@trap 'bash slurm/local-cluster/stop.sh' EXIT; \
+	bash slurm/local-cluster/start.sh && \
+	HPCPAR_TEST_SLURM=1 $(TIMEOUT) 600 $(PYTEST) tests -m slurm --timeout=180
 
 ## bench: the collectives benchmark at 2 and 3 ranks
 bench: venv

@@ -68,7 +68,7 @@ _PATTERN_RE = re.compile(r"[A-Za-z0-9_.,/+%-]{1,512}")     # output/error file p
 _PATTERN_SPECS = set("AaJjNnstux%")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_OPT_RE = re.compile(r"--([a-z][a-z0-9-]*)(?:=([^\s'\"\\`$;&|<>()]{1,1024}))?")
+_OPT_RE = re.compile(r"--([a-z][a-z0-9-]*)(?:=([^\s'\"\\`$;<>()]{1,1024}))?")
 _TIME_RES = (  # the forms sbatch --time accepts, and how they map to seconds
     (re.compile(r"([0-9]+)"), lambda m: int(m[1]) * 60),
     (re.compile(r"([0-9]+):([0-9]+)"), lambda m: int(m[1]) * 60 + int(m[2])),
@@ -164,7 +164,7 @@ def _check_extra(extra: Any) -> list[str]:
         if not m:
             raise _fail("extra", opt, "each entry must be one long option '--name' or '--name=value' "
                         "(short options like -C are not accepted; values may not hold blanks, "
-                        "quotes, backslashes or the shell characters $ ` ; & | < > ( ))")
+                        "quotes, backslashes or the characters $ ` ; < > ( ))")
         name = m[1]
         if name in _CONTROLLED:
             raise _fail("extra", opt, f"--{name} is set by the JobSpec field "
