@@ -108,8 +108,11 @@ def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """
     def body():
         preempt.install()
+        world = MPI.COMM_WORLD
+        # Root records RUNNING before the collective Dup in Context(), so no rank can
+        # fail (and record FAILED) before it.
+        slurm._job_started(world.Get_rank(), world.Get_size())
         ctx = Context()
-        slurm._job_started(ctx.rank, ctx.size)
         timing.REGISTRY.started = time.perf_counter()
         try:
             result = main(ctx, *args, **kwargs)

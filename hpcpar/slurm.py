@@ -590,36 +590,56 @@ _JOB: dict[str, Any] = {"path": None, "requeued": False, "atexit": False}
 
 def _job_started(rank: int, size: int) -> None:
     """Called by the runner on every rank at the start of ``hpcpar.run``."""
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
+    job_id = os.environ.get("SLURM_JOB_ID", "").strip()
+    if not job_id.isdigit():
         return
-    _JOB["path"] = status_path(job_id, os.getcwd()).resolve()
+    try:
+        _JOB["path"] = status_path(job_id, os.getcwd()).resolve()
+    except OSError:
+        return
     _JOB["requeued"] = False
-    if rank == 0:
+    if rank == 0 and not _failed_already():
         write_status(_JOB["path"], state="RUNNING", job_id=job_id, ranks=size,
-                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-                     array_index=os.environ.get("SLURM_ARRAY_TASK_ID"))
+                     restarts=_restarts(), array_index=os.environ.get("SLURM_ARRAY_TASK_ID"))
 
 
 def _job_finished(rank: int, size: int, state: str = "COMPLETED", exit_code: int = 0,
                   message: str | None = None) -> None:
-    """Called by the runner: by root at a normal end, by a failing rank before it aborts."""
+    """Called by the runner: by root at a normal end, by a failing rank before it aborts.
+    Never raises (it runs inside the runner's failure path)."""
     path = _JOB["path"]
     if path is None or (_JOB["requeued"] and state == "COMPLETED"):
         return
-    fields: dict[str, Any] = {"state": state, "job_id": os.environ.get("SLURM_JOB_ID"),
-                              "exit_code": exit_code, "ranks": size,
-                              "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
-    if state != "COMPLETED":
-        fields.update(rank=rank, message=message)
-    write_status(path, **fields)
+    try:
+        if state == "COMPLETED" and _failed_already():
+            return
+        fields: dict[str, Any] = {"state": state, "job_id": os.environ.get("SLURM_JOB_ID"),
+                                  "exit_code": exit_code, "ranks": size, "restarts": _restarts()}
+        if state != "COMPLETED":
+            fields.update(rank=rank, message=str(message)[:2000])
+        write_status(path, **fields)
+    except Exception:  # noqa: BLE001 - the status file must never stop an abort
+        pass
+
+
+def _failed_already() -> bool:
+    """True when another rank of this run of the job already recorded FAILED: root's RUNNING
+    or COMPLETED record, racing with it, must not hide the failure."""
+    rec = read_status(_JOB["path"]) if _JOB["path"] is not None else None
+    return bool(rec) and rec.get("state") == "FAILED" and rec.get("restarts") == _restarts() \
+        and rec.get("job_id") == os.environ.get("SLURM_JOB_ID")
+
+
+def _restarts() -> int:
+    value = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
+    return int(value) if value.isdigit() else 0
 
 
 def _mark_requeued() -> None:
     _JOB["requeued"] = True
     if _JOB["path"] is not None:
         write_status(_JOB["path"], state="REQUEUED", job_id=os.environ.get("SLURM_JOB_ID"),
-                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
+                     restarts=_restarts())
 
 
 # --------------------------------------------------------------------------- status and wait
@@ -655,6 +675,7 @@ class JobStatus:
         return self.state == "COMPLETED" and not self.exit_code
 
     def to_dict(self) -> dict:
+        """The status as plain JSON-ready data (``hpcpar status --json``)."""
         d = dataclasses.asdict(self)
         d["tasks"] = {k: v.to_dict() for k, v in self.tasks.items()}
         return d
@@ -729,12 +750,13 @@ def _jobcomp_record(job_id: str) -> dict[str, str] | None:
     return _parse_record(last) if last else None
 
 
-def _merge_file(st: JobStatus, workdir: str | None) -> JobStatus:
-    """Add the runner's status file (failing rank, message) to ``st``."""
+def _merge_file(st: JobStatus, workdir: str | None, file_id: str | None = None) -> JobStatus:
+    """Add the runner's status file (failing rank, message) to ``st``; ``file_id`` is the
+    job's own SLURM_JOB_ID when ``st.job_id`` is written ``ARRAYID_TASK``."""
     where = workdir or st.workdir
     if not where:
         return st
-    rec = read_status(status_path(st.job_id, where))
+    rec = read_status(status_path(file_id or st.job_id, where))
     if rec is None:
         return st
     st.workdir = st.workdir or str(where)
@@ -771,15 +793,17 @@ def status(job_id: str | int, workdir: str | os.PathLike | None = None) -> JobSt
     tasks = [r for r in recs if r.get("ArrayJobId") == job_id and r.get("ArrayTaskId") not in (None, "N/A")]
     if tasks:
         return _array_status(job_id, tasks, workdir)
+    file_id = None
     if recs:
         st = _from_record(job_id, recs[0], "scontrol")
+        file_id = recs[0].get("JobId")
     else:
         rec = _sacct_record(job_id)
         source = "sacct"
         if rec is None:
             rec, source = _jobcomp_record(job_id), "jobcomp"
         st = _from_record(job_id, rec, source) if rec else JobStatus(job_id, "UNKNOWN", source="none")
-    return _merge_file(st, workdir)
+    return _merge_file(st, workdir, file_id)
 
 
 def _array_status(job_id: str, recs: list[dict[str, str]], workdir: str | None) -> JobStatus:

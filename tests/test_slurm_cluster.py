@@ -221,3 +221,23 @@ def test_usr1_checkpoint_requeue_resume_equals_uninterrupted(tmp_path):
     assert np.array_equal(np.load(result), np.load(ref / "r.npy"))
     record = slurm.read_status(slurm.status_path(job_id, tmp_path))
     assert record["state"] == "COMPLETED" and record["restarts"] == 1
+
+
+def test_time_limit_signal_reaches_every_rank_before_the_limit(tmp_path):
+    # --time=1 --signal=USR1@55: Slurm sends the warning ~5 s after the start, but
+    # slurmctld checks only every ~30 s, so it may come up to ~30 s late; the loop
+    # (0.1 s per step, 2000 steps) would run far past the 60 s limit without it.
+    ckpt, result = tmp_path / "ckpt.npz", tmp_path / "result.npy"
+    spec = slurm.JobSpec(COUNTER, nodes=2, ntasks=2, time=1, signal=55, output="limit-%j.out",
+                         args=["--steps", "2000", "--sleep", "0.1", "--checkpoint", str(ckpt),
+                               "--result", str(result)])
+    assert "#SBATCH --signal=USR1@55" in spec.render()
+    st = submit_wait(spec, tmp_path, timeout=90)
+    text = read(tmp_path / f"limit-{st.job_id}.out")
+    assert st.state == "COMPLETED" and st.exit_code == 0, (st, text)
+    stopped = int(re.search(r"checkpoint at step ([0-9]+)", text)[1])
+    assert 0 < stopped < 2000 and ckpt.exists() and not result.exists(), text
+    with np.load(ckpt) as data:
+        assert int(data["step"]) == stopped
+    # not submitted with requeue=True: requeue() declines and the job ends
+    assert "not submitted with requeue=True" in text
