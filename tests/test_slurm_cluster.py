@@ -153,6 +153,27 @@ def test_failing_rank_ends_the_job_failed_promptly(tmp_path):
     assert "rank 2 of 3 failed: RuntimeError: probe failure on purpose" in text
     assert st.rank == 2 and st.message == "RuntimeError: probe failure on purpose"
     assert ran < 20, f"the job took {ran:.1f} s to end after it started ({time.monotonic() - t0:.1f} s in all)"
+    proc = subprocess.run([PYTHON, "-m", "hpcpar", "status", job_id], capture_output=True, text=True,
+                          timeout=30)
+    assert f"job {job_id}: FAILED" in proc.stdout, proc.stdout
+    assert "rank 2 failed: RuntimeError: probe failure on purpose" in proc.stdout, proc.stdout
+
+
+def test_cli_cancel_ends_a_running_job_cancelled(tmp_path):
+    progress = tmp_path / "progress.json"
+    spec = slurm.JobSpec(COUNTER, ntasks=2, time=5, args=[
+        "--steps", "100000", "--sleep", "0.05", "--checkpoint", str(tmp_path / "c.npz"),
+        "--result", str(tmp_path / "r.npy"), "--progress", str(progress)])
+    job_id = slurm.submit(spec, workdir=tmp_path)
+    deadline = time.monotonic() + 60
+    while not progress.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert progress.exists(), slurm.status(job_id)
+    proc = subprocess.run([PYTHON, "-m", "hpcpar", "cancel", job_id], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    st = slurm.wait(job_id, timeout=60, poll=0.3)
+    assert st.state == "CANCELLED", st
 
 
 def test_job_array_parameter_sweep(tmp_path):
