@@ -63,7 +63,8 @@ class SlurmError(RuntimeError):
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _WORD_RE = re.compile(r"[A-Za-z0-9_.+-]{1,128}")           # partition, account, qos
 _MEM_RE = re.compile(r"[0-9]{1,9}[KMGT]?")
-_ARRAY_RE = re.compile(r"[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?(,[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?)*(%[0-9]{1,5})?")
+_RANGE = r"[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?"
+_ARRAY_RE = re.compile(rf"{_RANGE}(,{_RANGE})*(%[0-9]{{1,5}})?")
 _PATTERN_RE = re.compile(r"[A-Za-z0-9_.,/+%-]{1,512}")     # output/error file patterns
 _PATTERN_SPECS = set("AaJjNnstux%")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

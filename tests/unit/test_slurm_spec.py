@@ -132,7 +132,8 @@ def test_hostile_values_in_quoted_fields_are_never_executed(tmp_path):
     job = work / f"job $(touch pwned1) `touch pwned2`;'\"\nx.py"
     report = tmp_path / "argv.txt"
     job.write_text("import os, sys, json\n"
-                   f"json.dump({{'argv': sys.argv[1:], 'env': os.environ['HOSTILE']}}, open({str(report)!r}, 'w'))\n")
+                   "seen = {'argv': sys.argv[1:], 'env': os.environ['HOSTILE']}\n"
+                   f"json.dump(seen, open({str(report)!r}, 'w'))\n")
     python = tmp_path / "py $(touch pwned3);'\".sh"
     # The job file runs under the hpcpar runner (python -m hpcpar._script JOB).
     python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
