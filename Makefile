@@ -23,7 +23,7 @@ PHDF5_MPIEXEC ?= /usr/bin/mpiexec
 OUTPUT_TESTS  := tests/mpi/test_output.py tests/mpi/test_checkpoint.py
 OUTPUT_JOBS   := tests/test_output_jobs.py tests/test_output_helpers.py tests/test_heat_restart.py tests/test_faults_io.py
 
-.PHONY: all venv run test test-unit test-mpi test-parallel-hdf5 phdf5-venv bench bench-output clean
+.PHONY: all venv run test test-unit test-mpi test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
 
 all: test
 
@@ -43,7 +43,7 @@ run: venv
 test: test-unit test-mpi
 
 test-unit: venv
-	$(TIMEOUT) 1800 $(PYTEST) tests -m "not mpi"
+	$(TIMEOUT) 1800 $(PYTEST) tests -m "not mpi and not slurm"
 
 test-mpi: venv
 	@set -e; for n in $(RANKS); do \
@@ -69,6 +69,12 @@ test-parallel-hdf5: phdf5-venv
 	done; \
 	echo "== parallel HDF5 (mpio): jobs written on n ranks and read on m, kill -9 during checkpoints"; \
 	$(TIMEOUT) 1200 $(PHDF5_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OUTPUT_JOBS)
+
+## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
+test-slurm: venv
+	@trap 'bash slurm/local-cluster/stop.sh' EXIT; \
+	bash slurm/local-cluster/start.sh && \
+	HPCPAR_TEST_SLURM=1 $(TIMEOUT) 600 $(PYTEST) tests -m slurm --timeout=180
 
 ## bench: the collectives and farm benchmarks at 2 and 3 ranks, the halo/sort benchmark at 2 ranks
 bench: venv

@@ -23,6 +23,8 @@ examples:
   mpiexec -n 2 hpcpar bench collectives           hpcpar vs raw mpi4py vs pickle
   mpiexec -n 2 hpcpar bench output --size 64M     shared HDF5 output vs one process
   mpiexec -n 2 hpcpar bench halo                  Grid heat step vs hand-written Sendrecv vs 1 rank
+  hpcpar submit jobs/pi.py -N 1 -n 2 -t 5 --wait -- --samples 1e8   a Slurm batch job
+  hpcpar slurm render jobs/pi.py -n 4 -t 10        print the sbatch script only
 """
 
 
@@ -113,6 +115,210 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+# ---- Slurm: submit, status, cancel, slurm render / render-all ------------------
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    """The JobSpec fields as options (the names follow sbatch)."""
+    p.add_argument("job", help="the job: a Python file (jobs/pi.py) or a module name; "
+                   "its own arguments follow `--`")
+    g = p.add_argument_group("allocation (as in sbatch)")
+    g.add_argument("-J", "--job-name")
+    g.add_argument("-N", "--nodes", type=int)
+    g.add_argument("-n", "--ntasks", type=int)
+    g.add_argument("--ntasks-per-node", type=int)
+    g.add_argument("-c", "--cpus-per-task", type=int)
+    g.add_argument("--mem", help="memory per node, e.g. 4G")
+    g.add_argument("-t", "--time", help="time limit: minutes, H:M:S, D-H:M ...")
+    g.add_argument("-p", "--partition")
+    g.add_argument("-A", "--account")
+    g.add_argument("-q", "--qos")
+    g.add_argument("-a", "--array", help="job array indices, e.g. 0-2")
+    g.add_argument("-o", "--output", help="stdout file pattern, e.g. %%x-%%j.out")
+    g.add_argument("-e", "--error", help="stderr file pattern")
+    g = p.add_argument_group("how the job runs")
+    g.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="export a variable in the script (repeatable)")
+    g.add_argument("--launcher", choices=["srun", "mpiexec"], default="srun",
+                   help="srun --mpi=pmi2 (default) or the MPI library's mpiexec")
+    g.add_argument("--python", help="the Python interpreter in the job (default: this one)")
+    g.add_argument("--signal", type=int, metavar="SECONDS",
+                   help="SIGUSR1 to every rank this long before the time limit (ctx.should_stop())")
+    g.add_argument("--requeue", action="store_true",
+                   help="let hpcpar.slurm.requeue() put the job back in the queue")
+    g.add_argument("--sbatch", action="append", default=[], metavar="--OPTION[=VALUE]", dest="extra",
+                   help="a further long sbatch option, checked (repeatable), e.g. --sbatch=--constraint=gpu")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from .slurm import JobSpec
+
+    envs = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--env {item!r}: use NAME=VALUE")
+        envs[name] = value
+    t = args.time
+    if t is not None and t.isdigit():
+        t = int(t)
+    return JobSpec(job=args.job, args=list(args.args), job_name=args.job_name, nodes=args.nodes,
+                   ntasks=args.ntasks, ntasks_per_node=args.ntasks_per_node,
+                   cpus_per_task=args.cpus_per_task, mem=args.mem, time=t, partition=args.partition,
+                   account=args.account, qos=args.qos, array=args.array, output=args.output,
+                   error=args.error, env=envs, launcher=args.launcher, python=args.python,
+                   signal=args.signal, requeue=args.requeue, extra=args.extra)
+
+
+def _print_status(st, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(st.to_dict(), indent=2))
+        return
+    line = f"job {st.job_id}: {st.state}"
+    if st.exit_code is not None:
+        line += f" (exit {st.exit_code})"
+    if st.reason:
+        line += f" reason {st.reason}"
+    if st.restarts:
+        line += f", restarted {st.restarts}x"
+    print(line)
+    if st.message:
+        print(f"  rank {st.rank} failed: {st.message}")
+    if st.stdout:
+        print(f"  output {st.stdout}")
+    for idx, task in st.tasks.items():
+        extra = f" (exit {task.exit_code})" if task.exit_code is not None else ""
+        print(f"  task {idx} (job {task.job_id}): {task.state}{extra}"
+              + (f" rank {task.rank} failed: {task.message}" if task.message else ""))
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from . import slurm
+
+    try:
+        spec = _spec_from_args(args)
+        job_id = slurm.submit(spec, workdir=args.workdir)
+    except (ValueError, slurm.SlurmError) as exc:
+        print(f"hpcpar submit: {exc}", file=sys.stderr)
+        return 2
+    print(f"submitted batch job {job_id}", flush=True)
+    if not args.wait:
+        return 0
+    try:
+        st = slurm.wait(job_id, timeout=args.timeout, workdir=args.workdir)
+    except (TimeoutError, slurm.SlurmError) as exc:
+        print(f"hpcpar submit: {exc}", file=sys.stderr)
+        return 1
+    _print_status(st, args.json)
+    return 0 if st.ok else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from . import slurm
+
+    try:
+        st = slurm.status(args.job_id, workdir=args.workdir)
+    except (ValueError, slurm.SlurmError) as exc:
+        print(f"hpcpar status: {exc}", file=sys.stderr)
+        return 2
+    _print_status(st, args.json)
+    return 0 if st.state != "UNKNOWN" else 1
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from . import slurm
+
+    try:
+        slurm.cancel(args.job_id, signal=args.signal)
+    except (ValueError, slurm.SlurmError) as exc:
+        print(f"hpcpar cancel: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_slurm_render(args: argparse.Namespace) -> int:
+    try:
+        text = _spec_from_args(args).render()
+    except ValueError as exc:
+        print(f"hpcpar slurm render: {exc}", file=sys.stderr)
+        return 2
+    if args.write:
+        with open(args.write, "w") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_slurm_render_all(args: argparse.Namespace) -> int:
+    from . import slurm
+
+    try:
+        scripts = slurm.render_jobs(args.jobs)
+    except (ValueError, SyntaxError, TypeError) as exc:
+        print(f"hpcpar slurm render-all: {exc}", file=sys.stderr)
+        return 2
+    stale = []
+    for name, text in scripts.items():
+        path = os.path.join(args.out, name)
+        old = open(path).read() if os.path.exists(path) else None
+        if old == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            os.makedirs(args.out, exist_ok=True)
+            with open(path, "w") as fh:
+                fh.write(text)
+    if args.check:
+        for path in stale:
+            print(f"{path} is out of date: run `hpcpar slurm render-all`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_slurm_parsers(sub) -> None:
+    p = sub.add_parser(
+        "submit", help="submit a job to Slurm (sbatch), optionally wait for it",
+        description="Render the job's sbatch script (see `hpcpar slurm render`) and submit it "
+        "with sbatch. The job's own arguments follow `--`.",
+        epilog="example: hpcpar submit jobs/pi.py --nodes 1 --ntasks 2 --time 5 --wait -- --samples 1e8")
+    _add_spec_options(p)
+    p.add_argument("--workdir", help="the job's working directory (default: here)")
+    p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0 only if it completed")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.add_argument("--json", action="store_true", help="with --wait: print the final status as JSON")
+    p.set_defaults(func=_cmd_submit, args=[])
+
+    p = sub.add_parser("status", help="state and exit code of a Slurm job (and the failing rank)",
+                       description="Ask scontrol, sacct and the jobcomp file, and read the hpcpar "
+                       "status file in the job's directory.")
+    p.add_argument("job_id")
+    p.add_argument("--workdir", help="where to look for the status file if Slurm forgot the job")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a Slurm job, or send its steps a signal")
+    p.add_argument("job_id")
+    p.add_argument("--signal", help="send this signal (e.g. USR1: ctx.should_stop()) instead of cancelling")
+    p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser("slurm", help="sbatch scripts: render one, or regenerate slurm/ for every job",
+                       description="Render sbatch scripts without submitting them.")
+    ssub = p.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
+    q = ssub.add_parser("render", help="print the sbatch script of a job",
+                        epilog="example: hpcpar slurm render jobs/pi.py -n 4 -t 10 -- --samples 1e9")
+    _add_spec_options(q)
+    q.add_argument("--write", metavar="FILE", help="write the script to FILE instead of printing it")
+    q.set_defaults(func=_cmd_slurm_render, args=[])
+    q = ssub.add_parser("render-all", help="write slurm/NAME.sbatch for every jobs/NAME.py",
+                        description="Render every job in --jobs with its SLURM defaults "
+                        "(a literal dict in the job file) into --out.")
+    q.add_argument("--jobs", default="jobs", help="the jobs directory (default jobs)")
+    q.add_argument("--out", default="slurm", help="where the scripts go (default slurm)")
+    q.add_argument("--check", action="store_true", help="write nothing; exit 1 if a script is out of date")
+    q.set_defaults(func=_cmd_slurm_render_all)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hpcpar`` command."""
     from . import __version__, bench
@@ -175,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "MPI job. Start them under mpiexec, e.g. `mpiexec -n 2 hpcpar bench collectives`.")
     bench.configure(p)
     p.set_defaults(func=_cmd_bench)
+
+    _add_slurm_parsers(sub)
     return parser
 
 
@@ -183,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     job_args = None
-    if argv[:1] == ["scale"] and "--" in argv:  # job arguments follow `--`
+    if argv[:1] in (["scale"], ["submit"], ["slurm"]) and "--" in argv:  # job arguments follow `--`
         cut = argv.index("--")
         argv, job_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import env, partition, timing, watchdog
+from . import env, partition, preempt, timing, watchdog
 from .progress import progress as _progress
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS"]
@@ -77,6 +77,12 @@ def _code(dt: np.dtype | None) -> int:
 
 _OPNAMES = {op.py2f(): name for name, op in OPS.items()}
 _HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _array_index() -> int | None:
+    """``SLURM_ARRAY_TASK_ID`` as an int; None outside a Slurm job array."""
+    value = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 class CollectiveMismatchError(ValueError):
@@ -134,6 +140,8 @@ class Context:
         root: the rank that does root-only work (0).
         is_root: ``rank == root``.
         debug: whether debug checks are on.
+        array_index: this task's index in a Slurm job array (``SLURM_ARRAY_TASK_ID``),
+            None outside job arrays.
     """
 
     def __init__(self, comm: MPI.Comm | None = None, debug: bool | None = None):
@@ -156,6 +164,7 @@ class Context:
             group.Free()
             wgroup.Free()
         watchdog.start(world=is_world)
+        self.array_index: int | None = _array_index()
         self._packed: dict[tuple, bytes] = {}
         self._hdr_all = bytearray(_HFMT.size * self.size)
         self._plans: dict[bytes, _Plan] = {}
@@ -185,6 +194,15 @@ class Context:
     def progress(self, iterable, total: int | None = None, desc: str = ""):
         """``iterable`` with a progress bar on root (plain lines when not a terminal). **Local**."""
         return _progress(iterable, total=total, desc=desc, is_root=self.is_root)
+
+    def should_stop(self, every: int = 1) -> bool:
+        """True on every rank once any rank got SIGUSR1 (Slurm's time-limit warning). **Collective**.
+
+        Call it once per time step on every rank; then save a checkpoint and end
+        (under Slurm, root may :func:`hpcpar.slurm.requeue` the job). It exchanges
+        one integer on every ``every``-th call; see :func:`hpcpar.preempt.should_stop`.
+        """
+        return preempt.should_stop(self, every)
 
     @_watched("barrier")
     def barrier(self) -> None:

@@ -11,7 +11,8 @@ import os
 __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
-    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "get", "get_float",
+    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
+    "get", "get_float",
 ]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
@@ -61,6 +62,10 @@ HPCPAR_H5 = "HPCPAR_H5"
 #: Read by the test suite only: when set (``mpio`` or ``serial``), the output tests
 #: assert that the automatic I/O path is this one (``make test-parallel-hdf5`` sets ``mpio``).
 HPCPAR_EXPECT_H5_MODE = "HPCPAR_EXPECT_H5_MODE"
+
+#: ``1`` in a Slurm job rendered with ``JobSpec(requeue=True)``: ``hpcpar.slurm.requeue()``
+#: then puts the job back in the queue (otherwise it does nothing and the job ends).
+HPCPAR_REQUEUE = "HPCPAR_REQUEUE"
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
-from . import env, timing, watchdog
+from . import env, preempt, slurm, timing, watchdog
 from .comm import Context
 
 __all__ = ["run", "run_path", "abort"]
@@ -60,6 +60,7 @@ def _guard(body: Callable[[], Any]) -> Any:
         return body()
     except KeyboardInterrupt:
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        slurm._job_finished(rank, size, "FAILED", EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
         abort(f"rank {rank} of {size} interrupted (Ctrl-C)", EXIT_INTERRUPTED)
     except SystemExit as exc:
         code = exc.code
@@ -69,8 +70,11 @@ def _guard(body: Callable[[], Any]) -> Any:
             sys.stderr.write(f"{code}\n")
             code = 1
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        slurm._job_finished(rank, size, "FAILED", code, f"exited with status {code}")
         abort(f"rank {rank} of {size} failed: exited with status {code}", code)
     except BaseException as exc:  # noqa: BLE001 - any failure must end the job
+        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        slurm._job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")
         abort(_failure_text(exc), 1)
 
 
@@ -112,6 +116,12 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
     :meth:`Context.finish` for the others: a rank still in a collective then gets
     :class:`CollectiveMismatchError` and the job ends, instead of hanging.
 
+    Before ``main`` starts, SIGUSR1 (Slurm's ``--signal=USR1@N`` warning) is
+    turned into a stop request that ``ctx.should_stop()`` reports on every rank.
+    Inside a Slurm job root records the job's state (RUNNING, then COMPLETED) in
+    ``.hpcpar/job-$SLURM_JOB_ID.json`` in the working directory, and a failing
+    rank records FAILED with its rank and message before it aborts the job.
+
     Args:
         main: the function every rank runs.
         timeout: seconds a rank may stay blocked in one hpcpar call before the
@@ -121,11 +131,18 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
     def body():
         if timeout is not None:
             watchdog.set_timeout(timeout)
+        preempt.install()
+        world = MPI.COMM_WORLD
+        # Root records RUNNING before the collective Dup in Context(), so no rank can
+        # fail (and record FAILED) before it.
+        slurm._job_started(world.Get_rank(), world.Get_size())
         ctx = Context()
         timing.REGISTRY.started = time.perf_counter()
         try:
             result = _finishing(ctx, lambda: main(ctx, *args, **kwargs))
             _final_report(ctx)  # after finish(): every rank is here
+            if ctx.is_root:
+                slurm._job_finished(ctx.rank, ctx.size)
             return result
         finally:
             ctx.free()
@@ -142,6 +159,9 @@ def run_path(path: str, argv: list[str]) -> None:
     """
     sys.argv = [path, *argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    preempt.install()
+    world = MPI.COMM_WORLD
+    slurm._job_started(world.Get_rank(), world.Get_size())
 
     def body():
         ctx = Context()
@@ -151,3 +171,5 @@ def run_path(path: str, argv: list[str]) -> None:
             ctx.free()
 
     _guard(body)
+    if world.Get_rank() == 0:
+        slurm._job_finished(0, world.Get_size())
