@@ -40,6 +40,13 @@ from typing import Callable
 import numpy as np
 
 import hpcpar
+from hpcpar import slurm
+
+#: Defaults of this job's sbatch script (``hpcpar slurm render-all`` writes slurm/heat.sbatch):
+#: USR1 two minutes before the limit, then checkpoint, requeue and resume.
+SLURM = {"ntasks": 4, "time": 30, "signal": 120, "requeue": True,
+         "args": ["--n", "2048", "--steps", "20000", "--checkpoint", "heat.ckpt.h5", "--every", "500",
+                  "--out", "heat.h5", "--snapshot-every", "2000"]}
 
 #: The largest stable r = alpha dt / h^2 of the explicit 5-point scheme in 2-D.
 R_MAX = 0.25
@@ -64,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="save a checkpoint every --every steps; resume from FILE when it exists")
     p.add_argument("--every", type=int, default=100, metavar="K",
                    help="checkpoint interval in steps (default 100)")
+    p.add_argument("--stop-check", type=int, default=10, metavar="K",
+                   help="check every K steps whether any rank got SIGUSR1 (Slurm's time-limit "
+                   "warning); then save the checkpoint, requeue when the job allows it, and end "
+                   "(default 10; 0: never)")
     p.add_argument("--crash-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: kill -9 after step K
     args = p.parse_args(argv)
     for name in ("snapshot_every", "every", "steps"):
@@ -149,7 +160,8 @@ def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float,
 
 def simulate(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, steps: int, r: float,
              start: int = 0,
-             on_step: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+             on_step: Callable[[int, np.ndarray], None] | None = None,
+             stop: Callable[[int], bool] | None = None) -> np.ndarray:
     """Advance ``u`` from step ``start`` to step ``steps``. **Collective**.
 
     Args:
@@ -163,6 +175,9 @@ def simulate(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, steps: int, 
         on_step: called on every rank as ``on_step(k, field)`` after each step ``k``
             (output and checkpoints hook in here; ``field`` is the current array
             with halo, valid until the next step).
+        stop: called on every rank as ``stop(k)`` after ``on_step``; the loop ends
+            after step ``k`` when it returns true (it must agree on all ranks, e.g.
+            ``ctx.should_stop``).
 
     The time goes to the timer regions ``"compute"`` and ``"exchange"`` of
     ``ctx.timer`` (the table :func:`hpcpar.run` prints at the end).
@@ -183,6 +198,8 @@ def simulate(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, steps: int, 
         u, other = other, u
         if on_step is not None:
             on_step(k, u)
+        if stop is not None and stop(k):
+            break
     return u
 
 
@@ -303,11 +320,24 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
                               "checkpoint_every": args.every if ckpt else 0})
             if mode == "w":
                 out.attrs["snapshot_steps"] = np.zeros(0, np.int64)
-        on_step = make_hook(ctx, grid, args, out, ckpt) if (out or ckpt or args.crash_after) else None
+        hook = make_hook(ctx, grid, args, out, ckpt) if (out or ckpt or args.crash_after) else None
+        reached = start
+
+        def on_step(k: int, field: np.ndarray) -> None:
+            nonlocal reached
+            reached = k
+            if hook is not None:
+                hook(k, field)
+
+        # SIGUSR1 (Slurm's warning before the time limit, or `scancel --signal=USR1`)
+        # ends the loop on every rank at the same step; checked every --stop-check steps.
+        stop = (lambda k: ctx.should_stop(every=args.stop_check)) if args.stop_check > 0 else None
         ctx.barrier()
         t0 = time.perf_counter()
-        u = simulate(ctx, grid, u, args.steps, args.r, start=start, on_step=on_step)
+        u = simulate(ctx, grid, u, args.steps, args.r, start=start, on_step=on_step, stop=stop)
         elapsed = ctx.allreduce(time.perf_counter() - t0, op="max")
+        if reached < args.steps:
+            return stopped_early(ctx, grid, u, reached, args, ckpt)
         done = args.steps - start
         if out is not None:
             with ctx.timer("output"):
@@ -327,6 +357,25 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
                 write_png(args.png, field, f"heat, t = {t:.3g}, {n}x{n}, {ctx.size} ranks")
                 print(f"wrote {args.png}")
         return field
+
+
+def stopped_early(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, k: int,
+                  args: argparse.Namespace, ckpt: hpcpar.Checkpoint | None) -> None:
+    """After a stop request at step ``k``: save the checkpoint and, under Slurm with
+    ``requeue=True``, put the job back in the queue to resume from it. **Collective**."""
+    if ckpt is not None and not (args.every and k % args.every == 0):  # not saved by the hook
+        with ctx.timer("output"):
+            ckpt.save(k, u=(grid, u), n=args.n, r=args.r, alpha=args.alpha)
+    if ctx.is_root:
+        if ckpt is None:
+            print(f"heat: stop requested at step {k} of {args.steps}; no --checkpoint, so the "
+                  "run cannot be resumed", flush=True)
+        else:
+            print(f"heat: stop requested; checkpoint at step {k} of {args.steps} in {ckpt.path}",
+                  flush=True)
+            if slurm.requeue():
+                print("heat: job requeued; it resumes from the checkpoint", flush=True)
+    return None
 
 
 def make_hook(ctx: hpcpar.Context, grid: hpcpar.Grid, args: argparse.Namespace,

@@ -136,13 +136,15 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
     w, h, m = args.width, args.height, args.max_iter
     ctx.barrier()
     t0 = time.perf_counter()
-    block, busy_static = static_block(ctx, w, h, m)
-    img_static = ctx.gather(block)
+    with ctx.timer("static"):
+        block, busy_static = static_block(ctx, w, h, m)
+        img_static = ctx.gather(block)
     t_static = ctx.comm.allreduce(time.perf_counter() - t0, op=max_op())
     imb_static = imbalance(ctx, busy_static)
     ctx.barrier()
     t0 = time.perf_counter()
-    img_farm, busy_farm = dynamic(ctx, w, h, m, args.rows)
+    with ctx.timer("farm"):
+        img_farm, busy_farm = dynamic(ctx, w, h, m, args.rows)
     t_farm = ctx.comm.allreduce(time.perf_counter() - t0, op=max_op())
     imb_farm = imbalance(ctx, busy_farm)
     same = ctx.comm.bcast(np.array_equal(img_static, img_farm) if ctx.is_root else None, root=ctx.root)
@@ -156,7 +158,8 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
     for option, writer in WRITERS.items():
         path = getattr(args, option, None)
         if path:
-            writer(ctx, path, img_farm, block, args)
+            with ctx.timer("output"):
+                writer(ctx, path, img_farm, block, args)
             if ctx.is_root:
                 print(f"  wrote {path}")
     return img_farm if ctx.is_root else None

@@ -127,6 +127,19 @@ def test_mpiexec_launcher_and_cpus_per_task(tmp_path):
     assert {r["cpus_per_task"] for r in recs} == {"1"} and {r["srun_cpus"] for r in recs} == {"1"}
 
 
+def test_fibonacci_farm_job_on_two_ranks(tmp_path):
+    spec = slurm.JobSpec(str(JOBS / "fibonacci.py"), ntasks=2, time=5, output="fib-%j.out",
+                         args=["--count", "300", "--max-n", "3000", "--verify"])
+    st = submit_wait(spec, tmp_path, timeout=120)
+    text = read(tmp_path / f"fib-{st.job_id}.out")
+    assert st.ok, (st, text)
+    local = run_mpi(1, [str(JOBS / "fibonacci.py"), "--count", "300", "--max-n", "3000", "--verify"],
+                    timeout=120)
+    assert local.returncode == 0, local.stderr
+    digest = re.search(r"digest ([0-9a-f]+)", local.stdout)
+    assert digest and digest[1] in text, (local.stdout, text)
+
+
 def test_farm_job_on_two_ranks(tmp_path):
     out = tmp_path / "farm.json"
     spec = slurm.JobSpec(FARM, ntasks=2, time=5, args=["--tasks", "25", "--out", str(out)])
@@ -242,6 +255,33 @@ def test_usr1_checkpoint_requeue_resume_equals_uninterrupted(tmp_path):
     assert np.array_equal(np.load(result), np.load(ref / "r.npy"))
     record = slurm.read_status(slurm.status_path(job_id, tmp_path))
     assert record["state"] == "COMPLETED" and record["restarts"] == 1
+
+
+def test_heat_usr1_checkpoint_requeue_resume_is_bit_identical(tmp_path):
+    """The main job end to end: USR1 -> checkpoint -> requeue -> resume -> the same field."""
+    ckpt, final = tmp_path / "heat.ckpt.h5", tmp_path / "final.npy"
+    args = ["--n", "96", "--steps", "200000", "--checkpoint", str(ckpt), "--every", "1000"]
+    spec = slurm.JobSpec(str(JOBS / "heat.py"), ntasks=2, time=5, requeue=True, output="heat-%j.out",
+                         args=[*args, "--save-npy", str(final)])
+    job_id = slurm.submit(spec, workdir=tmp_path)
+    deadline = time.monotonic() + 60
+    while not ckpt.exists():  # running, with a first checkpoint written
+        if time.monotonic() > deadline:
+            pytest.fail(f"heat job {job_id} wrote no checkpoint: {slurm.status(job_id)}")
+        time.sleep(0.2)
+    slurm.cancel(job_id, signal="USR1")
+    # the reference, uninterrupted on one rank (bit-identical for any rank count)
+    local = run_mpi(1, [str(JOBS / "heat.py"), *args[:4], "--save-npy", str(tmp_path / "ref.npy")],
+                    timeout=120)
+    assert local.returncode == 0, local.stderr
+    st = slurm.wait(job_id, timeout=150, poll=1.0)
+    text = read(tmp_path / f"heat-{job_id}.out")
+    assert st.state == "COMPLETED" and st.exit_code == 0, (st, text)
+    assert st.restarts == 1, (st, text)
+    stopped = int(re.search(r"checkpoint at step ([0-9]+) of 200000", text)[1])
+    assert 0 < stopped < 200000 and "job requeued" in text, text
+    assert f"heat: resuming from step {stopped}" in text, text
+    assert np.array_equal(np.load(final), np.load(tmp_path / "ref.npy"))
 
 
 def test_time_limit_signal_reaches_every_rank_before_the_limit(tmp_path):
