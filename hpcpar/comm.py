@@ -166,6 +166,8 @@ class Context:
         watchdog.start(world=is_world)
         self.array_index: int | None = _array_index()
         self._packed: dict[tuple, bytes] = {}
+        self._seen: dict[tuple, bytes] = {}  # fast key of a validated call -> its header
+        self._last_hdr: bytes | None = None
         self._hdr_all = bytearray(_HFMT.size * self.size)
         self._plans: dict[bytes, _Plan] = {}
 
@@ -255,22 +257,36 @@ class Context:
                 ``axis`` or ``root`` is out of range, or some rank's ``out`` does not
                 match its block.
         """
-        status = self._check_root(root)
-        arr = None
-        if status is None and self.rank == root:
-            status = _check_array(array, "the array on root")
-            if status is None:
-                arr = array
-                status = _check_axis(axis, arr.ndim)
-        status = status or _check_out(out)
-        raw, heads = self._agree(1, root, axis, status, arr, out)
-        plan = self._plans.get(raw) or self._plan_scatter(raw, heads, root, arr, out)
-        ax, me = plan.axis, self.rank
+        me = self.rank
+        mine = array if me == root else None
+        fkey = _fast_key(1, root, axis, mine, out, self.debug)
+        hdr = self._seen.get(fkey) if fkey is not None else None
+        if hdr is not None:  # a repeat of a call this rank has already validated
+            arr = mine
+            raw, plan = self._repeat(1, hdr)
+            if plan is None:
+                plan = self._plan_scatter(raw, self._check(1, raw, None, None), root, arr, out)
+        else:
+            status = self._check_root(root)
+            arr = None
+            if status is None and me == root:
+                status = _check_array(array, "the array on root")
+                if status is None:
+                    arr = array
+                    status = _check_axis(axis, arr.ndim)
+            status = status or _check_out(out)
+            raw, heads = self._agree(1, root, axis, status, arr, out)
+            plan = self._plans.get(raw) or self._plan_scatter(raw, heads, root, arr, out)
+            self._see(fkey)
+        ax = plan.axis
         send = None
         if me == root:
             send = [_contig(arr, ax), plan.bcounts, plan.bdispls, MPI.BYTE]
         recv, direct = self._recv_buffer(plan.shapes[me], plan.dtype, ax, out)
-        self._vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
+        if LARGE_COUNT:
+            self.comm.Scatterv(send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
+        else:
+            self._vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
         return self._finish(recv, ax, out, direct)
 
     def _plan_scatter(self, raw, heads, root, arr, out) -> _Plan:
@@ -331,28 +347,38 @@ class Context:
         return self._gather(3, local, None, axis, out)
 
     def _gather(self, call, local, root, axis, out):
-        status = self._check_root(root) if root is not None else None
-        status = status or _check_array(local, "the local block")
-        arr = local if status is None else None
-        if arr is not None:
-            status = _check_axis(axis, arr.ndim)
         takes_out = root is None or self.rank == root
         if out is not None and not takes_out:
             out = None  # only root receives; other ranks' out is ignored
-        status = status or _check_out(out)
-        raw, heads = self._agree(call, -1 if root is None else root, axis, status, arr, out)
-        plan = self._plans.get(raw) or self._plan_gather(call, raw, heads, arr, out)
+        fkey = _fast_key(call, root, axis, local, out, self.debug)
+        hdr = self._seen.get(fkey) if fkey is not None else None
+        if hdr is not None:  # a repeat of a call this rank has already validated
+            arr = local
+            raw, plan = self._repeat(call, hdr)
+            if plan is None:
+                plan = self._plan_gather(call, raw, self._check(call, raw, None, None), arr, out)
+        else:
+            status = self._check_root(root) if root is not None else None
+            status = status or _check_array(local, "the local block")
+            arr = local if status is None else None
+            if arr is not None:
+                status = _check_axis(axis, arr.ndim)
+            status = status or _check_out(out)
+            raw, heads = self._agree(call, -1 if root is None else root, axis, status, arr, out)
+            plan = self._plans.get(raw) or self._plan_gather(call, raw, heads, arr, out)
+            self._see(fkey)
         ax = plan.axis
         send = [_contig(arr, ax), plan.bcounts[self.rank], MPI.BYTE]
+        vcall = _direct if LARGE_COUNT else self._vcall
         if not takes_out:
-            self._vcall(self.comm.Gatherv, send, None, root=root)
+            vcall(self.comm.Gatherv, send, None, root=root)
             return None
         recv, direct = self._recv_buffer(plan.gshape, plan.dtype, ax, out)
         rspec = [recv, plan.bcounts, plan.bdispls, MPI.BYTE]
         if root is None:
-            self._vcall(self.comm.Allgatherv, send, rspec)
+            vcall(self.comm.Allgatherv, send, rspec)
         else:
-            self._vcall(self.comm.Gatherv, send, rspec, root=root)
+            vcall(self.comm.Gatherv, send, rspec, root=root)
         return self._finish(recv, ax, out, direct)
 
     def _plan_gather(self, call, raw, heads, arr, out) -> _Plan:
@@ -516,10 +542,28 @@ class Context:
                 if len(self._packed) >= 256:
                     self._packed.clear()
                 self._packed[key] = hdr
+        self._last_hdr = hdr if status is None else None
         self.comm.Allgather([hdr, MPI.BYTE], [self._hdr_all, MPI.BYTE])
         raw = bytes(self._hdr_all)
         if raw in self._plans:
             return raw, None
+        return raw, self._check(call, raw, status, site)
+
+    def _repeat(self, call, hdr):
+        """Exchange a header this rank validated before: (raw, cached plan or None)."""
+        self.comm.Allgather([hdr, MPI.BYTE], [self._hdr_all, MPI.BYTE])
+        raw = bytes(self._hdr_all)
+        return raw, self._plans.get(raw)
+
+    def _see(self, fkey) -> None:
+        """Remember the header of the call just validated under its fast key."""
+        if fkey is not None and self._last_hdr is not None:
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            self._seen[fkey] = self._last_hdr
+
+    def _check(self, call, raw, status, site):
+        """The checks every rank runs on the exchanged headers; raises the same error everywhere."""
         heads = _heads(raw)
         if any(h[_STATUS] for h in heads):
             msgs = self.comm.allgather(status)
@@ -544,7 +588,7 @@ class Context:
                 + "; ".join(f"rank {r}: {_call_desc(h)}{sites[r]}" for r, h in enumerate(heads))
                 + ". Usually some ranks skipped a collective (or made an extra one) earlier, "
                 "so this call pairs up calls that were meant to be different.")
-        return raw, heads
+        return heads
 
     def _sites(self, heads, site) -> list[str]:
         """Each rank's caller (debug mode), for error messages; one pickled exchange."""
@@ -644,6 +688,36 @@ def _shape(h, out: bool = False) -> tuple[int, ...]:
     if out:
         return tuple(h[_OSHAPE:_OSHAPE + h[_ONDIM]]) if h[_ONDIM] >= 0 else ()
     return tuple(h[_SHAPE:_SHAPE + h[_NDIM]]) if h[_NDIM] >= 0 else ()
+
+
+def _fast_key(call, root, axis, arr, out, debug):
+    """A key for the local arguments of a scatter/gather call, or None when the call
+    must take the full checks (debug mode, or arguments that are not plain arrays).
+
+    Validation depends only on what the key holds, so a key seen before with a
+    valid call needs no new local checks; the header exchange still runs.
+    """
+    if debug:
+        return None
+    if arr is not None:
+        if arr.__class__ is not np.ndarray:
+            return None
+        akey = (arr.shape, arr.dtype)
+    else:
+        akey = None
+    if out is not None:
+        if out.__class__ is not np.ndarray:
+            return None
+        flags = out.flags
+        okey = (out.shape, out.dtype, flags.writeable, flags.c_contiguous)
+    else:
+        okey = None
+    return (call, root, root.__class__, axis, axis.__class__, akey, okey)
+
+
+def _direct(fn, send, recv, **kw):
+    """Call a v-collective as is (MPI-4 large counts: mpi4py handles any size)."""
+    fn(send, recv, **kw)
 
 
 def _contig(a: np.ndarray, ax: int) -> np.ndarray:

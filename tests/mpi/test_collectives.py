@@ -256,3 +256,25 @@ def test_larger_than_2_gib(ctx):
     g = ctx.allgather(big)
     ok = g.size == 2 * big.size and g[0] == 1 and g[big.size - 1] == 1 and g[big.size] == 2 and g[-1] == 2
     assert_all(ok, "allgather content", ctx=ctx)
+
+
+def test_repeated_calls_stay_checked(ctx):
+    """Calls repeated with the same arguments skip the local checks, never the agreement."""
+    if ctx.size == 1:
+        pytest.skip("needs two ranks to disagree")
+    a = np.arange(6.0)
+    for _ in range(3):  # validated once, then repeats
+        ctx.allgather(a)
+        ctx.scatter(a if ctx.is_root else None)
+    # every rank repeats a call it made before, but rank 1 now pairs it with another one
+    def body():
+        if ctx.rank == 1:
+            ctx.scatter(None)
+        else:
+            ctx.allgather(a)
+    msg = raises_everywhere(ctx, body, "different collectives")
+    assert_all("rank 1: scatter" in msg, msg, ctx=ctx)
+    # a repeat on most ranks, a new (bad) block on the last one
+    bad = a.astype(np.float32) if ctx.rank == ctx.size - 1 else a
+    raises_everywhere(ctx, lambda: ctx.allgather(bad), "dtype")
+    assert_equal_all(ctx.allgather(a), np.tile(a, ctx.size), ctx=ctx)
