@@ -41,6 +41,7 @@ run: venv
 
 ## test: pure logic with plain pytest, then everything that communicates at 1, 2 and 3 ranks
 test: test-unit test-mpi
+	@bash tests/env/clean-shm.sh  # segments of ranks the fault tests killed on purpose
 
 test-unit: venv
 	$(TIMEOUT) 1800 $(PYTEST) tests -m "not mpi and not slurm"
@@ -69,6 +70,7 @@ test-parallel-hdf5: phdf5-venv
 	done; \
 	echo "== parallel HDF5 (mpio): jobs written on n ranks and read on m, kill -9 during checkpoints"; \
 	$(TIMEOUT) 1200 $(PHDF5_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OUTPUT_JOBS)
+	@bash tests/env/clean-shm.sh
 
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
 test-slurm: venv
