@@ -28,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import partition
+from ..checkpoint import _fsync
 from ..output import Output, io_mode
 from . import format_table, size_label
 from .collectives import _parse_size
@@ -41,14 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory for the files (default: the system temporary directory)")
     p.add_argument("--repeats", type=int, default=3, help="runs per path (best is kept)")
     p.add_argument("--fsync", action="store_true", help="include fsync of the file in the time")
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _timed(ctx, fn, path: str, fsync: bool, repeats: int) -> float:

@@ -4,28 +4,22 @@ Shapes, dtypes, axes, roots, ``out=`` and the number of ranks taking part (a
 sub-context of the first ``k`` ranks) are drawn by hypothesis. Every rank must
 draw the same examples: the settings are derandomized (the same seed everywhere)
 with no example database, and each example first checks that all ranks drew it.
-The budget is bounded (:data:`EXAMPLES` per test) so that CI stays fast.
+The budget is bounded (``fuzzing.EXAMPLES`` per test) so that CI stays fast.
 """
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from mpi4py import MPI
 
-import hpcpar
 from hpcpar import partition
 from hpcpar.testing import assert_all
 
+from fuzzing import FUZZ, SIZE, contexts, make, same  # noqa: F401 (contexts is a fixture)
+
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 
-#: examples per property test and rank count
-EXAMPLES = 40
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck), print_blob=False)
-
-SIZE = MPI.COMM_WORLD.Get_size()
 DTYPES = [np.dtype(t) for t in ("?", "i1", "u2", "<i8", "f4", "f8", "c8", ">i4", "M8[ms]", "U2", "S3",
                                 "V5")] + [np.dtype([("a", "<i2"), ("b", "<f8", (2,))])]
 
@@ -41,37 +35,6 @@ def cases(draw):
     use_out = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
     return k, shape, axis, root, dtype, use_out, seed
-
-
-@pytest.fixture(scope="module")
-def contexts():
-    """The world context and, for each k, a context of the first k ranks (None elsewhere)."""
-    world = hpcpar.Context()
-    subs = {}
-    for k in range(1, SIZE + 1):
-        comm = world.comm.Split(0 if world.rank < k else MPI.UNDEFINED, world.rank)
-        subs[k] = hpcpar.Context(comm) if comm != MPI.COMM_NULL else None
-        if comm != MPI.COMM_NULL:
-            comm.Free()
-    yield world, subs
-    for c in subs.values():
-        if c is not None:
-            c.free()
-    world.free()
-
-
-def make(shape, dtype, seed):
-    raw = np.random.default_rng(seed).integers(0, 256, size=int(np.prod(shape)) * dtype.itemsize,
-                                               dtype=np.uint8)
-    if dtype.kind == "b":
-        raw %= 2
-    return raw.view(dtype).reshape(shape)
-
-
-def same(a, b) -> bool:
-    """Bit-identical: same dtype, shape and bytes (NaNs and padding included)."""
-    return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-            and a.tobytes() == b.tobytes())
 
 
 def drawn_alike(world, case):

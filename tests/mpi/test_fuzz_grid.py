@@ -15,23 +15,18 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
-from mpi4py import MPI
 
 import hpcpar
 from hpcpar import partition
 from hpcpar.testing import assert_all
 
+from fuzzing import FUZZ, SIZE, contexts, make, same  # noqa: F401 (contexts is a fixture)
+
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 
-#: examples per property test and rank count
-EXAMPLES = 40
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck), print_blob=False)
-
-SIZE = MPI.COMM_WORLD.Get_size()
 DTYPES = [np.dtype(t) for t in ("?", "i1", "u2", "<i8", "f4", "f8", "c16", ">i4", "M8[ms]", "U2",
                                 "S3", "V5")] + [np.dtype([("a", "<i2"), ("b", "<f8", (2,))])]
 
@@ -61,37 +56,6 @@ def cases(draw):
     root = draw(st.integers(0, k - 1))
     seed = draw(st.integers(0, 2**16))
     return k, shape, dims, periodic, halo, dtype, root, seed
-
-
-@pytest.fixture(scope="module")
-def contexts():
-    """The world context and, for each k, a context of the first k ranks (None elsewhere)."""
-    world = hpcpar.Context()
-    subs = {}
-    for k in range(1, SIZE + 1):
-        comm = world.comm.Split(0 if world.rank < k else MPI.UNDEFINED, world.rank)
-        subs[k] = hpcpar.Context(comm) if comm != MPI.COMM_NULL else None
-        if comm != MPI.COMM_NULL:
-            comm.Free()
-    yield world, subs
-    for c in subs.values():
-        if c is not None:
-            c.free()
-    world.free()
-
-
-def make(shape, dtype, seed):
-    raw = np.random.default_rng(seed).integers(0, 256, size=math.prod(shape) * dtype.itemsize,
-                                               dtype=np.uint8)
-    if dtype.kind == "b":
-        raw %= 2
-    return raw.view(dtype).reshape(shape)
-
-
-def same(a, b) -> bool:
-    """Bit-identical: same dtype, shape and bytes (NaNs and padding included)."""
-    return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-            and a.tobytes() == b.tobytes())
 
 
 def expected_error(shape, dims, periodic, halo, k):
