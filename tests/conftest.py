@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +52,15 @@ def shared_dir(ctx):
     ctx.comm.Barrier()
     if ctx.is_root:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def serial_heat(n: int, r: float, steps: int) -> np.ndarray:
+    """The heat job's reference: plain NumPy on the whole grid, zero walls, the same initial field."""
+    x = np.arange(1, n + 1, dtype=np.float64) * (1.0 / (n + 1))
+    s = np.sin(np.pi * x)
+    u = np.zeros((n + 2, n + 2))
+    u[1:-1, 1:-1] = s[:, None] * s[None, :]
+    for _ in range(steps):
+        c = u[1:-1, 1:-1]
+        u[1:-1, 1:-1] = c + r * (u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:] - 4.0 * c)
+    return u[1:-1, 1:-1]

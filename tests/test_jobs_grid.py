@@ -6,20 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from conftest import JOBS, run_mpi
+from conftest import JOBS, run_mpi, serial_heat
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def serial_heat(n: int, r: float, steps: int) -> np.ndarray:
-    x = np.arange(1, n + 1, dtype=np.float64) * (1.0 / (n + 1))
-    s = np.sin(np.pi * x)
-    u = np.zeros((n + 2, n + 2))
-    u[1:-1, 1:-1] = s[:, None] * s[None, :]
-    for _ in range(steps):
-        c = u[1:-1, 1:-1]
-        u[1:-1, 1:-1] = c + r * (u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:] - 4.0 * c)
-    return u[1:-1, 1:-1]
 
 
 def test_heat_field_is_bit_identical_on_1_2_3_4_ranks_and_to_serial(tmp_path):

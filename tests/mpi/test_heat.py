@@ -9,7 +9,7 @@ import pytest
 import hpcpar
 from hpcpar.testing import assert_all
 
-from conftest import JOBS
+from conftest import JOBS, serial_heat
 
 sys.path.insert(0, str(JOBS))
 import heat  # noqa: E402  (jobs/heat.py)
@@ -17,18 +17,6 @@ import heat  # noqa: E402  (jobs/heat.py)
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(90)]
 
 T_END = 0.05  # with N + 1 a power of two and r = 0.2, T_END is a whole number of steps
-
-
-def serial_heat(n: int, r: float, steps: int) -> np.ndarray:
-    """The reference: plain NumPy on the whole grid, zero walls, the same initial field."""
-    x = np.arange(1, n + 1, dtype=np.float64) * (1.0 / (n + 1))
-    s = np.sin(np.pi * x)
-    u = np.zeros((n + 2, n + 2))
-    u[1:-1, 1:-1] = s[:, None] * s[None, :]
-    for _ in range(steps):
-        c = u[1:-1, 1:-1]
-        u[1:-1, 1:-1] = c + r * (u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:] - 4.0 * c)
-    return u[1:-1, 1:-1]
 
 
 def solve(ctx, n, steps, r, dims=None):
