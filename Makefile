@@ -21,7 +21,7 @@ PHDF5_BIN     := $(PHDF5_VENV)/bin
 PHDF5_MPIEXEC ?= /usr/bin/mpiexec
 # The tests of shared HDF5 output, run in both legs.
 OUTPUT_TESTS  := tests/mpi/test_output.py tests/mpi/test_checkpoint.py
-OUTPUT_JOBS   := tests/test_output_jobs.py tests/test_output_helpers.py tests/test_heat_restart.py tests/test_faults_io.py
+OUTPUT_JOBS   := tests/jobs/test_output_jobs.py tests/unit/test_output_paths.py tests/jobs/test_heat_restart.py tests/launch/test_faults_io.py
 
 .PHONY: all venv run test test-unit test-mpi test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
 

@@ -29,8 +29,8 @@ examples:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import info
-    from .comm import Context
+    from .observe import info
+    from .core.context import Context
 
     with Context() as ctx:
         data = info.collect(ctx)
@@ -47,7 +47,7 @@ def _split_run_args(argv: list[str]) -> tuple[int | None, list[str]]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .launch import launch
+    from .launch.mpiexec import launch
 
     trailing, script_args = _split_run_args(args.args)
     ranks = args.ranks if args.ranks is not None else (trailing or 1)
@@ -71,7 +71,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
-    from . import bench, scale
+    from . import bench
+    from .launch import scale
 
     try:
         ranks = [int(x) for x in args.ranks.split(",") if x.strip()]
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run", help="run a script on N ranks under the hpcpar runner",
-        description="Launch `mpiexec -n N python hpcpar/_guardian.py SCRIPT ARGS` (each rank runs "
+        description="Launch `mpiexec -n N python hpcpar/launch/guardian.py SCRIPT ARGS` (each rank runs "
         "the script under the hpcpar runner; a rank killed by a signal is reported by rank). An uncaught "
         "exception on any rank prints `rank R of N failed:` with its traceback and ends the "
         "whole job with a non-zero status. `-n N` may also come last: "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcpar import partition
+from hpcpar.decomp import partition
 
 
 class BlockGrid:

@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark named by ``args.bench`` under the hpcpar runner. **Collective**."""
-    from ..runner import run
+    from ..core.runner import run
 
     module = importlib.import_module(BENCHMARKS[args.bench][0])
     return run(module.main, args) or 0

@@ -15,8 +15,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import watchdog
-from ..comm import Context
+from ..core import watchdog
+from ..core.context import Context
 from . import format_table, timeit
 
 __all__ = ["add_arguments", "main"]

@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 from mpi4py import MPI
 
-from .. import partition
+from ..decomp import partition
 from . import format_table, size_label, timeit
 
 __all__ = ["add_arguments", "main"]

@@ -68,7 +68,7 @@ def _best(fn, repeats: int) -> float:
 
 
 def _farm_rate(ctx, n, cs, repeats):
-    from ..farm import farm
+    from ..tasks.farm import farm
 
     tasks = range(n) if ctx.is_root else None
     farm(ctx, tiny, tasks, chunksize=cs)  # warm up
@@ -83,7 +83,7 @@ def _farm_rate(ctx, n, cs, repeats):
 
 def _farm_counts(ctx, n):
     """Tasks each rank ran in one farm at chunksize 1."""
-    from ..farm import farm
+    from ..tasks.farm import farm
 
     count = 0
 
@@ -117,8 +117,8 @@ def _pool_rate(pool, n, cs, repeats):
 
 def _mandelbrot(ctx, width, height, max_iter, repeats, per_task=8):
     """(T_serial whole image, T_serial by tasks, T_static, T_farm) on root; best of ``repeats``."""
-    from .. import partition
-    from ..farm import farm
+    from ..decomp import partition
+    from ..tasks.farm import farm
 
     rows = _mandel_rows
     t_serial = t_tasks = None
@@ -172,7 +172,7 @@ def _mandel_rows(y0, y1, width, height, max_iter):
 
 
 def main(ctx, args) -> None:
-    from ..local import _Context, available_cpus, local_pool
+    from ..tasks.local import _Context, available_cpus, local_pool
 
     n, reps = args.tasks, args.repeats
     sizes = [int(s) for s in args.chunksizes.split(",") if s.strip()]

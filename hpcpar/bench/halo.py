@@ -21,9 +21,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import partition
-from ..grid import Grid
-from ..sort import sample_sort
+from ..decomp import partition
+from ..decomp.grid import Grid
+from ..decomp.sort import sample_sort
 from . import format_table, timeit
 
 __all__ = ["add_arguments", "main"]

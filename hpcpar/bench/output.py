@@ -27,9 +27,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import partition
-from ..checkpoint import _fsync
-from ..output import Output, io_mode
+from ..decomp import partition
+from ..io.checkpoint import _fsync
+from ..io.output import Output, io_mode
 from . import format_table, size_label
 from .collectives import _parse_size
 

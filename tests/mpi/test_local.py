@@ -8,7 +8,7 @@ import pytest
 
 import hpcpar
 from hpcpar import farm, local_cpus, local_pool
-from hpcpar.local import available_cpus
+from hpcpar.tasks.local import available_cpus
 from hpcpar.testing import assert_all
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(90)]

@@ -16,10 +16,10 @@ import pytest
 
 import hpcpar
 from hpcpar import Output, partition, read, read_grid
-from hpcpar.output import io_mode
+from hpcpar.io.output import io_mode
 from hpcpar.testing import assert_all, assert_equal_all
 
-from conftest import expected_h5_mode
+from helpers import expected_h5_mode
 from gridstub import BlockGrid
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hpcpar import partition
-from hpcpar.sort import sample_sort
+from hpcpar.decomp import partition
+from hpcpar.decomp.sort import sample_sort
 from hpcpar.testing import assert_all
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from hpcpar import scale, timing
-from hpcpar.progress import progress
+from hpcpar.launch import scale
+from hpcpar.observe import timing
+from hpcpar.observe.progress import progress
 
 
 def test_region_accumulates_and_nests():

@@ -5,7 +5,7 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hpcpar import partition as P
+from hpcpar.decomp import partition as P
 
 ns = st.integers(min_value=0, max_value=10_000)
 parts = st.integers(min_value=1, max_value=200)

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import JOBS, ROOT
+from helpers import JOBS, ROOT
 from hpcpar import slurm
 from hpcpar.slurm import JobSpec
 
@@ -42,7 +42,7 @@ def test_render_has_the_options_and_a_quoted_command():
     assert "export OMP_NUM_THREADS=2" in lines
     assert "export SRUN_CPUS_PER_TASK=2" in lines and "export HPCPAR_REQUEUE=1" in lines
     assert shlex.split(lines[-1]) == ["srun", "--mpi=pmi2", "--kill-on-bad-exit=1", "--cpus-per-task=2",
-                                      "/opt/py/bin/python", "-m", "hpcpar._script", "jobs/pi.py",
+                                      "/opt/py/bin/python", "-m", "hpcpar.core.script", "jobs/pi.py",
                                       "--samples", "1e6"]
 
 
@@ -135,7 +135,7 @@ def test_hostile_values_in_quoted_fields_are_never_executed(tmp_path):
                    "seen = {'argv': sys.argv[1:], 'env': os.environ['HOSTILE']}\n"
                    f"json.dump(seen, open({str(report)!r}, 'w'))\n")
     python = tmp_path / "py $(touch pwned3);'\".sh"
-    # The job file runs under the hpcpar runner (python -m hpcpar._script JOB).
+    # The job file runs under the hpcpar runner (python -m hpcpar.core.script JOB).
     python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
     bindir = tmp_path / "bin"

@@ -1,0 +1,177 @@
+"""The SPMD runner: one rank's failure ends the whole job, loudly and quickly.
+
+An uncaught exception on any rank would otherwise leave the other ranks blocked
+in their next collective until the batch system kills the job. The runner
+prints ``rank R of N failed:`` and the traceback, then calls ``MPI_Abort``, which
+ends every rank of the job within seconds with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from mpi4py import MPI
+
+from .. import env, slurm
+from . import preempt, watchdog
+from ..observe import timing
+from .context import Context
+
+__all__ = ["run", "run_path", "abort"]
+
+#: Exit status of a job ended by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def abort(message: str, code: int = 1) -> None:
+    """Print ``message`` to stderr and end the whole MPI job. **Local**: any one rank may call it.
+
+    Never returns. Use it when a rank finds a condition the others cannot learn of
+    (they may already be blocked in a collective).
+    """
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    sys.stderr.write(message if message.endswith("\n") else message + "\n")
+    sys.stderr.flush()
+    size = MPI.COMM_WORLD.Get_size()
+    if size > 1:
+        # Give the stderr pipe a moment to drain through the launcher before the
+        # abort tears down every process of the job.
+        time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
+        MPI.COMM_WORLD.Abort(code)
+    os._exit(code)
+
+
+def _failure_text(exc: BaseException) -> str:
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    lines = "".join(f"[rank {rank}] {line}\n" for line in tb.rstrip("\n").split("\n"))
+    return f"rank {rank} of {size} failed: {type(exc).__name__}: {exc}\n{lines}"
+
+
+def _guard(body: Callable[[], Any]) -> Any:
+    """Run ``body``; on an uncaught exception or Ctrl-C, end the whole job."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        slurm._job_finished(rank, size, "FAILED", EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
+        abort(f"rank {rank} of {size} interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or code == 0:
+            raise
+        if not isinstance(code, int):
+            sys.stderr.write(f"{code}\n")
+            code = 1
+        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        slurm._job_finished(rank, size, "FAILED", code, f"exited with status {code}")
+        abort(f"rank {rank} of {size} failed: exited with status {code}", code)
+    except BaseException as exc:  # noqa: BLE001 - any failure must end the job
+        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+        slurm._job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")
+        abort(_failure_text(exc), 1)
+
+
+def _final_report(ctx: Context) -> None:
+    """Print the timing table on root when any rank timed a region (or it was asked for)."""
+    asked = env.get(env.HPCPAR_REPORT)
+    if asked == "0":
+        return
+    want = asked == "1" or bool(timing.REGISTRY.regions) or bool(env.get(env.HPCPAR_REPORT_JSON))
+    if ctx.comm.allreduce(want, op=MPI.LOR):
+        timing.report(ctx, json_path=env.get(env.HPCPAR_REPORT_JSON))
+
+
+def _finishing(ctx: Context, body: Callable[[], Any]) -> Any:
+    """Run ``body``, then wait in ``ctx.finish()`` for every rank, also after ``sys.exit(0)``."""
+    try:
+        result = body()
+    except SystemExit as exc:
+        if exc.code is None or exc.code == 0:
+            ctx.finish()
+        raise
+    ctx.finish()
+    return result
+
+
+def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    """Build a :class:`Context`, call ``main(ctx, *args, **kwargs)`` and return its value.
+
+    **Collective** over ``COMM_WORLD``: every rank of the job calls it. An uncaught
+    exception on any rank prints ``rank R of N failed:`` with the traceback to
+    stderr and aborts the whole job with exit status 1; Ctrl-C exits with 130;
+    ``sys.exit(code)`` with a non-zero code aborts with that code. When any rank
+    timed a region (``ctx.timer``), or ``HPCPAR_REPORT=1``, root prints the
+    per-rank timing table at the end (``HPCPAR_REPORT_JSON`` also writes it as
+    JSON). Works the same
+    under ``mpiexec``, ``srun``, ``hpcpar run`` and as a plain one-rank script.
+
+    When ``main`` returns (or calls ``sys.exit(0)``) the rank waits in
+    :meth:`Context.finish` for the others: a rank still in a collective then gets
+    :class:`CollectiveMismatchError` and the job ends, instead of hanging.
+
+    Before ``main`` starts, SIGUSR1 (Slurm's ``--signal=USR1@N`` warning) is
+    turned into a stop request that ``ctx.should_stop()`` reports on every rank.
+    Inside a Slurm job root records the job's state (RUNNING, then COMPLETED) in
+    ``.hpcpar/job-$SLURM_JOB_ID.json`` in the working directory, and a failing
+    rank records FAILED with its rank and message before it aborts the job.
+
+    Args:
+        main: the function every rank runs.
+        timeout: seconds a rank may stay blocked in one hpcpar call before the
+            watchdog dumps every rank's stacks and aborts the job (exit status
+            124); None: ``HPCPAR_TIMEOUT`` (default: no limit). Not passed to ``main``.
+    """
+    def body():
+        if timeout is not None:
+            watchdog.set_timeout(timeout)
+        preempt.install()
+        world = MPI.COMM_WORLD
+        # Root records RUNNING before the collective Dup in Context(), so no rank can
+        # fail (and record FAILED) before it.
+        slurm._job_started(world.Get_rank(), world.Get_size())
+        ctx = Context()
+        timing.REGISTRY.started = time.perf_counter()
+        try:
+            result = _finishing(ctx, lambda: main(ctx, *args, **kwargs))
+            _final_report(ctx)  # after finish(): every rank is here
+            if ctx.is_root:
+                slurm._job_finished(ctx.rank, ctx.size)
+            return result
+        finally:
+            ctx.free()
+
+    return _guard(body)
+
+
+def run_path(path: str, argv: list[str]) -> None:
+    """Execute the script at ``path`` as ``__main__`` under the runner's guard.
+
+    **Collective**: used by ``hpcpar run`` (via ``python -m hpcpar.runner``) on every
+    rank. ``sys.argv`` becomes ``[path, *argv]`` and the script's directory is
+    put first on ``sys.path``, as ``python path`` would do.
+    """
+    sys.argv = [path, *argv]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    preempt.install()
+    world = MPI.COMM_WORLD
+    slurm._job_started(world.Get_rank(), world.Get_size())
+
+    def body():
+        ctx = Context()
+        try:
+            _finishing(ctx, lambda: runpy.run_path(path, run_name="__main__"))
+        finally:
+            ctx.free()
+
+    _guard(body)
+    if world.Get_rank() == 0:
+        slurm._job_finished(0, world.Get_size())

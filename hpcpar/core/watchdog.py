@@ -1,0 +1,368 @@
+"""The hang watchdog: a rank blocked too long in one hpcpar call ends the job loudly.
+
+Every checked collective of :class:`hpcpar.Context` marks the time it is entered
+and left in this module's per-process state (two attribute stores, no thread
+start, no system call). One daemon thread per process wakes a few times a second
+and looks at that state:
+
+* **Timeout** (``HPCPAR_TIMEOUT=SECONDS``, ``hpcpar.run(main, timeout=...)`` or
+  ``hpcpar run --timeout``): a rank blocked in one call longer than that dumps
+  the Python stack of each of its threads to stderr, every line prefixed
+  ``[rank R]``; asks every other rank to dump theirs and to say which call it is
+  in; then ends the job with ``MPI_Abort`` and a message naming which call each
+  rank was waiting in.
+* **Finished peers**: a rank that has finished its main function and has waited
+  for the others for a moment tells them so. A rank blocked in a collective on
+  a context that includes a finished rank can never complete it; it ends the job
+  at once, naming both ranks, with no timeout needed.
+
+The messages travel on a private duplicate of ``COMM_WORLD`` made when the first
+world :class:`~hpcpar.Context` is created, and only when the MPI library offers
+``MPI_THREAD_MULTIPLE`` (mpi4py asks for it by default); otherwise the timeout
+still works, each rank reporting only for itself. A rank busy in C code that holds
+the GIL cannot run its watchdog; MPI calls made through mpi4py release it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from mpi4py import MPI
+
+from .. import env
+
+__all__ = ["watching", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
+           "current", "format_stacks", "EXIT_HANG", "FINISH"]
+
+#: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out).
+EXIT_HANG = 124
+
+#: The call name a rank shows while it waits, after its main function returned,
+#: for the other ranks to finish theirs.
+FINISH = "finish"
+
+#: Seconds a finished rank waits for the others before it tells them it finished.
+_FINISH_NOTICE = 1.0
+#: Seconds a rank may stay in a collective that includes a finished rank.
+_FINISHED_GRACE = 1.0
+#: Seconds the rank that fires waits for the other ranks' reports.
+_COLLECT = 2.0
+_TAG_DUMP, _TAG_REPORT, _TAG_FINISHED = 9001, 9002, 9003
+
+_monotonic = time.monotonic
+
+
+class _State:
+    """What this process is doing: the current call as ``(name, since, context)``."""
+
+    __slots__ = ("now", "timeout", "thread", "stopping", "comm", "finished", "dumped",
+                 "fired", "notified", "sends", "explicit", "epoch", "lock")
+
+    def __init__(self) -> None:
+        self.now: tuple | None = None
+        self.timeout: float | None = None
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.comm: MPI.Comm | None = None
+        self.finished: set[int] = set()
+        self.dumped = False
+        self.fired = False
+        self.notified = False
+        self.sends: list = []
+        self.explicit = False
+        self.epoch = 0  # final checks (finish) this rank has completed
+        self.lock = threading.Lock()  # epoch, finished, notified and leaving a finish
+
+
+_S = _State()
+
+
+# ---- marking calls: the hot path ---------------------------------------------------
+def enter(name: str, ctx: Any = None) -> tuple | None:
+    """Mark this rank as blocked in ``name`` from now on. **Local**, a few hundred ns.
+
+    Returns the previous mark, to be passed to :func:`leave`. A call entered while
+    another is marked (a helper built on collectives) keeps the outer mark.
+    """
+    prev = _S.now
+    if prev is None:
+        _S.now = (name, _monotonic(), ctx)
+    return prev
+
+
+def leave(prev: tuple | None) -> None:
+    """End the mark made by the :func:`enter` that returned ``prev``. **Local**."""
+    if prev is None:
+        _S.now = None
+
+
+class watching:
+    """``with watching("halo exchange", ctx):`` marks a blocking region. **Local**.
+
+    Use it around point-to-point exchanges or plain mpi4py calls that may block,
+    so that the watchdog's timeout and its report cover them too.
+    """
+
+    __slots__ = ("name", "ctx", "prev")
+
+    def __init__(self, name: str, ctx: Any = None):
+        self.name, self.ctx = name, ctx
+
+    def __enter__(self) -> "watching":
+        self.prev = enter(self.name, self.ctx)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        leave(self.prev)
+
+
+def current() -> tuple[str, float] | None:
+    """``(call name, seconds blocked so far)`` of this rank, or None. **Local**."""
+    now = _S.now
+    return None if now is None else (now[0], _monotonic() - now[1])
+
+
+# ---- configuration -----------------------------------------------------------------
+def set_timeout(seconds: float | None) -> None:
+    """Set the hang timeout of this rank (None or 0: none) and start the thread. **Local**.
+
+    Every rank should use the same value; ``hpcpar.run(main, timeout=...)`` does.
+    """
+    if seconds is not None and not seconds > 0:
+        seconds = None
+    _S.timeout = None if seconds is None else float(seconds)
+    _S.explicit = True
+    start()
+
+
+def get_timeout() -> float | None:
+    """The hang timeout in seconds, or None. **Local**."""
+    return _S.timeout
+
+
+def _env_timeout() -> float | None:
+    value = env.get_float(env.HPCPAR_TIMEOUT, 0.0)
+    return value if value > 0 else None
+
+
+def start(world: bool = False) -> None:
+    """Start this process's watchdog thread if it is not running. **Local**, except that
+    ``world=True`` (used by the first world Context) also duplicates ``COMM_WORLD`` for the
+    watchdog's messages, which is **collective** over ``COMM_WORLD``.
+
+    The timeout comes from ``HPCPAR_TIMEOUT`` unless :func:`set_timeout` set one.
+    """
+    if not _S.explicit:
+        _S.timeout = _env_timeout()
+    if world and _S.comm is None and MPI.COMM_WORLD.Get_size() > 1 \
+            and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+        _S.comm = MPI.COMM_WORLD.Dup()
+    if (_S.thread is None or not _S.thread.is_alive()) and (_S.timeout or _S.comm is not None):
+        _S.stopping.clear()
+        _S.thread = threading.Thread(target=_loop, name="hpcpar-watchdog", daemon=True)
+        _S.thread.start()
+
+
+def stop() -> None:
+    """Stop the watchdog thread (before ``MPI_Finalize``). **Local**; registered with atexit."""
+    t = _S.thread
+    if t is not None and t.is_alive() and t is not threading.current_thread():
+        _S.stopping.set()
+        t.join(timeout=2.0)
+    _S.thread = None
+    comm = _S.comm
+    if comm is not None and not MPI.Is_finalized():
+        _drain(comm)
+        for req in _S.sends:  # tiny messages: sent eagerly, complete already
+            try:
+                req.Test()
+            except Exception:  # noqa: BLE001 - never fail at exit
+                pass
+        _S.sends.clear()
+
+
+def leave_finish(prev: tuple | None, completed: bool) -> None:
+    """Leave a final check (:data:`FINISH`); ``completed`` when it passed on every rank. **Local**.
+
+    Notices that ranks had finished belong to that round; a completed check forgets
+    them, so that a script running ``hpcpar.run`` twice is not taken for an early exit.
+    """
+    with _S.lock:
+        leave(prev)
+        if completed:
+            _S.epoch += 1
+            _S.finished.clear()
+            _S.notified = False
+
+
+atexit.register(stop)
+
+
+# ---- the thread ---------------------------------------------------------------------
+def _tick() -> float:
+    t = _S.timeout
+    return 0.2 if t is None else max(0.02, min(0.2, t / 10))
+
+
+def _loop() -> None:
+    while not _S.stopping.wait(_tick()):
+        try:
+            _check()
+        except Exception as exc:  # noqa: BLE001 - the watchdog must never die silently
+            _write(f"hpcpar watchdog: internal error {type(exc).__name__}: {exc}\n")
+            return
+
+
+def _check() -> None:
+    comm = _S.comm
+    if comm is not None:
+        _serve(comm)
+    with _S.lock:
+        now, epoch, finished = _S.now, _S.epoch, set(_S.finished)
+        if now is None:
+            return
+        name, since, ctx = now
+        waited = _monotonic() - since
+        notify = (name == FINISH and comm is not None and not _S.notified
+                  and waited > _FINISH_NOTICE)
+        if notify:
+            _S.notified = True
+    if notify:
+        me = MPI.COMM_WORLD.Get_rank()
+        for r in range(comm.Get_size()):
+            if r != me:
+                _S.sends.append(comm.isend((me, epoch), dest=r, tag=_TAG_FINISHED))
+    elif name != FINISH and finished and waited > _FINISHED_GRACE:
+        gone = sorted(finished & set(_world_ranks(ctx)))
+        if gone:
+            _fire_finished(name, waited, gone)
+    timeout = _S.timeout
+    if timeout is not None and waited > timeout and not _S.fired:
+        _fire(name, waited, timeout)
+
+
+def _world_ranks(ctx: Any) -> list[int]:
+    """The COMM_WORLD ranks of a context (all ranks when unknown)."""
+    ranks = getattr(ctx, "_world_ranks", None)
+    return list(range(MPI.COMM_WORLD.Get_size())) if ranks is None else ranks
+
+
+def _serve(comm: MPI.Comm) -> None:
+    """Answer the other ranks' messages: dump requests and finish notices."""
+    status = MPI.Status()
+    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+        src, tag = status.Get_source(), status.Get_tag()
+        msg = comm.recv(source=src, tag=tag)
+        if tag == _TAG_FINISHED:
+            with _S.lock:
+                if msg[1] == _S.epoch:  # else a notice from a round this rank has completed
+                    _S.finished.add(msg[0])
+        elif tag == _TAG_DUMP:
+            _S.fired = True  # one rank reports for the job; this one only answers
+            if not _S.dumped:
+                _S.dumped = True
+                _write(f"[rank {MPI.COMM_WORLD.Get_rank()}] hpcpar watchdog: rank {msg} asked for "
+                       f"this rank's stacks; this rank is {_doing()}\n" + format_stacks())
+            _S.sends.append(comm.isend((MPI.COMM_WORLD.Get_rank(), _doing()), dest=src, tag=_TAG_REPORT))
+        elif tag == _TAG_REPORT:
+            _reports.append(msg)
+
+
+_reports: list = []
+
+
+def _drain(comm: MPI.Comm) -> None:
+    status = MPI.Status()
+    try:
+        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            comm.recv(source=status.Get_source(), tag=status.Get_tag())
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _doing() -> str:
+    cur = current()
+    if cur is None:
+        return "not in an hpcpar call (computing, or in a plain MPI call)"
+    name, waited = cur
+    if name == FINISH:
+        return "finished the main function, waiting for the others"
+    return f"waiting in {name}"
+
+
+def _fire(name: str, waited: float, timeout: float) -> None:
+    """The timeout expired: dump stacks here and on every rank, then end the job."""
+    _S.fired = True
+    comm, me = _S.comm, MPI.COMM_WORLD.Get_rank()
+    size = MPI.COMM_WORLD.Get_size()
+    head = (f"hpcpar watchdog: rank {me} of {size} blocked {waited:.1f} s in {name} "
+            f"(timeout {timeout:g} s, set by {env.HPCPAR_TIMEOUT} or run(timeout=))")
+    if not _S.dumped:
+        _S.dumped = True
+        _write(f"[rank {me}] {head}; stacks of every thread:\n" + format_stacks())
+    lines = {me: _doing()}
+    if comm is not None:
+        for r in range(size):
+            if r != me:
+                _S.sends.append(comm.isend(me, dest=r, tag=_TAG_DUMP))
+        deadline = _monotonic() + _COLLECT
+        while len(lines) < size and _monotonic() < deadline:
+            _serve(comm)
+            while _reports:
+                r, what = _reports.pop()
+                lines[r] = what
+            time.sleep(0.02)
+    groups: dict[str, list[int]] = {}
+    for r in range(size):
+        what = lines.get(r, "no answer (exited, or busy in C code holding the GIL)")
+        groups.setdefault(what, []).append(r)
+    report = "; ".join(f"{'ranks' if len(rs) > 1 else 'rank'} {', '.join(map(str, rs))}: {what}"
+                       for what, rs in groups.items())
+    _abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
+           "is not in a call, usually mean a collective that only some ranks make (inside "
+           "`if ctx.rank == ...:` or a loop whose length differs between ranks).", EXIT_HANG)
+
+
+def _fire_finished(name: str, waited: float, gone: list[int]) -> None:
+    _S.fired = True
+    me, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    who = ", ".join(map(str, gone))
+    _abort(f"hpcpar: rank {me} of {size} is blocked in {name} ({waited:.1f} s) but rank"
+           f"{'s' if len(gone) > 1 else ''} {who} already finished the main function and will "
+           "never join it. Every rank must make the same collective calls; a rank that "
+           "returns or calls sys.exit() early is the usual cause.", 1)
+
+
+def _abort(message: str, code: int) -> None:
+    from .runner import abort
+
+    abort(message, code)
+
+
+# ---- output --------------------------------------------------------------------------
+def format_stacks() -> str:
+    """Every thread's Python stack, as faulthandler writes it, each line prefixed ``[rank R]``."""
+    rank = MPI.COMM_WORLD.Get_rank()
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        faulthandler.dump_traceback(file=f, all_threads=True)
+        f.seek(0)
+        text = f.read().decode("utf-8", "replace")
+    # leave out the watchdog thread itself (faulthandler calls it the current thread)
+    blocks = [b for b in text.strip("\n").split("\n\n") if not b.startswith("Current thread")]
+    text = "\n\n".join(blocks)
+    return "".join(f"[rank {rank}] {line}\n" for line in text.rstrip("\n").split("\n"))
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001
+        os.write(2, text.encode("utf-8", "replace"))

@@ -1,0 +1,1 @@
+"""Data decomposition: pure partition arithmetic, Cartesian grids with halos, sample sort."""

@@ -1,0 +1,9 @@
+"""Starting jobs from a serial process: the MPI launcher, the rank guardian, scaling runs.
+
+Nothing in this layer imports MPI: it runs in the ``hpcpar`` command, on a login
+node, or in a test process, and starts MPI jobs as child processes.
+"""
+
+from .mpiexec import launch, launch_command, launcher
+
+__all__ = ["launch", "launch_command", "launcher"]

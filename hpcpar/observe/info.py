@@ -1,0 +1,104 @@
+"""What this job runs on: MPI library, Python packages, CPUs, Slurm allocation."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+
+__all__ = ["collect", "format_info", "slurm_env", "affinity"]
+
+
+def affinity() -> list[int]:
+    """The CPUs this process may run on (its affinity set). **Local**."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def slurm_env() -> dict[str, str]:
+    """The ``SLURM_*`` variables that describe the allocation, when present. **Local**."""
+    keys = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_NNODES",
+            "SLURM_NTASKS", "SLURM_CPUS_PER_TASK", "SLURM_ARRAY_JOB_ID",
+            "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_ID")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def collect(ctx) -> dict | None:
+    """Everything ``hpcpar info`` reports. **Collective**: root gets the dict, others None."""
+    import mpi4py
+    import numpy
+    from mpi4py import MPI
+
+    from .. import __version__
+
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "cpus": affinity()}
+    ranks = ctx.comm.gather(me, root=0)
+    if not ctx.is_root:
+        return None
+    try:
+        import h5py
+        h5 = {"version": h5py.version.version, "hdf5": h5py.version.hdf5_version,
+              "mpi": bool(h5py.get_config().mpi)}
+    except Exception as exc:  # noqa: BLE001 - report, never fail
+        h5 = {"error": f"{type(exc).__name__}: {exc}"}
+    lib = MPI.Get_library_version().strip().splitlines()[0]
+    return {
+        "hpcpar": __version__,
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "numpy": numpy.__version__,
+        "mpi4py": mpi4py.__version__,
+        "mpi_library": lib,
+        "mpi_standard": "%d.%d" % MPI.Get_version(),
+        "thread_level": {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
+                         MPI.THREAD_SERIALIZED: "serialized",
+                         MPI.THREAD_MULTIPLE: "multiple"}[MPI.Query_thread()],
+        "ranks": ctx.size,
+        "h5py": h5,
+        "per_rank": ranks,
+        "slurm": slurm_env(),
+    }
+
+
+def format_info(info: dict) -> str:
+    """Human-readable lines for :func:`collect`'s dict."""
+    h5 = info["h5py"]
+    if "error" in h5:
+        h5line = f"not usable ({h5['error']})"
+    else:
+        h5line = (f"{h5['version']} (HDF5 {h5['hdf5']}, "
+                  f"{'built with MPI: parallel writes' if h5['mpi'] else 'serial build: hpcpar uses its fallback writer'})")
+    lines = [
+        f"hpcpar       {info['hpcpar']}",
+        f"python       {info['python']}",
+        f"numpy        {info['numpy']}",
+        f"mpi4py       {info['mpi4py']}",
+        f"MPI library  {info['mpi_library']} (MPI {info['mpi_standard']}, thread level {info['thread_level']})",
+        f"h5py         {h5line}",
+        f"ranks        {info['ranks']}",
+    ]
+    for r, d in enumerate(info["per_rank"]):
+        cpus = d["cpus"]
+        lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} may use {len(cpus)} CPUs {_ranges(cpus)}")
+    if info["slurm"]:
+        lines.append("slurm        " + " ".join(f"{k}={v}" for k, v in info["slurm"].items()))
+    else:
+        lines.append("slurm        not inside a Slurm allocation")
+    return "\n".join(lines)
+
+
+def _ranges(cpus: list[int]) -> str:
+    out, start, prev = [], None, None
+    for c in cpus:
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:
+            prev = c
+        else:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+            start = prev = c
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+    return "[" + ",".join(out) + "]"

@@ -1,0 +1,1 @@
+"""Tasks: the dynamic farm, rank pipelines and rank-local process or thread pools."""

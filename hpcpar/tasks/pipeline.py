@@ -1,0 +1,220 @@
+"""A rank pipeline: each rank runs some stages, items stream from rank to rank.
+
+Stage ``i`` of ``k`` runs on rank ``i`` when ``k == size``. With more stages than
+ranks, consecutive stages share a rank (the blocks of
+:func:`hpcpar.partition.block_range`); with fewer, the ranks beyond the last
+stage take no part and return at once. Root feeds the items, runs the first
+stage(s), and receives the outputs from the last stage's rank; at most
+``window`` items are inside the pipeline at any time (back-pressure: root reads
+the next input only when an output has come back), so no rank's queue grows
+without bound. Messages travel on a private duplicate of the context's
+communicator, freed at the end.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable, Iterable, Sequence
+
+from mpi4py import MPI
+
+from ..decomp import partition
+from ..errors import TaskError
+
+__all__ = ["pipeline"]
+
+_TAG = 11
+_EOS = ("eos",)  # end of stream
+_IDLE_MIN, _IDLE_MAX = 20e-6, 5e-4  # sleep between probes while waiting (seconds)
+
+
+class _StageFailure:
+    """An exception in a stage, travelling downstream to root in the item's place."""
+
+    __slots__ = ("index", "stage", "rank", "exc_type", "text", "tb")
+
+    def __init__(self, index, stage, rank, exc):
+        self.index, self.stage, self.rank = index, stage, rank
+        self.exc_type, self.text = type(exc).__name__, str(exc)
+        self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+    def __getstate__(self):
+        return (self.index, self.stage, self.rank, self.exc_type, self.text, self.tb)
+
+    def __setstate__(self, state):
+        self.index, self.stage, self.rank, self.exc_type, self.text, self.tb = state
+
+    def error(self) -> TaskError:
+        return TaskError(
+            f"pipeline stage {self.stage} raised {self.exc_type} on rank {self.rank} "
+            f"(item {self.index}): {self.text}\nremote traceback (rank {self.rank}):\n{self.tb}",
+            self.index, self.rank, self.exc_type, self.tb, stage=self.stage)
+
+
+def pipeline(ctx, stages: Sequence[Callable[[Any], Any]], items: Iterable[Any] | None,
+             window: int | None = None) -> list | None:
+    """Stream ``items`` through ``stages`` spread over the ranks; outputs in input order on root.
+
+    **Collective**: every rank calls it with the same number of stages (each
+    rank calls only its own, so they need not be picklable). Only root's
+    ``items`` is read (lazily, as back-pressure allows); other ranks may pass
+    None. Items and intermediate values travel by pickle.
+
+    Args:
+        ctx: the :class:`hpcpar.Context`.
+        stages: callables; the output of stage ``i`` is the input of stage ``i+1``.
+        items: on root, an iterable of inputs.
+        window: the most items inside the pipeline at once (default ``2 * ranks used``).
+
+    Returns:
+        On root, ``[stages[-1](...stages[0](item)) for item in items]``; None elsewhere.
+
+    Raises:
+        ValueError: on every rank, when the arguments are unusable on any rank.
+        TaskError: on root only, for the first item whose stage raised, naming
+            the stage, rank and item index (``.stage``, ``.rank``, ``.index``)
+            with the remote traceback; root then stops reading items, the
+            items already inside drain, and every rank leaves cleanly.
+    """
+    comm = ctx.comm
+    problem = None
+    try:
+        nstages = len(stages)
+        if nstages < 1 or not all(callable(s) for s in stages):
+            problem = "stages must be a non-empty sequence of callables"
+    except TypeError:
+        nstages, problem = -1, f"stages must be a sequence of callables, got {type(stages).__name__}"
+    if ctx.is_root:
+        if items is None or isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+            problem = (problem + "; " if problem else "") + "root must pass an iterable of items"
+        if window is not None and (not isinstance(window, int) or window < 1):
+            problem = (problem + "; " if problem else "") + f"window must be a positive int, got {window!r}"
+    heads = comm.allgather((problem, nstages))
+    bad = [f"rank {r}: {p}" for r, (p, _) in enumerate(heads) if p]
+    counts = {k for _, k in heads}
+    if not bad and len(counts) > 1:
+        bad = ["every rank must pass the same number of stages; got "
+               + ", ".join(f"rank {r}: {k}" for r, (_, k) in enumerate(heads))]
+    if bad:
+        raise ValueError("hpcpar.pipeline: " + "; ".join(bad))
+    used = min(ctx.size, nstages)
+    window = comm.bcast(window if window is not None else 2 * used, root=ctx.root)
+    if used == 1:
+        return _serial(stages, items) if ctx.is_root else None
+    pcomm = comm.Dup()
+    if ctx.rank >= used:
+        pcomm.Free()
+        return None
+    mine = list(partition.block_range(nstages, used, ctx.rank))
+    try:
+        if ctx.is_root:
+            return _root(pcomm, stages, mine, items, window, used)
+        _middle(pcomm, stages, mine, used)
+        return None
+    finally:
+        pcomm.Free()
+
+
+def _apply(stages, mine, index, value, rank):
+    for s in mine:
+        try:
+            value = stages[s](value)
+        except Exception as exc:  # noqa: BLE001 - goes to root with its traceback
+            return _StageFailure(index, s, rank, exc)
+    return value
+
+
+def _serial(stages, items) -> list:
+    out = []
+    for i, item in enumerate(items):
+        value = _apply(stages, range(len(stages)), i, item, 0)
+        if isinstance(value, _StageFailure):
+            raise value.error()
+        out.append(value)
+    return out
+
+
+def _wait(comm, source) -> None:
+    """Block until a message from ``source`` is waiting, sleeping rather than spinning."""
+    pause = _IDLE_MIN
+    while not comm.iprobe(source=source, tag=_TAG):
+        time.sleep(pause)
+        pause = min(2 * pause, _IDLE_MAX)
+
+
+def _middle(comm, stages, mine, used) -> None:
+    rank = comm.Get_rank()
+    dest = (rank + 1) % used  # the last stage's rank sends to root
+    while True:
+        _wait(comm, rank - 1)
+        msg = comm.recv(source=rank - 1, tag=_TAG)
+        if msg is _EOS or msg == _EOS:
+            comm.send(_EOS, dest=dest, tag=_TAG)
+            return
+        index, value = msg
+        if not isinstance(value, _StageFailure):
+            value = _apply(stages, mine, index, value, rank)
+        comm.send((index, value), dest=dest, tag=_TAG)
+
+
+def _root(comm, stages, mine, items, window, used) -> list:
+    last = used - 1
+    sends: list[MPI.Request] = []
+    out: dict[int, Any] = {}
+    failure: _StageFailure | None = None
+    it = iter(items)
+    fed = inflight = 0
+    ended = False  # end-of-stream sent
+
+    def end():
+        nonlocal ended
+        if not ended:
+            sends.append(comm.isend(_EOS, dest=1, tag=_TAG))
+            ended = True
+
+    def take(msg):
+        nonlocal inflight, failure
+        index, value = msg
+        inflight -= 1
+        if isinstance(value, _StageFailure):
+            if failure is None or value.index < failure.index:
+                failure = value
+            end()
+        else:
+            out[index] = value
+
+    try:
+        while True:
+            if not ended and inflight < window:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    end()
+                    continue
+                value = _apply(stages, mine, fed, item, 0)
+                if isinstance(value, _StageFailure):
+                    failure = failure or value
+                    end()
+                    continue
+                sends.append(comm.isend((fed, value), dest=1, tag=_TAG))
+                fed += 1
+                inflight += 1
+                if len(sends) > 2 * window:
+                    sends = [r for r in sends if not r.Test()]
+                while comm.iprobe(source=last, tag=_TAG):
+                    msg = comm.recv(source=last, tag=_TAG)
+                    if msg == _EOS:
+                        raise AssertionError("hpcpar.pipeline: end of stream came back early")
+                    take(msg)
+                continue
+            _wait(comm, last)
+            msg = comm.recv(source=last, tag=_TAG)
+            if msg == _EOS:
+                break
+            take(msg)
+    finally:
+        MPI.Request.Waitall(sends)
+    if failure is not None:
+        raise failure.error()
+    return [out[i] for i in range(fed)]

@@ -1,0 +1,536 @@
+"""hpcpar's pytest plugin: SPMD tests that fail together, never hang, and report once.
+
+Active wherever hpcpar is installed (``pytest11`` entry point); it works beside
+pytest-mpi and uses its ``mpi`` marker and ``--with-mpi`` option.
+
+Under ``mpiexec -n N python -m pytest --with-mpi``:
+
+- every test runs in lockstep on all ranks; after each phase (setup, call,
+  teardown) the ranks exchange their outcome with one small collective on a
+  communicator of their own, so a test that fails on some ranks fails on all, and
+  rank 0's report shows the failing ranks' tracebacks and captured output;
+- a test still running after ``--mpi-timeout`` seconds (default 60, or the test's
+  own ``@pytest.mark.timeout(N)``) makes every rank print the test's node id and
+  its Python stacks with ``[rank R]`` prefixes, then the job is aborted with
+  status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run (pytest-timeout is
+  held back in such runs, as one rank ending alone leaves no stacks of the others);
+- only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
+  each line prefixed ``[rank R]``);
+- ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
+  skipped with a reason otherwise (pytest-mpi's ``min_size=K`` means "at least").
+
+In a plain ``pytest`` run (no ``--with-mpi``), a test marked ``mpi(n=K)`` runs in a
+fresh ``mpiexec -n K python -m pytest --with-mpi NODEID`` job, and its outcome,
+failure report and output are reported as the test's own.
+
+Fixtures: ``ctx`` and ``mpi_tmp_path`` (see :class:`HpcparFixtures`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+__all__ = ["DEFAULT_TIMEOUT", "EXIT_TIMEOUT", "ABORT_GRACE", "STARTUP_ALLOWANCE", "HpcparFixtures"]
+
+#: Seconds a test may run under MPI before the job is aborted (``--mpi-timeout``).
+DEFAULT_TIMEOUT = 60.0
+
+#: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``).
+EXIT_TIMEOUT = 124
+
+#: Seconds a rank waits after dumping its stacks before it aborts the job, so that
+#: the other ranks, whose timers fire at about the same moment, dump theirs too.
+ABORT_GRACE = 1.5
+
+#: Seconds a spawned ``mpiexec -n K pytest`` job gets, beyond the test's timeout, to
+#: start, collect and finish before it is killed.
+STARTUP_ALLOWANCE = 60.0
+
+# Extra seconds after which faulthandler ends a rank whose watchdog thread could
+# not run (a C call holding the GIL).
+_HARD_KILL_AFTER = 15.0
+
+_LIMIT = pytest.StashKey[float]()
+
+
+# --------------------------------------------------------------------------- options
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hpcpar", "hpcpar: SPMD tests under MPI")
+    if importlib.util.find_spec("pytest_mpi") is None:
+        group.addoption("--with-mpi", action="store_true", default=False,
+                        help="run the tests under MPI (start pytest with mpiexec -n N)")
+    group.addoption("--mpi-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                    help="under --with-mpi, a test still running after SECONDS makes every rank "
+                         "dump its stacks and aborts the job; a test's @pytest.mark.timeout(N) "
+                         f"overrides it; 0 turns it off (default {DEFAULT_TIMEOUT:g})")
+    group.addoption("--mpi-report", choices=("root", "all"), default="root",
+                    help="under --with-mpi, which ranks write the terminal report: rank 0 only "
+                         "(default) or all, each line prefixed [rank R]")
+    group.addoption("--mpi-result", metavar="FILE", default=None,
+                    help="under --with-mpi, rank 0 appends each test's combined outcome to FILE "
+                         "as JSON lines (used for tests marked mpi(n=K) run from plain pytest)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not any(re.match(r"\s*mpi\b", line) for line in config.getini("markers")):
+        config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K ranks")
+    config.pluginmanager.register(HpcparFixtures(), "hpcpar-fixtures")
+    if _mpi_mode(config):
+        config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
+    else:
+        config.pluginmanager.register(_SerialRun(config), "hpcpar-serial")
+
+
+def _mpi_mode(config: pytest.Config) -> bool:
+    return bool(config.getoption("--with-mpi", default=False)
+                or config.getoption("--only-mpi", default=False))
+
+
+# --------------------------------------------------------------------------- fixtures
+class HpcparFixtures:
+    """The plugin's fixtures (registered after pytest-mpi, so ``mpi_tmp_path`` is this one)."""
+
+    @pytest.fixture
+    def ctx(self):
+        """A :class:`hpcpar.Context` on a fresh duplicate of ``COMM_WORLD``, freed after the test.
+
+        **Collective**: set up and torn down on every rank. The test's traffic never
+        mixes with traffic on ``COMM_WORLD`` or on the plugin's own communicator.
+        In a plain run it is a one-rank context.
+        """
+        from ..core.context import Context
+
+        c = Context()
+        yield c
+        c.free()
+
+    @pytest.fixture
+    def mpi_tmp_path(self, ctx, tmp_path_factory: pytest.TempPathFactory,
+                     request: pytest.FixtureRequest) -> Path:
+        """One new temporary directory for the test, the same path on every rank. **Collective**.
+
+        Rank 0 creates it under its pytest base temporary directory and broadcasts
+        the path; on a cluster that directory must be on a file system every node sees.
+        """
+        name = re.sub(r"[\W]", "_", request.node.name)[:30]
+        path = str(tmp_path_factory.mktemp(name)) if ctx.rank == 0 else None
+        return Path(ctx.comm.bcast(path, root=0))
+
+
+# --------------------------------------------------------------------------- markers
+def _ranks_wanted(item: pytest.Item) -> int | None:
+    """K of the closest ``mpi(n=K)`` marker, or None."""
+    for mark in item.iter_markers("mpi"):
+        if "n" in mark.kwargs:
+            n = mark.kwargs["n"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise pytest.UsageError(f"{item.nodeid}: mpi(n=...) needs a positive int, got {n!r}")
+            return n
+    return None
+
+
+def _limit(item: pytest.Item, default: float) -> float:
+    """The test's timeout: its ``timeout`` marker if it has one, else ``default`` (0: none)."""
+    mark = item.get_closest_marker("timeout")
+    if mark is not None:
+        value = mark.args[0] if mark.args else mark.kwargs.get("timeout")
+        if value is not None:
+            return max(float(value), 0.0)
+    return default
+
+
+def _take_over_timeout(item: pytest.Item) -> None:
+    """Keep pytest-timeout out of this test: one rank ending alone leaves no stacks of the others."""
+    if item.config.pluginmanager.has_plugin("timeout"):
+        item.add_marker(pytest.mark.timeout(0), append=False)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+# --------------------------------------------------------------------------- under mpiexec
+class _SPMDRun:
+    """The per-test protocol of a ``--with-mpi`` run: lockstep, combined outcome, watchdog."""
+
+    def __init__(self, config: pytest.Config):
+        from mpi4py import MPI
+
+        self.world = MPI.COMM_WORLD
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+        self.sync = self.world.Dup()         # the outcome exchange, apart from any test traffic
+        self.timeout = float(config.getoption("--mpi-timeout"))
+        # The real stderr, for the watchdog: fd 2 is redirected while pytest captures a test.
+        self.err = os.fdopen(os.dup(2), "w")
+        # faulthandler keeps one pending dump per process: leave it to pytest's own if set.
+        try:
+            fh_timeout = float(config.getini("faulthandler_timeout") or 0)
+        except (ValueError, TypeError):
+            fh_timeout = 0.0
+        self.hard_kill = fh_timeout <= 0
+        result = config.getoption("--mpi-result")
+        self.result_path = result if self.rank == 0 else None
+        self.prefixed = None
+        self.waiting: str | None = None     # the phase whose outcome this rank is exchanging
+        # With a result file, outcomes, reports and captured output go there instead.
+        self._set_terminal(config, "none" if result else config.getoption("--mpi-report"))
+
+    def _set_terminal(self, config: pytest.Config, report: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or (report == "root" and self.rank == 0):
+            return
+        from _pytest.config import create_terminal_writer
+
+        if report == "all":
+            self.prefixed = _Prefixed(sys.stdout, f"[rank {self.rank}] ")
+            stream: Any = self.prefixed
+        else:
+            stream = open(os.devnull, "w")
+        reporter._tw = create_terminal_writer(config, stream)
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        limit = f"{self.timeout:g} s" if self.timeout > 0 else "no limit"
+        who = "every rank" if config.getoption("--mpi-report") == "all" else "rank 0"
+        return (f"hpcpar: {self.size} MPI ranks in lockstep; per-test limit {limit} (--mpi-timeout "
+                f"or the test's timeout marker; replaces pytest-timeout); report of {who}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.prefixed is not None:
+            self.prefixed.close()
+
+    # Every rank must run the same tests in the same order, or the exchanges pair up wrongly.
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        ids = "\n".join(item.nodeid for item in session.items).encode()
+        mine = (len(session.items), hashlib.sha1(ids).hexdigest(), session.testsfailed)
+        every = self.sync.allgather(mine)
+        if any(e != every[0] for e in every):
+            detail = "; ".join(f"rank {r}: {c} tests, {f} collection errors"
+                               for r, (c, _, f) in enumerate(every))
+            pytest.exit(f"hpcpar: the ranks collected different tests ({detail}). Every rank must "
+                        "collect the same tests in the same order: avoid rank-dependent "
+                        "parametrization and fix errors that happen on some ranks only.",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        for item in items:
+            item.stash[_LIMIT] = _limit(item, self.timeout)
+            _take_over_timeout(item)
+            n = _ranks_wanted(item)
+            if n is not None and n != self.size:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"needs exactly {n} MPI ranks (mpi(n={n})), this job has {self.size}"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
+        dog = _Watchdog(self, item.nodeid, item.stash.get(_LIMIT, self.timeout))
+        dog.start()
+        try:
+            return (yield)
+        finally:
+            dog.cancel()
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        rep = yield
+        self.waiting = rep.when
+        every = self.sync.allgather(_summary(rep))
+        self.waiting = None
+        _combine(rep, item, every, self.rank)
+        return rep
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.result_path is None:
+            return
+        record = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+                  "longrepr": report.longreprtext, "reason": _skip_reason(report),
+                  "crash": getattr(getattr(report.longrepr, "reprcrash", None), "message", "") or "",
+                  "sections": report.sections}
+        with open(self.result_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _skip_reason(rep: pytest.TestReport) -> str:
+    lr = rep.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2]).removeprefix("Skipped: ")
+    return getattr(rep, "wasxfail", "") or ""
+
+
+def _summary(rep: pytest.TestReport) -> tuple:
+    """What this rank tells the others about one phase: outcome, text, crash line, output."""
+    if rep.passed:
+        return ("passed", "", "", [])
+    if rep.skipped:
+        return ("skipped", _skip_reason(rep), "", [])
+    crash = getattr(getattr(rep.longrepr, "reprcrash", None), "message", "") or ""
+    return ("failed", rep.longreprtext, crash, [tuple(s) for s in rep.sections])
+
+
+class _RankFailure:
+    """A failure report made of several ranks' reports (a ``longrepr``)."""
+
+    def __init__(self, text: str, crash: str):
+        self.text = text
+        self.reprcrash = SimpleNamespace(message=crash)
+
+    def toterminal(self, out) -> None:
+        for line in self.text.split("\n"):
+            out.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> None:
+    """Make this rank's report of a phase the same outcome as every other rank's."""
+    size = len(every)
+    failed = [r for r, e in enumerate(every) if e[0] == "failed"]
+    skipped = [r for r, e in enumerate(every) if e[0] == "skipped"]
+    if failed:
+        texts: dict[str, list[int]] = {}
+        for r in failed:
+            texts.setdefault(every[r][1], []).append(r)
+        if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
+            return      # one error on every rank (a collective assertion): this rank's report says it all
+        others = [r for r in range(size) if r not in failed]
+        head = f"{rep.when} failed on {_ranks(failed)} of {size}"
+        if others:
+            head += f"; passed or skipped on {_ranks(others)}"
+        parts = [head]
+        for text, ranks in texts.items():
+            parts.append(f"{'=' * 24} {_ranks(ranks)} {'=' * 24}\n{text}")
+        first = failed[0]
+        crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
+        rep.outcome = "failed"
+        rep.longrepr = _RankFailure("\n\n".join(parts), crash)
+        for r in failed:
+            if r != rank:
+                rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
+        return
+    if skipped and len(skipped) < size:
+        reason = every[skipped[0]][1]
+        rep.outcome = "skipped"
+        lineno = item.location[1]
+        rep.longrepr = (str(item.path), (lineno or 0) + 1,
+                        f"Skipped: skipped on {_ranks(skipped)} of {size}: {reason}")
+
+
+class _Prefixed:
+    """A text stream that writes whole lines to ``stream``, each starting with ``prefix``."""
+
+    def __init__(self, stream, prefix: str):
+        self._stream = stream
+        self._prefix = prefix
+        self._partial = ""
+        self.encoding = getattr(stream, "encoding", "utf-8")
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        if lines:
+            self._stream.write("".join(f"{self._prefix}{line}\n" for line in lines))
+            self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._partial:
+            self.write("\n")
+
+
+_PLUMBING = tuple(os.path.dirname(importlib.util.find_spec(m).origin) + os.sep
+                  for m in ("pluggy", "_pytest"))
+
+
+def _stacks() -> str:
+    """Every other thread's Python stack, oldest call first, without pytest's own frames."""
+    me = threading.get_ident()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        entries = [e for e in traceback.extract_stack(frame) if not e.filename.startswith(_PLUMBING)]
+        out.append(f"Stack of thread {names.get(ident, ident)} (most recent call last):\n"
+                   + "".join(traceback.format_list(entries)))
+    return "\n".join(out)
+
+
+class _Watchdog:
+    """Ends the job when one test runs too long, after every rank has shown where it is."""
+
+    def __init__(self, run: _SPMDRun, nodeid: str, limit: float):
+        self.run = run
+        self.nodeid = nodeid
+        self.limit = limit
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        if self.limit <= 0:
+            return
+        self._timer = threading.Timer(self.limit, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        if self.run.hard_kill:
+            faulthandler.dump_traceback_later(self.limit + _HARD_KILL_AFTER, exit=True, file=self.run.err)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            if self.run.hard_kill:
+                faulthandler.cancel_dump_traceback_later()
+
+    def _expire(self) -> None:
+        run = self.run
+        tag = f"[rank {run.rank}] "
+        stacks = _stacks()
+        text = (f"\n{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
+                f"(--mpi-timeout); every rank dumps its stack, then the job is aborted.\n"
+                f"{tag}A collective that only some ranks reach (e.g. inside `if ctx.rank == 0:`) "
+                "blocks the others forever.\n"
+                + (f"{tag}This rank has finished the test's {run.waiting} and waits for the other ranks.\n"
+                   if run.waiting else "")
+                + "".join(f"{tag}{line}\n" for line in stacks.rstrip("\n").split("\n")))
+        try:
+            run.err.write(text)
+            run.err.flush()
+        finally:
+            time.sleep(ABORT_GRACE)
+            run.world.Abort(EXIT_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- plain pytest
+def _launched_size() -> int:
+    """The job size an enclosing MPI launcher announced (0 when there is none)."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _is_pytest_mpi_skip(mark: pytest.Mark) -> bool:
+    return mark.name == "skip" and mark.kwargs.get("reason") == "need --with-mpi option to run"
+
+
+class _SerialRun:
+    """A plain run: tests marked ``mpi(n=K)`` become fresh ``mpiexec -n K`` jobs."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.timeout = float(config.getoption("--mpi-timeout"))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        launched = _launched_size()
+        for i, item in enumerate(items):
+            n = _ranks_wanted(item)
+            if n is None or not isinstance(item, pytest.Function):
+                continue
+            if launched:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"started by an MPI launcher ({launched} ranks) without --with-mpi; "
+                           "add --with-mpi, or run plain pytest to have it launch the test"))
+                continue
+            spawned = _SpawnedItem.from_parent(item.parent, name=item.name, original=item, ranks=n,
+                                               limit=_limit(item, self.timeout))
+            _take_over_timeout(spawned)
+            items[i] = spawned
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        rep = yield
+        if isinstance(item, _SpawnedItem) and rep.when == "call":
+            rep.sections.extend(item.job_sections)
+        return rep
+
+
+class _SpawnFailed(Exception):
+    """The spawned job's test failed; the message is the whole report."""
+
+
+class _SpawnedItem(pytest.Item):
+    """A test marked ``mpi(n=K)``, run as ``mpiexec -n K python -m pytest --with-mpi NODEID``."""
+
+    def __init__(self, *, original: pytest.Function, ranks: int, limit: float, **kw: Any):
+        super().__init__(**kw)
+        self.ranks = ranks
+        self.limit = limit
+        self._reportinfo = original.reportinfo()
+        self.own_markers.extend(m for m in original.own_markers if not _is_pytest_mpi_skip(m))
+        self.keywords.update({m.name: m for m in self.own_markers})
+        self.user_properties = original.user_properties
+        self.job_sections: list[tuple[str, str]] = []    # the test's captured output in the job
+
+    def reportinfo(self):
+        return self._reportinfo
+
+    def runtest(self) -> None:
+        from ..launch.spawn import mpiexec_argv, run_job
+
+        config = self.config
+        title = f"mpiexec -n {self.ranks}"
+        with tempfile.TemporaryDirectory(prefix="hpcpar-pytest-") as tmp:
+            result = os.path.join(tmp, "result.jsonl")
+            args = [sys.executable, "-m", "pytest", "--with-mpi", "-p", "no:cacheprovider",
+                    "--rootdir", str(config.rootpath)]
+            if config.inipath is not None:
+                args += ["-c", str(config.inipath)]
+            args += [f"--mpi-timeout={self.limit:g}", f"--mpi-report={config.getoption('--mpi-report')}",
+                     f"--mpi-result={result}", self.nodeid]
+            wall = self.limit + STARTUP_ALLOWANCE if self.limit > 0 else None
+            job = run_job(mpiexec_argv(self.ranks, args), timeout=wall or 1e9, cwd=str(config.rootpath))
+            records = []
+            if os.path.exists(result):
+                with open(result) as f:
+                    records = [json.loads(line) for line in f if line.strip()]
+        self.add_report_section("call", f"output of {title}", job.output)
+        if job.returncode is None:
+            raise _SpawnFailed(f"{title}: the job did not end within {wall:g} s and was killed "
+                               f"(the test's timeout {self.limit:g} s plus {STARTUP_ALLOWANCE:g} s "
+                               "to start); "
+                               f"its output:\n{job.output}")
+        if records:     # the last report of a test carries the output of all its phases
+            self.job_sections = [(f"{name} (in {title})", content)
+                                 for name, content in records[-1]["sections"]]
+        for rec in records:
+            if rec["outcome"] == "failed":
+                raise _SpawnFailed(f"{title}: {rec['when']} failed in the job (exit status "
+                                   f"{job.returncode}):\n{rec['longrepr']}", rec["crash"])
+        skipped = [rec for rec in records if rec["outcome"] == "skipped"]
+        ran = any(rec["when"] == "call" and rec["outcome"] == "passed" for rec in records)
+        if skipped and not ran:
+            raise pytest.skip.Exception(f"in {title}: {skipped[0]['reason']}", _use_item_location=True)
+        if not ran:
+            raise _SpawnFailed(f"{title}: the job ended with status {job.returncode} without finishing "
+                               f"the test; its output:\n{job.output}")
+        if job.returncode != 0:
+            raise _SpawnFailed(f"{title}: the test passed but the job ended with status "
+                               f"{job.returncode}; its output:\n{job.output}")
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, _SpawnFailed):
+            text, crash = (excinfo.value.args + ("",))[:2]
+            return _RankFailure(text, f"[mpiexec -n {self.ranks}] {crash}" if crash else text.split("\n")[0])
+        return super().repr_failure(excinfo, style=style)

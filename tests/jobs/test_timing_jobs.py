@@ -1,0 +1,61 @@
+"""Timing report, logging and scaling on real MPI jobs (launched from plain pytest)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import JOBS, run_mpi
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_timing_report_of_a_job(tmp_path):
+    report = tmp_path / "r.json"
+    r = run_mpi(3, [str(JOBS / "pi.py"), "--samples", "3e6"], env={"HPCPAR_REPORT_JSON": str(report)})
+    assert r.returncode == 0, r.stderr
+    assert "hpcpar timing: 3 ranks" in r.stderr and r.stderr.count("hpcpar timing") == 1
+    data = json.loads(report.read_text())
+    names = [x["name"] for x in data["regions"]]
+    assert names == ["compute", "reduce"] and data["ranks"] == 3
+    compute = data["regions"][0]
+    assert len(compute["per_rank"]) == 3 and compute["max"] >= compute["mean"] >= compute["min"] > 0
+
+
+def test_logger_root_only_unless_asked(tmp_path):
+    p = tmp_path / "log.py"
+    p.write_text(textwrap.dedent("""
+        import hpcpar
+        log = hpcpar.get_logger("job")
+        def main(ctx):
+            log.info("hello from %d", ctx.rank)
+            log.debug("hidden")
+        hpcpar.run(main)
+    """))
+    r = run_mpi(2, [str(p)], env={"HPCPAR_REPORT": "0"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("hello") == 1 and "[rank 0/2] INFO job: hello from 0" in r.stderr
+    r = run_mpi(2, [str(p)], env={"HPCPAR_LOG_ALL": "1", "HPCPAR_LOG_LEVEL": "DEBUG", "HPCPAR_REPORT": "0"})
+    assert "[rank 1/2] INFO job: hello from 1" in r.stderr and r.stderr.count("hidden") == 2
+
+
+def test_hpcpar_scale_prints_table_and_plot(tmp_path):
+    png, js = tmp_path / "s.png", tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "hpcpar", "scale", str(JOBS / "pi.py"), "--ranks", "1,2",
+                        "--plot", str(png), "--json", str(js), "--", "--samples", "2e6"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| ranks | seconds | speedup | efficiency |" in r.stdout
+    rows = json.loads(js.read_text())["rows"]
+    assert [x["ranks"] for x in rows] == [1, 2] and rows[0]["speedup"] == 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hpcpar_run_report_flag(tmp_path):
+    p = tmp_path / "plain.py"
+    p.write_text("import hpcpar\nhpcpar.run(lambda ctx: None)\n")
+    r = subprocess.run([sys.executable, "-m", "hpcpar", "run", "--report", "-n", "2", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "hpcpar timing: 2 ranks" in r.stderr and "no timed regions" in r.stderr

@@ -1,0 +1,121 @@
+"""The fault catalogue, Output and Checkpoint rows: bad paths and damaged checkpoints.
+
+Real 3-rank jobs launched from plain pytest (see ``test_faults.py``): each failure
+ends the job in under 10 s, non-zero, with the same clear error on every rank
+and no process left behind; a damaged checkpoint with a readable previous one is
+no failure at all.
+"""
+
+import os
+import re
+
+import pytest
+
+from helpers import run_mpi
+from test_faults import run_fault, script
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# ---- Output and Checkpoint: bad paths, damaged checkpoints ----------------------------
+IO_JOB = """
+    import sys, numpy as np, hpcpar
+    def main(ctx):
+        kind, path = sys.argv[1], sys.argv[2]
+        try:
+            if kind == "save":
+                ck = hpcpar.Checkpoint(ctx, path)
+                for step in (1, 2):
+                    ck.save(step, x=np.full(4, float(step)))
+            elif kind == "load":
+                step, f = hpcpar.Checkpoint(ctx, path).load()
+                sys.stdout.write(f"rank {ctx.rank} loaded step {step} x {f['x'].tolist()}\\n")
+                sys.stdout.flush()
+            else:
+                with hpcpar.Output(ctx, path, mode=kind) as out:
+                    out.write("x", np.zeros(3))
+        except Exception as exc:
+            sys.stdout.write(f"rank {ctx.rank} caught {type(exc).__name__}: {exc}\\n")  # one write
+            sys.stdout.flush()
+            raise
+    hpcpar.run(main)
+"""
+
+
+def caught_on_every_rank(r, n, kind, text):
+    for rank in range(n):
+        assert re.search(rf"rank {rank} caught {kind}: .*{re.escape(text)}", r.stdout), r.stdout + r.stderr
+    assert re.search(rf"rank \d of {n} failed: {kind}: .*{re.escape(text)}", r.stderr), r.stderr
+
+
+def unwritable_dir(tmp_path):
+    """A directory where this process cannot create files (/sys when running as root), or None."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").touch()
+    except OSError:
+        return str(ro)
+    (ro / "probe").unlink()
+    try:
+        open("/sys/hpcpar-probe", "w").close()
+    except OSError:
+        return "/sys"  # even root cannot create files in sysfs
+    os.unlink("/sys/hpcpar-probe")
+    return None
+
+
+def test_output_into_a_missing_directory(tmp_path):
+    path = script(tmp_path, IO_JOB)
+    target = tmp_path / "missing" / "o.h5"
+    r = run_fault(3, path, args=["w", str(target)])
+    caught_on_every_rank(r, 3, "FileNotFoundError", f"directory {target.parent} does not exist")
+    assert not target.parent.exists()
+
+
+def test_output_into_a_read_only_location(tmp_path):
+    ro = unwritable_dir(tmp_path)
+    if ro is None:
+        pytest.skip("no location here refuses to create files")
+    path = script(tmp_path, IO_JOB)
+    r = run_fault(3, path, args=["w", os.path.join(ro, "o.h5")])
+    caught_on_every_rank(r, 3, "PermissionError", f"cannot create files in {ro}")
+    assert not os.path.exists(os.path.join(ro, "o.h5"))
+
+
+def test_output_over_an_existing_file_with_mode_w_minus(tmp_path):
+    path = script(tmp_path, IO_JOB)
+    target = tmp_path / "o.h5"
+    target.write_bytes(b"precious")
+    r = run_fault(3, path, args=["w-", str(target)])
+    caught_on_every_rank(r, 3, "FileExistsError", f"{target} already exists and mode='w-' does not overwrite")
+    assert target.read_bytes() == b"precious"
+
+
+def damage(path, how):
+    if how == "truncated":
+        os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"\xff" * 64)  # the HDF5 superblock
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_damaged_checkpoint_uses_the_previous_one_or_fails_clearly(tmp_path, how):
+    path = script(tmp_path, IO_JOB)
+    ck = tmp_path / "c.h5"
+    r = run_mpi(2, [path, "save", str(ck)], timeout=60)
+    assert r.returncode == 0 and (tmp_path / "c.h5.prev").exists(), r.stderr
+    damage(ck, how)
+    # the previous checkpoint (step 1) is still used, on every rank, with a warning
+    r = run_mpi(3, [path, "load", str(ck)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = dict(re.findall(r"rank (\d) loaded step 1 x \[([\d., ]*)\]", r.stdout))
+    assert sorted(got) == ["0", "1", "2"], r.stdout  # 8 values saved by 2 ranks, read back by 3
+    assert [float(v) for rank in sorted(got) for v in got[rank].split(",")] == [1.0] * 8, r.stdout
+    assert f"{ck} is unreadable" in r.stderr and f"loaded the previous checkpoint {ck}.prev (step 1)" in r.stderr
+    # without it: a clear error naming the file, on every rank, quickly
+    os.unlink(f"{ck}.prev")
+    r = run_fault(3, path, args=["load", str(ck)])
+    caught_on_every_rank(r, 3, "OSError", f"{ck} is not a readable HDF5 file, truncated or corrupted")

@@ -1,0 +1,206 @@
+"""hpcpar's pytest plugin, tested by running pytest on generated test files.
+
+Plain tests: each starts ``mpiexec -n N python -m pytest --with-mpi`` (or plain
+``pytest``) on files written by pytester and checks the outcome, the report
+and how long the run took.
+"""
+
+import sys
+import textwrap
+
+import pytest
+
+from hpcpar.launch.spawn import mpiexec_argv, run_job
+from hpcpar.testing.plugin import EXIT_TIMEOUT
+from hpcpar.testing import assert_all, run_spmd
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.timeout(120)
+
+INI = """
+[pytest]
+addopts = -p no:cacheprovider --strict-markers -rfEs
+"""
+
+
+def mpi_pytest(pytester, n, *args, timeout=60):
+    """``mpiexec -n n python -m pytest --with-mpi ARGS`` in pytester's folder."""
+    pytester.makeini(INI)
+    job = run_job(mpiexec_argv(n, [sys.executable, "-m", "pytest", "--with-mpi", *args]),
+                  timeout=timeout, cwd=str(pytester.path))
+    assert job.returncode is not None, f"pytest under mpiexec hung; output:\n{job.output}"
+    return job, pytest.LineMatcher(job.output.splitlines())
+
+
+FAILING = """
+    import pytest
+    from hpcpar.testing import assert_all
+
+    pytestmark = pytest.mark.mpi
+
+    def test_rank1_fails_assert_all(ctx):
+        answer = 41 if ctx.rank == 1 else 42
+        assert_all(answer == 42, f"computed {answer}, expected 42", ctx=ctx)
+
+    def test_plain_assert_on_rank1(ctx):
+        total = ctx.allreduce(1)
+        assert ctx.rank != 1, f"plain assert on rank {ctx.rank} of {total}"
+
+    @pytest.fixture
+    def broken_on_rank2(ctx):
+        if ctx.rank == 2:
+            raise RuntimeError("fixture broke on rank 2")
+
+    def test_setup_fails_on_rank2(broken_on_rank2, ctx):
+        ctx.barrier()
+
+    def test_skips_on_rank0_only(ctx):
+        if ctx.rank == 0:
+            pytest.skip("no device on rank 0")
+
+    def test_same_tmp_path_everywhere(ctx, mpi_tmp_path):
+        if ctx.rank == 0:
+            (mpi_tmp_path / "data.txt").write_text("from rank 0")
+        ctx.barrier()
+        seen = (mpi_tmp_path / "data.txt").read_text()
+        paths = ctx.comm.allgather(str(mpi_tmp_path))
+        assert_all(len(set(paths)) == 1 and seen == "from rank 0", f"{paths} {seen}", ctx=ctx)
+
+    @pytest.mark.mpi(n=3)
+    def test_exactly_three(ctx):
+        assert_all(ctx.size == 3, f"size {ctx.size}", ctx=ctx)
+
+    @pytest.mark.mpi(n=2)
+    def test_exactly_two(ctx):
+        ctx.barrier()
+"""
+
+
+def test_failure_on_some_ranks_fails_every_rank_and_rank0_reports_it(pytester):
+    pytester.makepyfile(test_failing=textwrap.dedent(FAILING))
+    job, out = mpi_pytest(pytester, 3, "--mpi-timeout=30")
+    assert job.returncode == 1, job.output
+    assert job.elapsed < 30, f"took {job.elapsed:.1f} s"
+    out.fnmatch_lines([
+        "*AssertionError: failed on 1 of 3 ranks: rank 1: computed 41, expected 42",
+    ])
+    out.fnmatch_lines(["call failed on rank 1 of 3; passed or skipped on ranks 0, 2",
+                       "*= rank 1 =*", "*AssertionError: plain assert on rank 1 of 3"])
+    out.fnmatch_lines(["setup failed on rank 2 of 3; *", "*= rank 2 =*",
+                       "*RuntimeError: fixture broke on rank 2"])
+    out.fnmatch_lines(["SKIPPED * skipped on rank 0 of 3: no device on rank 0",
+                       "SKIPPED * needs exactly 2 MPI ranks (mpi(n=2)), this job has 3"])
+    out.fnmatch_lines(["FAILED test_failing.py::test_rank1_fails_assert_all - AssertionError*",
+                       "FAILED test_failing.py::test_plain_assert_on_rank1 - [[]rank 1[]] Assert*",
+                       "ERROR test_failing.py::test_setup_fails_on_rank2 - [[]rank 2[]] RuntimeError*"])
+    # every rank agrees on every outcome, and only rank 0 writes the report
+    assert job.output.count("2 failed, 2 passed, 2 skipped, 1 error") == 1, job.output
+
+
+def test_report_of_every_rank_on_request(pytester):
+    pytester.makepyfile(test_ok="""
+        import pytest
+        @pytest.mark.mpi
+        def test_ok(ctx):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2, "--mpi-report=all")
+    assert job.returncode == 0, job.output
+    for rank in (0, 1):
+        out.fnmatch_lines([f"[[]rank {rank}[]] *1 passed*"])
+
+
+def test_a_rank_that_skips_a_collective_ends_the_run_with_every_stack(pytester):
+    pytester.makepyfile(test_hang="""
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_fine(ctx):
+            ctx.barrier()
+
+        def test_rank2_skips_the_barrier(ctx):
+            if ctx.rank != 2:
+                ctx.barrier()
+
+        def test_never_reached(ctx):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 3, "--mpi-timeout=5")
+    assert job.returncode == EXIT_TIMEOUT, job.output
+    assert job.elapsed < 30, f"took {job.elapsed:.1f} s"
+    for rank in range(3):
+        out.fnmatch_lines([f"[[]rank {rank}[]] hpcpar: test test_hang.py::test_rank2_skips_the_barrier "
+                           "still running after 5 s*"])
+    for rank in (0, 1):   # stuck in the barrier, inside the test
+        out.fnmatch_lines([f"[[]rank {rank}[]] *in test_rank2_skips_the_barrier",
+                           f"[[]rank {rank}[]]     ctx.barrier()"])
+    out.fnmatch_lines(["[[]rank 2[]] This rank has finished the test's call and waits for the other ranks."])
+    assert "test_never_reached" not in job.output
+
+
+def test_ranks_that_collect_different_tests_stop_at_once(pytester):
+    pytester.makepyfile(test_uneven="""
+        import pytest
+        from mpi4py import MPI
+
+        @pytest.mark.mpi
+        @pytest.mark.parametrize("i", range(MPI.COMM_WORLD.rank + 1))
+        def test_per_rank(ctx, i):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2)
+    assert job.returncode == pytest.ExitCode.USAGE_ERROR, job.output
+    out.fnmatch_lines(["*the ranks collected different tests (rank 0: 1 tests*; rank 1: 2 tests*"])
+
+
+def test_mpi_n_from_plain_pytest_runs_in_a_fresh_job(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_spawned="""
+        import pytest
+        from hpcpar.testing import assert_all
+
+        @pytest.mark.mpi(n=3)
+        def test_three_ranks(ctx, mpi_tmp_path):
+            print(f"rank {ctx.rank} of {ctx.size} in {mpi_tmp_path.name}")
+            assert_all(ctx.size == 3, f"size {ctx.size}", ctx=ctx)
+
+        @pytest.mark.mpi(n=3)
+        def test_three_ranks_failing(ctx):
+            assert_all(ctx.rank != 2, "rank 2 disagrees", ctx=ctx)
+
+        def test_serial():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("-rA", timeout=120)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*Captured stdout call (in mpiexec -n 3)*", "rank 0 of 3 in *"])
+    result.stdout.fnmatch_lines(["mpiexec -n 3: call failed in the job (exit status 1):",
+                                 "*AssertionError: failed on 1 of 3 ranks: rank 2: rank 2 disagrees"])
+    result.stdout.fnmatch_lines(["FAILED test_spawned.py::test_three_ranks_failing - "
+                                 "[[]mpiexec -n 3[]] Assert*"])
+
+
+def spmd_sum(ctx, scale):
+    """Each rank's share of a sum, and the sum (the job imports this by name)."""
+    total = ctx.allreduce(scale * ctx.rank)
+    return ctx.rank, total
+
+
+def spmd_breaks_on_rank1(ctx):
+    if ctx.rank == 1:
+        raise ValueError("bad input on rank 1")
+    ctx.barrier()     # rank 1 never comes: the job is aborted, not hung
+
+
+def test_run_spmd_from_a_serial_process():
+    assert run_spmd(spmd_sum, n=3, args=(10,)) == [(0, 30), (1, 30), (2, 30)]
+    with pytest.raises(AssertionError, match=r"run_spmd\(spmd_breaks_on_rank1, n=2\) failed on rank 1: "
+                                              r"ValueError: bad input on rank 1"):
+        run_spmd(spmd_breaks_on_rank1, n=2, timeout=60)
+    with pytest.raises(ValueError, match="module-level function"):
+        run_spmd(lambda ctx: 0, n=2)
+
+
+def test_run_spmd_with_one_rank_runs_in_place():
+    assert run_spmd(spmd_sum, n=1, args=(3,)) == [(0, 0)]
+    assert_all(True, "assert_all works in a one-rank run")

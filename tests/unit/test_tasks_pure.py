@@ -1,0 +1,100 @@
+"""Pure parts of the task tools and jobs: no ranks needed."""
+
+import pickle
+import sys
+
+import pytest
+
+from helpers import JOBS
+from hpcpar.tasks.farm import TaskError, default_chunksize
+
+sys.path.insert(0, str(JOBS))
+import crawler  # noqa: E402
+import fibonacci  # noqa: E402
+
+
+@pytest.mark.parametrize("n,size,want", [(0, 2, 1), (1, 4, 1), (10_000, 2, 1250), (9, 2, 2), (100, 3, 9)])
+def test_default_chunksize_is_ceil_n_over_4_workers(n, size, want):
+    assert default_chunksize(n, size) == want
+
+
+def test_task_error_pickles_with_its_fields():
+    err = TaskError("task 3 raised X on rank 1", 3, 1, "X", "Traceback ...", stage=2)
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.index, back.rank, back.stage, back.exc_type, back.remote_traceback) == (3, 1, 2, "X", "Traceback ...")
+    assert str(back) == str(err)
+
+
+def test_links_of_resolves_relative_drops_fragments_and_other_hosts():
+    base = "http://127.0.0.1:8000/"
+    html = ('<a href="b.html">x</a><a href="/c#top">y</a><a href="http://example.com/z">z</a>'
+            '<a href="b.html#s">again</a><a name="anchor-only">n</a>')
+    assert crawler.links_of("http://127.0.0.1:8000/p/a.html", html, base) == [
+        "http://127.0.0.1:8000/c", "http://127.0.0.1:8000/p/b.html"]
+
+
+@pytest.mark.parametrize("url,ok", [("http://127.0.0.1:1/", True), ("http://[::1]:80/", True),
+                                    ("http://localhost/", True), ("http://10.0.0.1/", False),
+                                    ("http://example.com/", False)])
+def test_crawler_fetches_loopback_only(url, ok):
+    if ok:
+        crawler.check_loopback(url)
+    else:
+        with pytest.raises(ValueError, match="only loopback"):
+            crawler.check_loopback(url)
+
+
+def test_generated_site_graph_is_connected_and_has_broken_links():
+    site, targets = crawler.make_site(120, seed=9)
+    graph = crawler.expected_graph(targets, "http://127.0.0.1:9/")
+    fetched = [u for u, v in graph.items() if v is not None]
+    assert len(fetched) == 120  # every page reachable from /
+    assert any(v is None for v in graph.values())
+
+
+def test_fib_loop_and_fast_doubling_agree():
+    assert [fibonacci.fib(n) for n in range(10)] == [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]
+    assert all(fibonacci.fib(n) == fibonacci.fib_doubling(n) for n in (0, 1, 2, 50, 999, 1234))
+
+
+def _checkpoint(tmp_path, ns, chunk):
+    parts = [ns[i:i + chunk] for i in range(0, len(ns), chunk)]
+    done = {i: [fibonacci.fib_doubling(n) for n in parts[i]] for i in (0, 2, len(parts) - 1)}
+    path = str(tmp_path / "fib.ckpt")
+    fibonacci.save_results(path, ns, chunk, done)
+    return path, done
+
+
+def test_fibonacci_checkpoint_round_trip_keeps_big_integers_exact(tmp_path):
+    ns = fibonacci.inputs(40, 30000, seed=3) + [25000]  # F(25000): over 5000 decimal digits
+    path, done = _checkpoint(tmp_path, ns, 6)
+    back = fibonacci.load_results(path, ns, 6)
+    assert back == done and max(x.bit_length() for xs in back.values() for x in xs) > 17000
+    assert not (tmp_path / "fib.ckpt.tmp").exists()
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncate", "truncated or corrupt"),
+    ("flip", "truncated or corrupt"),
+    ("empty", "not a fibonacci checkpoint"),
+    ("other", "not a fibonacci checkpoint"),
+])
+def test_fibonacci_checkpoint_damage_is_a_clear_error(tmp_path, damage, match):
+    ns = fibonacci.inputs(30, 2000, seed=1)
+    path, _ = _checkpoint(tmp_path, ns, 4)
+    data = open(path, "rb").read()
+    data = {"truncate": data[:len(data) // 2], "empty": b"",
+            "flip": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:],
+            "other": b'{"chunk": 4}\n'}[damage]
+    open(path, "wb").write(data)
+    with pytest.raises(fibonacci.CheckpointError, match=match) as info:
+        fibonacci.load_results(path, ns, 4)
+    assert path in str(info.value) and "delete it" in str(info.value)
+
+
+def test_fibonacci_checkpoint_of_other_inputs_is_refused(tmp_path):
+    ns = fibonacci.inputs(30, 2000, seed=1)
+    path, _ = _checkpoint(tmp_path, ns, 4)
+    for other_ns, chunk in ((ns, 5), (fibonacci.inputs(30, 2000, seed=2), 4)):
+        with pytest.raises(fibonacci.CheckpointError, match="written for other inputs"):
+            fibonacci.load_results(path, other_ns, chunk)
