@@ -198,8 +198,8 @@ def test_debug_mode_different_functions_raise_everywhere(dctx):
     fn = _via_a if dctx.rank == 0 else _via_b
     msg = raises_everywhere(dctx, lambda: fn(dctx, np.ones(2)), "from different functions",
                             exc=hpcpar.CollectiveMismatchError)
-    assert_all("rank 0: allreduce(float64, op=sum) from test_checks.py:_via_a" in msg
-               and "rank 1: allreduce(float64, op=sum) from test_checks.py:_via_b" in msg, msg, ctx=dctx)
+    assert_all("rank 0: allreduce(float64, op=sum) from test_context_checks.py:_via_a" in msg
+               and "rank 1: allreduce(float64, op=sum) from test_context_checks.py:_via_b" in msg, msg, ctx=dctx)
 
 
 def test_debug_mode_mismatch_names_callers(dctx):
@@ -212,8 +212,8 @@ def test_debug_mode_mismatch_names_callers(dctx):
         else:
             dctx.gather(np.zeros(2))
     msg = raises_everywhere(dctx, body, "different collectives", exc=hpcpar.CollectiveMismatchError)
-    assert_all("rank 0: gather(root=0, float64) from test_checks.py:body" in msg
-               and "rank 1: bcast(root=0) from test_checks.py:body" in msg, msg, ctx=dctx)
+    assert_all("rank 0: gather(root=0, float64) from test_context_checks.py:body" in msg
+               and "rank 1: bcast(root=0) from test_context_checks.py:body" in msg, msg, ctx=dctx)
 
 
 def test_debug_and_plain_contexts_agree_with_each_other(ctx):
