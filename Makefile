@@ -23,14 +23,14 @@ PHDF5_MPIEXEC ?= /usr/bin/mpiexec
 OUTPUT_TESTS  := tests/mpi/test_output.py tests/mpi/test_checkpoint.py
 OUTPUT_JOBS   := tests/jobs/test_output_jobs.py tests/unit/test_output_paths.py tests/jobs/test_heat_restart.py tests/launch/test_faults_io.py
 
-.PHONY: all venv run test test-unit test-mpi test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
+.PHONY: all venv run lint test test-unit test-mpi test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
 
 all: test
 
 $(VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[mpich,test,plot,progress]'
+	$(BIN)/python -m pip install -q -e '.[mpich,test,plot,progress,lint]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -38,6 +38,11 @@ venv: $(VENV)/.installed
 ## run: the main job on 4 ranks
 run: venv
 	$(BIN)/hpcpar run -n 4 jobs/heat.py
+
+## lint: ruff and mypy on the package (configured in pyproject.toml)
+lint: venv
+	$(BIN)/ruff check hpcpar tests jobs
+	$(BIN)/mypy
 
 ## test: pure logic with plain pytest, then everything that communicates at 1, 2 and 3 ranks
 test: test-unit test-mpi
