@@ -157,3 +157,34 @@ def test_every_module_is_in_a_layer():
 def test_no_module_is_over_500_lines():
     long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 560}
     assert not long, f"split these modules (one concept each): {long}"
+
+
+def _public_functions(tree: ast.Module):
+    """Public functions and methods of public classes: (qualified name, node)."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            yield node.name, node
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                        not item.name.startswith("_") or item.name == "__init__"):
+                    yield f"{node.name}.{item.name}", item
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not m.rpartition(".")[2].startswith("_")
+                                    or m.endswith("__main__")])
+def test_every_public_signature_is_annotated(module):
+    tree = ast.parse(MODULES[module].read_text())
+    missing = []
+    for name, fn in _public_functions(tree):
+        args = fn.args
+        params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+        if params and params[0].arg in ("self", "cls"):
+            params = params[1:]
+        params += [a for a in (args.vararg, args.kwarg) if a is not None]
+        bare = [a.arg for a in params if a.annotation is None]
+        if fn.returns is None and fn.name != "__init__":
+            bare.append("return")
+        if bare:
+            missing.append(f"{name}({', '.join(bare)})")
+    assert not missing, f"{module}: annotate " + "; ".join(missing)
