@@ -27,6 +27,8 @@ BENCHMARKS = {
              "heat step on Grid vs hand-written Sendrecv vs 1 rank; sample sort vs np.sort"),
     "farm": ("hpcpar.bench.farm",
              "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; local_pool speedup"),
+    "scale": ("hpcpar.bench.scale",
+              "MPI calls and bytes per rank of each checked collective vs raw mpi4py, counted at several rank counts"),
 }
 
 
