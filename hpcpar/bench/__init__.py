@@ -28,7 +28,7 @@ BENCHMARKS = {
     "farm": ("hpcpar.bench.farm",
              "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; local_pool speedup"),
     "scale": ("hpcpar.bench.scale",
-              "MPI calls and bytes per rank of each checked collective vs raw mpi4py, counted at several rank counts"),
+              "MPI calls and bytes per rank of each checked collective vs raw mpi4py, per rank count"),
 }
 
 

@@ -37,7 +37,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,13 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=50, help="counted calls per operation (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="uncounted calls before them (default 5)")
     p.add_argument("--block", type=int, default=1024, help="bytes per block / broadcast (default 1024)")
-    p.add_argument("--side", type=int, default=64, help="grid points per side of each rank's block (default 64)")
+    p.add_argument("--side", type=int, default=64,
+                   help="grid points per side of each rank's block (default 64)")
     p.add_argument("--timeout", type=float, default=300, help="seconds per job with --ranks (default 300)")
     p.add_argument("--json", default=None, help="also write the rows (and the model) to this JSON file")
 
 
 def main(ctx: Any, args: argparse.Namespace) -> int:
-    """With ``--ranks``: start the counted jobs (**local**, one rank); else measure this job (**collective**)."""
+    """``--ranks``: start the counted jobs (**local**, one rank); else count this job (**collective**)."""
     if args.ranks:
         if ctx.size != 1:
             if ctx.is_root:
@@ -263,7 +265,7 @@ def _drive(args: argparse.Namespace) -> int:
 
 
 def fit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per operation, the least-squares line ``a + b*P`` of the extra bytes received per call. **Local**, pure.
+    """Per operation, the least-squares line ``a + b*P`` of the extra bytes received per call. **Local**.
 
     The extra bytes are hpcpar's minus raw mpi4py's (``recv``, the largest over
     the ranks); the line is projected to :data:`PROJECT_TO`. Operations measured
