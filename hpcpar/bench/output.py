@@ -28,7 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..decomp import partition
-from ..io.checkpoint import _fsync
+from ..io.checkpoint import fsync as fsync_path
 from ..io.output import Output, io_mode
 from . import format_table, size_label
 from .collectives import _parse_size
@@ -53,7 +53,7 @@ def _timed(ctx, fn, path: str, fsync: bool, repeats: int) -> float:
         t0 = time.perf_counter()
         fn()
         if fsync and ctx.is_root:
-            _fsync(path)
+            fsync_path(path)
         dt = ctx.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
         best = min(best, dt)
     if ctx.is_root and os.path.exists(path):
