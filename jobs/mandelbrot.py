@@ -22,10 +22,10 @@ import numpy as np
 
 import hpcpar
 from hpcpar import partition
-
-#: Region of the complex plane: (re_min, re_max, im_min, im_max).
-REGION = (-2.0, 0.6, -0.35, 1.25)
-
+# The kernel is shared with `hpcpar bench farm`: rows(y0, y1, width, height, max_iter)
+# gives the uint16 escape counts of rows y0:y1 of the image spanning REGION.
+from hpcpar.bench.kernels import MANDELBROT_REGION as REGION
+from hpcpar.bench.kernels import mandelbrot_rows as rows
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,26 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", metavar="FILE",
                    help="write the image to HDF5 (dataset 'image', each rank its rows)")
     return p.parse_args(argv)
-
-
-def rows(y0: int, y1: int, width: int, height: int, max_iter: int) -> np.ndarray:
-    """Escape counts (uint16) of rows ``y0:y1``; every pixel's arithmetic is the same however rows are grouped."""
-    re = np.linspace(REGION[0], REGION[1], width)
-    im = np.linspace(REGION[3], REGION[2], height)[y0:y1]
-    c = (re[None, :] + 1j * im[:, None]).ravel()
-    z = np.zeros_like(c)
-    count = np.full(c.shape, max_iter, dtype=np.uint16)
-    active = np.arange(c.size)
-    for k in range(max_iter):
-        zi = z[active] * z[active] + c[active]
-        z[active] = zi
-        out = (zi.real * zi.real + zi.imag * zi.imag) > 4.0
-        if out.any():
-            count[active[out]] = k
-            active = active[~out]
-            if active.size == 0:
-                break
-    return count.reshape(y1 - y0, width)
 
 
 def static_block(ctx, width, height, max_iter):

@@ -201,7 +201,7 @@ class Checkpoint:
                 elif layout == "block":
                     fields[name] = read(self.ctx, path, key, axis=0, io=self.io)
                 else:
-                    fields[name] = read(self.ctx, path, key, axis=None, io=self.io)[()]
+                    fields[name] = np.asarray(read(self.ctx, path, key, axis=None, io=self.io))[()]
         except CollectiveError as exc:
             return None, exc
         return (step, fields), None
