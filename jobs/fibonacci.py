@@ -32,7 +32,7 @@ import numpy as np
 import hpcpar
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=3000, help="how many inputs (default 3000)")
     p.add_argument("--max-n", type=int, default=20000, help="largest n (default 20000)")
@@ -260,7 +260,7 @@ def digest(results: list[int]) -> str:
     return h.hexdigest()[:16]
 
 
-def main(ctx: hpcpar.Context, argv=None) -> list[int] | None:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> list[int] | None:
     args = parse_args(argv)
     ns = inputs(args.count, args.max_n, args.seed) if ctx.is_root else None
     t0 = time.perf_counter()

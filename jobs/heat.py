@@ -51,7 +51,7 @@ SLURM = {"ntasks": 4, "time": 30, "signal": 120, "requeue": True,
 R_MAX = 0.25
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=512, help="interior grid points per side (default 512)")
     p.add_argument("--steps", type=int, default=500, help="time steps (default 500)")
@@ -90,7 +90,7 @@ def spacing(n: int) -> float:
     return 1.0 / (n + 1)
 
 
-def initial_field(grid: hpcpar.Grid, dtype=np.float64) -> np.ndarray:
+def initial_field(grid: hpcpar.Grid, dtype: np.typing.DTypeLike = np.float64) -> np.ndarray:
     """sin(pi x) sin(pi y) on this rank's block, zero ghost cells. **Local**.
 
     The 1-D sine profiles are computed over the whole axis and then sliced, so every
@@ -114,7 +114,8 @@ _UNTIMED = contextlib.nullcontext()
 
 
 def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float,
-         compute=_UNTIMED, exchange=_UNTIMED) -> np.ndarray:
+         compute: contextlib.AbstractContextManager = _UNTIMED,
+         exchange: contextlib.AbstractContextManager = _UNTIMED) -> np.ndarray:
     """One explicit step from ``u`` into ``out`` (both with halo of width 1). **Collective**.
 
     The halo exchange of ``u`` overlaps the update of the cells that need no ghost
@@ -284,7 +285,7 @@ def open_output(ctx: hpcpar.Context, path: str, grid: hpcpar.Grid,
     return out
 
 
-def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | None:
     args = parse_args(argv)
     if args.png:  # fail early, before the run, when matplotlib is missing
         try:
@@ -365,7 +366,7 @@ def stopped_early(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, k: int,
 
 
 def make_hook(ctx: hpcpar.Context, grid: hpcpar.Grid, args: argparse.Namespace,
-              out: hpcpar.Output | None, ckpt: hpcpar.Checkpoint | None):
+              out: hpcpar.Output | None, ckpt: hpcpar.Checkpoint | None) -> Callable[[int, np.ndarray], None]:
     """The ``on_step`` of :func:`simulate`: snapshots, checkpoints (timer region ``"output"``)."""
     region = ctx.timer("output")
     snap, every = args.snapshot_every if out else 0, args.every if ckpt else 0

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpi4py import MPI
 
 from ..decomp import partition
 from ..decomp.grid import Grid
 from ..decomp.sort import sample_sort
 from . import format_table, timeit
 from .kernels import heat_stencil
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["add_arguments", "main"]
 
@@ -81,6 +84,8 @@ class _Stepper:
 
 def _hand_written(comm, dims, n0, n1):
     """A Sendrecv halo exchange as one writes it by hand with mpi4py."""
+    from mpi4py import MPI
+
     cart = comm.Create_cart(list(dims), [False, False], reorder=False)
     up, down = cart.Shift(0, 1)
     left, right = cart.Shift(1, 1)
@@ -178,7 +183,9 @@ def _sort(ctx, args) -> list[list[str]]:
     return rows
 
 
-def main(ctx, args) -> None:
+def main(ctx: Context, args: argparse.Namespace) -> None:
+    from mpi4py import MPI
+
     if args.size < 3:
         raise ValueError(f"--size must be at least 3, got {args.size}")
     heat_rows, exchange_rows = _heat(ctx, args)

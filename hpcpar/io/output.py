@@ -24,8 +24,17 @@ from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
-from .slabs import (append_chunks, block_slabs, check_block, check_dtype, check_name,
-                    grid_slab, grid_slabs, hyper_write, is_grid)
+from .slabs import (
+    append_chunks,
+    block_slabs,
+    check_block,
+    check_dtype,
+    check_name,
+    grid_slab,
+    grid_slabs,
+    hyper_write,
+    is_grid,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
