@@ -27,8 +27,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Callable
 from html.parser import HTMLParser
-from typing import Callable
 
 import hpcpar
 
@@ -109,7 +109,7 @@ def expected_graph(targets: dict[str, list[str]], base: str) -> dict[str, list[s
 class _Handler(http.server.BaseHTTPRequestHandler):
     site: dict[str, str] = {}
 
-    def do_GET(self):  # noqa: N802 - the http.server interface
+    def do_GET(self):
         body = self.site.get(urllib.parse.urlsplit(self.path).path)
         if body is None:
             self.send_error(404)

@@ -33,7 +33,7 @@ import argparse
 import contextlib
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

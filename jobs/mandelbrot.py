@@ -61,7 +61,10 @@ def static(ctx: hpcpar.Context, width: int, height: int,
 
 def dynamic(ctx: hpcpar.Context, width: int, height: int, max_iter: int,
             per_task: int) -> tuple[np.ndarray | None, float]:
-    """Tasks of ``per_task`` rows handed out by :func:`hpcpar.farm`. **Collective**: (image on root, busy seconds)."""
+    """Tasks of ``per_task`` rows handed out by :func:`hpcpar.farm`.
+
+    **Collective**: (image on root, this rank's busy seconds).
+    """
     busy = 0.0
 
     def task(y0):

@@ -1,4 +1,4 @@
-"""Attributes of an :class:`hpcpar.Output`'s file, read and written collectively; the provenance attributes."""
+"""Attributes of an :class:`hpcpar.Output`'s file, read and written collectively; provenance attributes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 import shlex
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -32,7 +33,7 @@ class Attrs:
             every rank gets root's result.
     """
 
-    def __init__(self, ctx: Context, label: str, obj: str, check: Callable[[], None],
+    def __init__(self, ctx: Context, label: str, obj: str, check: Callable[[], object],
                  run: Callable[[Callable[[Any], Any], str, bool], Any]):
         self._ctx, self._label, self._obj = ctx, label, obj
         self._check, self._run = check, run

@@ -166,7 +166,7 @@ class Checkpoint:
         if not prev:
             raise first
         state, exc = self._load(self.prev_path, grid)
-        if exc is not None:
+        if state is None:
             both = type(first)(f"{first}; the previous checkpoint is unreadable too: {exc}")
             both.ranks = first.ranks
             raise both from None
@@ -197,6 +197,7 @@ class Checkpoint:
             for name, (layout, _) in layouts.items():
                 key = f"{_GROUP}/{name}"
                 if layout == "grid":
+                    assert grid is not None  # _check_grid made sure
                     fields[name] = read_grid(grid, path, key, io=self.io)
                 elif layout == "block":
                     fields[name] = read(self.ctx, path, key, axis=0, io=self.io)
@@ -236,7 +237,9 @@ class Checkpoint:
         (every rank knows the layouts, so every rank decides alike)."""
         where = f"hpcpar.Checkpoint({path!r}).load"
         grids = {n: shape for n, (kind, shape) in layouts.items() if kind == "grid"}
-        if grids and grid is None:
+        if not grids:
+            return
+        if grid is None:
             fail(where, f"the checkpoint has Grid fields ({', '.join(grids)}); pass load(grid=...)")
         wrong = {n: list(s) for n, s in grids.items() if tuple(s) != tuple(grid.shape)}
         if wrong:

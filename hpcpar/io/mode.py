@@ -11,9 +11,9 @@
     turn, passing a token (root closes the file, rank 1 opens, writes its slab,
     closes, hands on, ...).
 
-``HPCPAR_H5=mpio|serial`` (or ``io=``) forces a path. Nothing here communicates: :func:`io_mode` is what *this* process can do (the
-callers agree on it across ranks), and :func:`check_path` looks at the file
-system only.
+``HPCPAR_H5=mpio|serial`` (or ``io=``) forces a path. Nothing here
+communicates: :func:`io_mode` is what *this* process can do (the callers agree
+on it across ranks), and :func:`check_path` looks at the file system only.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _mpio_problem() -> str | None:
     if not h5py.get_config().mpi:
         return ("this h5py was built without MPI (h5py.get_config().mpi is False); build h5py "
                 "against your MPI (README: 'Parallel HDF5') or use the serial path")
-    import h5py.h5p  # noqa: F401  (loads HDF5 and the MPI library it links)
+    import h5py.h5p  # loads HDF5 and the MPI library it links
 
     libs = _mapped_mpi_libraries()
     if libs is not None and len(libs) > 1:

@@ -104,7 +104,7 @@ class Output:
                  decomposition: Any = None, gather_bytes: int = GATHER_BYTES,
                  provenance: bool = True):
         self.ctx = ctx
-        self._file = None
+        self._file: Any = None  # the h5py.File where this rank holds it
         self._wrote = False
         self.closed = True
         where = f"hpcpar.Output({os.fspath(path)!r})"
@@ -118,7 +118,7 @@ class Output:
             raise_problems(where, [("ValueError", "ranks chose different I/O paths: " + ", ".join(
                 f"rank {r}: {m}" for r, (m, _) in enumerate(heads))
                 + f"; set {env.HPCPAR_H5} alike on every rank")])
-        self.mode: str = mine
+        self.mode: str = str(mine)
         self.file_mode: str = _FILE_MODES[mode]
         root_path = os.path.abspath(os.fspath(path)) if ctx.is_root else None
         self.path: str = ctx.comm.bcast(root_path, root=ctx.root)
@@ -439,7 +439,7 @@ class Output:
                                          f"rank's global_slices cover {slab[2]}")
                     problem = check_dtype(data.dtype)
                     payload = (slab, data.dtype)
-                except Exception as exc:  # noqa: BLE001 - reported on every rank
+                except Exception as exc:  # reported on every rank
                     problem = str(exc)
             heads = self._exchange(f"{op}(grid)", name, payload, problem)
             gshape, dtype, slabs = grid_slabs(heads, f"hpcpar.Output.write({name!r})")

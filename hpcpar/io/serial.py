@@ -8,7 +8,8 @@ is ``"serial"``): root holds the open file. Both functions are **collective** ov
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

@@ -11,7 +11,8 @@ MPI-IO call (with an empty selection).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def check_dtype(dtype: np.dtype) -> str | None:
         return f"dtype {dtype} holds Python objects, which HDF5 cannot store"
     try:
         h5py.h5t.py_create(dtype, logical=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         hint = " (encode text as bytes, e.g. .astype('S'))" if dtype.kind == "U" else ""
         return f"HDF5 cannot store dtype {dtype}{hint}"
     return None
@@ -116,11 +117,13 @@ def grid_slabs(heads: Sequence[tuple[Slab, np.dtype]], where: str
     boxes = [(h[0][1], h[0][2]) for h in heads]
     bad = [r for r, (s, c) in enumerate(boxes)
            if any(a < 0 or a + n > g for a, n, g in zip(s, c, gshape))]
+    if bad:
+        raise_problems(where, [("ValueError", f"global_slices of rank(s) {bad} fall outside the "
+                                f"grid {list(gshape)}")])
     pair = overlaps(boxes)
-    if bad or pair:
-        text = (f"global_slices of rank(s) {bad} fall outside the grid {list(gshape)}" if bad
-                else f"ranks {pair[0]} and {pair[1]} have overlapping global_slices")
-        raise_problems(where, [("ValueError", text)])
+    if pair:
+        raise_problems(where, [("ValueError", f"ranks {pair[0]} and {pair[1]} have overlapping "
+                                "global_slices")])
     return gshape, dtype, boxes
 
 
