@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Callable
 from html.parser import HTMLParser
 
 import hpcpar
@@ -34,7 +35,7 @@ import hpcpar
 LOOPBACK_NAMES = {"localhost"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url", nargs="?", help="start URL (loopback only)")
     p.add_argument("--serve-demo", action="store_true",
@@ -108,7 +109,7 @@ def expected_graph(targets: dict[str, list[str]], base: str) -> dict[str, list[s
 class _Handler(http.server.BaseHTTPRequestHandler):
     site: dict[str, str] = {}
 
-    def do_GET(self):  # noqa: N802 - the http.server interface
+    def do_GET(self):
         body = self.site.get(urllib.parse.urlsplit(self.path).path)
         if body is None:
             self.send_error(404)
@@ -193,7 +194,8 @@ def owner(url: str, size: int) -> int:
     return zlib.crc32(url.encode()) % size
 
 
-def make_stage(rank: int, size: int, pool, base: str, timeout: float):
+def make_stage(rank: int, size: int, pool: hpcpar.LocalPool, base: str,
+               timeout: float) -> Callable[[dict], dict]:
     """Pipeline stage ``rank``: fetch and parse this rank's URLs of a batch ({url: links or None})."""
     def stage(batch: dict) -> dict:
         mine = [u for u in batch if owner(u, size) == rank]
@@ -238,7 +240,7 @@ def crawl(ctx: hpcpar.Context, start: str | None, threads: int = 8, batch: int =
     return graph if ctx.is_root else None
 
 
-def main(ctx: hpcpar.Context, argv=None) -> dict | None:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if not args.serve_demo and not args.url:
         raise SystemExit("crawler: give a start URL or --serve-demo")

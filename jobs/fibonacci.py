@@ -9,10 +9,10 @@ sized by :func:`hpcpar.local_cpus`). The results are exact Python integers;
 independently on root.
 
 ``--checkpoint FILE`` makes the job resumable: root records each finished task
-and every ``--every`` tasks atomically replaces FILE with all results so far; a
+and every ``--every`` tasks atomically replaces FILE with all results so far
+(:class:`hpcpar.Checkpoint`, written by root alone; format: :func:`encode`); a
 job started again with the same options and FILE farms only the tasks missing
-from it, and its results are identical to an uninterrupted run's. FILE is
-written by root alone (format: :func:`save_results`).
+from it, and its results are identical to an uninterrupted run's.
 
     mpiexec -n 2 python jobs/fibonacci.py --count 3000 --max-n 20000 --verify
     mpiexec -n 2 python jobs/fibonacci.py --checkpoint fib.ckpt --every 5
@@ -22,19 +22,17 @@ written by root alone (format: :func:`save_results`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import json
-import os
-import signal
-import sys
 import time
+from typing import Any
 
 import numpy as np
 
 import hpcpar
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=3000, help="how many inputs (default 3000)")
     p.add_argument("--max-n", type=int, default=20000, help="largest n (default 20000)")
@@ -47,8 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="resume from FILE when it exists, and keep the finished tasks' results in it")
     p.add_argument("--every", type=int, default=10, metavar="K",
                    help="with --checkpoint: save after every K finished tasks (default 10), and at the end")
-    # Testing only: root kills itself (SIGKILL) once a save holds at least M tasks.
-    p.add_argument("--crash-after", type=int, default=None, metavar="M", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.every < 1:
         p.error(f"--every must be at least 1, got {args.every}")
@@ -84,74 +80,111 @@ def inputs(count: int, max_n: int, seed: int) -> list[int]:
     return [int(x) for x in np.exp(rng.uniform(np.log(10), np.log(hi), size=count)).round()]
 
 
-#: First line of a checkpoint file, followed by `` sha256=<hex digest of the rest>``.
-CHECKPOINT_MAGIC = "hpcpar-fibonacci-checkpoint 1"
+#: The ``format`` field of a checkpoint of this job.
+CHECKPOINT_FORMAT = "hpcpar-fibonacci-checkpoint 1"
+#: What to do about an unusable checkpoint (the end of every CheckpointError).
+_FIX = "delete it to start from scratch, or restore a good copy"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: corrupt, truncated, or from other inputs."""
 
 
-def save_results(path: str, ns: list[int], chunk: int, done: dict[int, list[int]]) -> None:
-    """Atomically replace ``path`` with the results of the finished tasks. **Local** (root).
+def _fields_digest(fields: dict[str, Any]) -> str:
+    """sha256 (hex) of the checkpoint's fields other than ``sha256`` itself."""
+    h = hashlib.sha256(CHECKPOINT_FORMAT.encode())
+    h.update(np.int64(int(fields["chunk"])).astype("<i8").tobytes())
+    for key in ("ns", "tasks", "lengths"):
+        h.update(np.asarray(fields[key]).astype("<i8").tobytes())
+    h.update(np.asarray(fields["values"], np.uint8).tobytes())
+    return h.hexdigest()
 
-    Format: a first line ``hpcpar-fibonacci-checkpoint 1 sha256=<hex>``, then one
-    line of JSON ``{"chunk": chunk, "ns": [n, ...], "done": {"<task index>":
-    ["<F(n) in hex>", ...]}}`` (hex, because Python limits decimal conversion of
-    huge integers); the digest covers that JSON line, so a truncated or altered
-    file is detected. Task ``i`` is ``ns[i*chunk:(i+1)*chunk]``. The file is
-    written as ``path.tmp``, flushed and fsynced, renamed over ``path``, and the
-    directory fsynced: a crash leaves the previous file or the new one.
+
+def _text(value: Any) -> str:
+    """A text field (a 0-d bytes array or NumPy bytes, as HDF5 gives it back)."""
+    return np.asarray(value).tobytes().rstrip(b"\0").decode(errors="replace")
+
+
+def encode(ns: list[int], chunk: int, done: dict[int, list[int]]) -> dict[str, Any]:
+    """The fields of a checkpoint holding the finished tasks ``done``. **Local**.
+
+    Task ``i`` is ``ns[i*chunk:(i+1)*chunk]``. Fields (for :meth:`hpcpar.Checkpoint.save`):
+    ``format`` (:data:`CHECKPOINT_FORMAT`), ``chunk``, ``ns`` (the inputs),
+    ``tasks`` (finished task indices, ascending), ``values`` (every result of
+    those tasks in order, as little-endian unsigned bytes, concatenated:
+    exact for any size, and no slow decimal conversion), ``lengths`` (the bytes
+    of each result) and ``sha256`` (hex digest of all the others: HDF5 does not
+    checksum raw data, so an altered file is caught here).
     """
-    body = json.dumps({"chunk": chunk, "ns": ns,
-                       "done": {str(i): [format(x, "x") for x in done[i]] for i in sorted(done)}},
-                      separators=(",", ":")).encode()
-    data = f"{CHECKPOINT_MAGIC} sha256={hashlib.sha256(body).hexdigest()}\n".encode() + body + b"\n"
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    tasks = sorted(done)
+    raw = [x.to_bytes((x.bit_length() + 7) // 8, "little") for i in tasks for x in done[i]]
+    fields: dict[str, Any] = {
+        "format": np.bytes_(CHECKPOINT_FORMAT), "chunk": int(chunk),
+        "ns": np.array(ns, dtype=np.int64), "tasks": np.array(tasks, dtype=np.int64),
+        "lengths": np.array([len(b) for b in raw], dtype=np.int64),
+        "values": np.frombuffer(b"".join(raw), dtype=np.uint8).copy(),
+    }
+    fields["sha256"] = np.bytes_(_fields_digest(fields))
+    return fields
 
 
-def load_results(path: str, ns: list[int], chunk: int) -> dict[int, list[int]]:
-    """The finished tasks' results ``{task index: [F(n), ...]}`` of ``path``. **Local** (root).
+def decode(fields: dict[str, Any], ns: list[int], chunk: int, path: str) -> dict[int, list[int]]:
+    """The finished tasks' results ``{task index: [F(n), ...]}`` of a checkpoint's fields. **Local**.
 
     Raises:
-        CheckpointError: the file is truncated or corrupt (its digest does not
-            match), not a checkpoint of this job, or was written for other inputs
-            (``--count``, ``--max-n``, ``--seed``, ``--chunk``).
+        CheckpointError: naming ``path``, when the fields are not this job's
+            (``format``), do not match their digest (altered or cut short), or
+            were written for other inputs (``--count``, ``--max-n``, ``--seed``,
+            ``--chunk``).
     """
-    with open(path, "rb") as f:
-        data = f.read()
     what = f"checkpoint {path!r}"
-    fix = "delete it to start from scratch, or restore a good copy"
-    head, _, rest = data.partition(b"\n")
-    prefix = f"{CHECKPOINT_MAGIC} sha256=".encode()
-    if not head.startswith(prefix):
-        raise CheckpointError(f"{what} is not a fibonacci checkpoint (its first line is "
-                              f"{head[:60]!r}, expected {CHECKPOINT_MAGIC!r}): {fix}")
-    body = rest[:-1] if rest.endswith(b"\n") else rest
-    if not rest.endswith(b"\n") or hashlib.sha256(body).hexdigest() != head[len(prefix):].decode(errors="replace"):
+    keys = ("format", "chunk", "ns", "tasks", "lengths", "values", "sha256")
+    if any(k not in fields for k in keys) or _text(fields["format"]) != CHECKPOINT_FORMAT:
+        found = _text(fields["format"]) if "format" in fields else f"fields {sorted(fields)}"
+        raise CheckpointError(f"{what} is not a fibonacci checkpoint (it holds {found[:60]!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}): {_FIX}")
+    if _fields_digest(fields) != _text(fields["sha256"]):
         raise CheckpointError(f"{what} is truncated or corrupt (its sha256 digest does not match "
-                              f"its {len(body)} bytes of data): {fix}")
-    state = json.loads(body)
-    if state["chunk"] != chunk or state["ns"] != ns:
-        raise CheckpointError(f"{what} was written for other inputs (chunk {state['chunk']}, "
-                              f"{len(state['ns'])} inputs; now chunk {chunk}, {len(ns)} inputs): run with "
-                              f"the options that wrote it (--count, --max-n, --seed, --chunk), or {fix}")
-    ntasks = -(-len(ns) // chunk)
-    done = {int(i): [int(x, 16) for x in xs] for i, xs in state["done"].items()}
-    for i, xs in done.items():
-        if not 0 <= i < ntasks or len(xs) != len(ns[i * chunk:(i + 1) * chunk]):
-            raise CheckpointError(f"{what} holds a bad entry for task {i}: {fix}")
+                              f"its {np.asarray(fields['values']).size} bytes of results): {_FIX}")
+    saved_ns, saved_chunk = [int(n) for n in fields["ns"]], int(fields["chunk"])
+    if saved_chunk != chunk or saved_ns != ns:
+        raise CheckpointError(f"{what} was written for other inputs (chunk {saved_chunk}, "
+                              f"{len(saved_ns)} inputs; now chunk {chunk}, {len(ns)} inputs): run with "
+                              f"the options that wrote it (--count, --max-n, --seed, --chunk), or {_FIX}")
+    values = np.asarray(fields["values"], np.uint8).tobytes()
+    ends = np.cumsum(np.asarray(fields["lengths"], np.int64)).tolist()
+    flat = [int.from_bytes(values[a:b], "little") for a, b in zip([0, *ends[:-1]], ends)]
+    done, pos, ntasks = {}, 0, -(-len(ns) // chunk)
+    for i in (int(t) for t in fields["tasks"]):
+        k = len(ns[i * chunk:(i + 1) * chunk]) if 0 <= i < ntasks else 0
+        if k == 0 or pos + k > len(flat):
+            raise CheckpointError(f"{what} holds a bad entry for task {i}: {_FIX}")
+        done[i], pos = flat[pos:pos + k], pos + k
     return done
+
+
+def save_results(ckpt: hpcpar.Checkpoint, ns: list[int], chunk: int,
+                 done: dict[int, list[int]]) -> None:
+    """Atomically replace the checkpoint with the finished tasks ``done``. **Collective**
+    over the checkpoint's context (root alone, in this job); its step is ``len(done)``."""
+    ckpt.save(len(done), **encode(ns, chunk, done))
+
+
+def load_results(ckpt: hpcpar.Checkpoint, ns: list[int], chunk: int) -> dict[int, list[int]]:
+    """The finished tasks of the checkpoint, ``{}`` when there is none. **Collective** over
+    its context (root alone, in this job).
+
+    Raises:
+        CheckpointError: the file is truncated or corrupt (with no readable
+            previous checkpoint ``FILE.prev`` to fall back to), not a checkpoint of
+            this job, or was written for other inputs.
+    """
+    try:
+        state = ckpt.load()
+    except hpcpar.CollectiveError as exc:
+        how = "is truncated or corrupt" if isinstance(exc, OSError) else "is not a fibonacci checkpoint"
+        raise CheckpointError(f"checkpoint {ckpt.path!r} {how} ({exc}): {_FIX}") from None
+    return {} if state is None else decode(state[1], ns, chunk, ckpt.path)
 
 
 def compute(ctx: hpcpar.Context, ns: list[int] | None, chunk: int = 50,
@@ -166,55 +199,56 @@ def compute(ctx: hpcpar.Context, ns: list[int] | None, chunk: int = 50,
 
 
 def compute_resumable(ctx: hpcpar.Context, ns: list[int] | None, chunk: int = 50,
-                      workers: int | None = None, checkpoint: str | None = None, every: int = 10,
-                      crash_after: int | None = None) -> tuple[list[int] | None, int | None]:
+                      workers: int | None = None, checkpoint: str | None = None,
+                      every: int = 10) -> tuple[list[int] | None, int | None]:
     """Like :func:`compute`, resumable from root's ``checkpoint`` file. **Collective**.
 
     Returns ``(results, tasks farmed)`` on root, ``(None, None)`` elsewhere. With
-    a ``checkpoint`` path, root first loads the results it holds (when the file
-    exists) and farms only the other tasks; as results arrive (in completion
-    order, each task carrying its index) it saves them all every ``every`` tasks
-    and at the end (:func:`save_results`). ``crash_after`` (tests) makes root kill
-    itself with SIGKILL once a save holds at least that many tasks.
+    a ``checkpoint`` path, root alone holds an :class:`hpcpar.Checkpoint` (on a
+    one-rank context: the other ranks only compute). It first loads the results
+    the file holds (when it exists) and farms only the other tasks; as results
+    arrive (in completion order, each task carrying its index) it saves them all
+    every ``every`` tasks and at the end (:func:`save_results`).
 
     Raises:
         CheckpointError: on every rank, when root's checkpoint file is unusable.
     """
+    from mpi4py import MPI
+
     if workers is None:
         workers = hpcpar.local_cpus(ctx)
     done: dict[int, list[int]] = {}
-    todo = problem = None
-    if ctx.is_root:
-        parts = [ns[i:i + chunk] for i in range(0, len(ns), chunk)]
-        if checkpoint and os.path.exists(checkpoint):
-            try:
-                done = load_results(checkpoint, ns, chunk)
-            except (CheckpointError, OSError, ValueError, KeyError, TypeError) as exc:
-                problem = str(exc) if isinstance(exc, CheckpointError) else \
-                    f"checkpoint {checkpoint!r} cannot be read ({type(exc).__name__}: {exc})"
-        todo = [(i, part) for i, part in enumerate(parts) if i not in done]
-    problem = ctx.comm.bcast(problem, root=ctx.root)
-    if problem:
-        raise CheckpointError(f"rank {ctx.root}: {problem}")
+    todo = problem = ckpt = None
+    with contextlib.ExitStack() as stack:
+        if ctx.is_root:
+            parts = [ns[i:i + chunk] for i in range(0, len(ns), chunk)]
+            if checkpoint:
+                solo = stack.enter_context(hpcpar.Context(MPI.COMM_SELF))
+                ckpt = hpcpar.Checkpoint(solo, checkpoint)
+                try:
+                    done = load_results(ckpt, ns, chunk)
+                except CheckpointError as exc:
+                    problem = str(exc)
+            todo = [(i, part) for i, part in enumerate(parts) if i not in done]
+        problem = ctx.comm.bcast(problem, root=ctx.root)
+        if problem:
+            raise CheckpointError(f"rank {ctx.root}: {problem}")
 
-    def task(item):
-        i, part = item
-        return i, list(pool.map(fib, part))
+        def task(item: tuple[int, list[int]]) -> tuple[int, list[int]]:
+            i, part = item
+            return i, list(pool.map(fib, part))
 
-    farmed = 0
-    with hpcpar.local_pool(workers) as pool:
-        for i, values in hpcpar.farm_iter(ctx, task, todo, chunksize=1, ordered=False):
-            done[i] = values
-            farmed += 1
-            if checkpoint and (farmed % every == 0 or farmed == len(todo)):
-                save_results(checkpoint, ns, chunk, done)
-                if crash_after is not None and len(done) >= crash_after:
-                    sys.stdout.flush()
-                    os.kill(os.getpid(), signal.SIGKILL)
-    if not ctx.is_root:
-        return None, None
-    if checkpoint and not todo and not os.path.exists(checkpoint):
-        save_results(checkpoint, ns, chunk, done)  # no tasks at all: still leave a file
+        farmed = 0
+        with hpcpar.local_pool(workers) as pool:
+            for i, values in hpcpar.farm_iter(ctx, task, todo, chunksize=1, ordered=False):
+                done[i] = values
+                farmed += 1
+                if ckpt and (farmed % every == 0 or farmed == len(todo)):
+                    save_results(ckpt, ns, chunk, done)
+        if not ctx.is_root:
+            return None, None
+        if ckpt and not todo and not ckpt.exists():
+            save_results(ckpt, ns, chunk, done)  # no tasks at all: still leave a file
     return [x for i in range(len(parts)) for x in done[i]], farmed
 
 
@@ -226,13 +260,13 @@ def digest(results: list[int]) -> str:
     return h.hexdigest()[:16]
 
 
-def main(ctx: hpcpar.Context, argv=None) -> list[int] | None:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> list[int] | None:
     args = parse_args(argv)
     ns = inputs(args.count, args.max_n, args.seed) if ctx.is_root else None
     t0 = time.perf_counter()
     try:
         results, farmed = compute_resumable(ctx, ns, args.chunk, args.workers, args.checkpoint,
-                                            args.every, args.crash_after)
+                                            args.every)
     except CheckpointError as exc:  # raised on every rank: root says why, once
         raise SystemExit(f"fibonacci: {exc}" if ctx.is_root else 1) from None
     elapsed = time.perf_counter() - t0

@@ -32,15 +32,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
-import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 import hpcpar
 from hpcpar import slurm
+from hpcpar.bench.kernels import heat_stencil  # the stencil `hpcpar bench halo` measures
 
 #: Defaults of this job's sbatch script (``hpcpar slurm render-all`` writes slurm/heat.sbatch):
 #: USR1 two minutes before the limit, then checkpoint, requeue and resume.
@@ -52,7 +51,7 @@ SLURM = {"ntasks": 4, "time": 30, "signal": 120, "requeue": True,
 R_MAX = 0.25
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=512, help="interior grid points per side (default 512)")
     p.add_argument("--steps", type=int, default=500, help="time steps (default 500)")
@@ -75,7 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="check every K steps whether any rank got SIGUSR1 (Slurm's time-limit "
                    "warning); then save the checkpoint, requeue when the job allows it, and end "
                    "(default 10; 0: never)")
-    p.add_argument("--crash-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: kill -9 after step K
     args = p.parse_args(argv)
     for name in ("snapshot_every", "every", "steps"):
         if getattr(args, name) < 0:
@@ -92,7 +90,7 @@ def spacing(n: int) -> float:
     return 1.0 / (n + 1)
 
 
-def initial_field(grid: hpcpar.Grid, dtype=np.float64) -> np.ndarray:
+def initial_field(grid: hpcpar.Grid, dtype: np.typing.DTypeLike = np.float64) -> np.ndarray:
     """sin(pi x) sin(pi y) on this rank's block, zero ghost cells. **Local**.
 
     The 1-D sine profiles are computed over the whole axis and then sliced, so every
@@ -112,25 +110,12 @@ def exact_amplitude(alpha: float, t: float) -> float:
     return math.exp(-2.0 * math.pi**2 * alpha * t)
 
 
-def _stencil(u: np.ndarray, out: np.ndarray, r: float, rows: slice, cols: slice) -> None:
-    """out[rows, cols] = u + r * (north + south + west + east - 4 u), in that order."""
-    if rows.start >= rows.stop or cols.start >= cols.stop:
-        return
-    c = u[rows, cols]
-    t = out[rows, cols]
-    np.add(u[rows.start - 1:rows.stop - 1, cols], u[rows.start + 1:rows.stop + 1, cols], out=t)
-    t += u[rows, cols.start - 1:cols.stop - 1]
-    t += u[rows, cols.start + 1:cols.stop + 1]
-    t -= 4.0 * c
-    t *= r
-    t += c
-
-
 _UNTIMED = contextlib.nullcontext()
 
 
 def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float,
-         compute=_UNTIMED, exchange=_UNTIMED) -> np.ndarray:
+         compute: contextlib.AbstractContextManager = _UNTIMED,
+         exchange: contextlib.AbstractContextManager = _UNTIMED) -> np.ndarray:
     """One explicit step from ``u`` into ``out`` (both with halo of width 1). **Collective**.
 
     The halo exchange of ``u`` overlaps the update of the cells that need no ghost
@@ -147,14 +132,14 @@ def step(grid: hpcpar.Grid, u: np.ndarray, out: np.ndarray, r: float,
     with exchange:
         grid.exchange_begin(u, corners=False)  # the 5-point stencil needs no corners
     with compute:
-        _stencil(u, out, r, slice(2, n0), slice(2, n1))  # the deep interior
+        heat_stencil(u, out, r, slice(2, n0), slice(2, n1))  # the deep interior
     with exchange:
         grid.exchange_end()
     with compute:
-        _stencil(u, out, r, slice(1, 2), slice(1, n1 + 1))  # first row
-        _stencil(u, out, r, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))  # last row
-        _stencil(u, out, r, slice(2, n0), slice(1, 2))  # first column
-        _stencil(u, out, r, slice(2, n0), slice(max(n1, 2), n1 + 1))  # last column
+        heat_stencil(u, out, r, slice(1, 2), slice(1, n1 + 1))  # first row
+        heat_stencil(u, out, r, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))  # last row
+        heat_stencil(u, out, r, slice(2, n0), slice(1, 2))  # first column
+        heat_stencil(u, out, r, slice(2, n0), slice(max(n1, 2), n1 + 1))  # last column
     return out
 
 
@@ -265,37 +250,42 @@ def resume(ctx: hpcpar.Context, grid: hpcpar.Grid, ckpt: hpcpar.Checkpoint,
     return k, u
 
 
-def keep_output(ctx: hpcpar.Context, path: str, k: int) -> bool:
-    """Prepare an existing ``--out`` file for a run resumed at step ``k``. **Collective**.
+def open_output(ctx: hpcpar.Context, path: str, grid: hpcpar.Grid,
+                resumed_at: int | None) -> hpcpar.Output:
+    """Open the ``--out`` file. **Collective**.
 
-    Root drops the snapshots after step ``k`` and the final field (the resumed run
-    writes them again). Returns whether the file can be reopened in mode ``"a"``;
-    False when it is missing, or unreadable after a crash (root then says so, and
-    the run writes a fresh file).
+    A fresh run (``resumed_at`` None) creates it. A run resumed at step ``k``
+    reopens it and drops what the run writes again: the snapshots after step
+    ``k`` (:meth:`hpcpar.Output.truncate`) and the final field ``u``; so the file
+    ends as an uninterrupted run's. When it is missing or cannot be reopened
+    (damaged by the crash), root says so and the run writes it afresh.
     """
-    import h5py
-
-    why = None
-    if ctx.is_root and os.path.exists(path):
+    if resumed_at is not None:
         try:
-            with h5py.File(path, "r+") as f:
-                steps = [int(s) for s in np.atleast_1d(f.attrs.get("snapshot_steps", []))]
-                keep = sum(1 for s in steps if s <= k)
-                if "snapshots" in f:
-                    f["snapshots"].resize(keep, axis=0)
-                f.attrs["snapshot_steps"] = np.array(steps[:keep], dtype=np.int64)
-                if "u" in f:
-                    del f["u"]
-        except Exception as exc:  # noqa: BLE001 - reported, then the file is rewritten
-            why = f"{type(exc).__name__}: {exc}"
-            print(f"heat: cannot reuse {path} after the restart ({why}); writing it afresh",
-                  flush=True)
-    elif ctx.is_root:
-        why = "missing"
-    return ctx.comm.bcast(why is None, root=ctx.root)
+            out = hpcpar.Output(ctx, path, "a", decomposition=grid.dims)
+        except hpcpar.CollectiveError as exc:  # raised alike on every rank
+            why = exc
+        else:
+            try:
+                steps = [int(s) for s in np.atleast_1d(out.attrs.get("snapshot_steps", []))]
+                keep = sum(1 for s in steps if s <= resumed_at)
+                if "snapshots" in out:
+                    out.truncate("snapshots", min(keep, out.steps("snapshots")))
+                out.attrs["snapshot_steps"] = np.array(steps[:keep], dtype=np.int64)
+                if "u" in out:
+                    out.delete("u")
+                return out
+            except hpcpar.CollectiveError as exc:
+                out.close()
+                why = exc
+        if ctx.is_root:
+            print(f"heat: cannot reuse {path} after the restart ({why}); writing it afresh", flush=True)
+    out = hpcpar.Output(ctx, path, "w", decomposition=grid.dims)
+    out.attrs["snapshot_steps"] = np.zeros(0, np.int64)
+    return out
 
 
-def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | None:
     args = parse_args(argv)
     if args.png:  # fail early, before the run, when matplotlib is missing
         try:
@@ -312,15 +302,12 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
             print(f"heat: resuming from step {start} of {ckpt.path}", flush=True)
         out = None
         if args.out:
-            mode = "a" if state and keep_output(ctx, args.out, start) else "w"
-            out = stack.enter_context(hpcpar.Output(ctx, args.out, mode, decomposition=grid.dims))
+            out = stack.enter_context(open_output(ctx, args.out, grid, start if state else None))
             out.attrs.update({"n": n, "steps": args.steps, "alpha": args.alpha, "r": args.r,
                               "dt": dt, "dims": np.array(grid.dims), "h": h,
                               "snapshot_every": args.snapshot_every,
                               "checkpoint_every": args.every if ckpt else 0})
-            if mode == "w":
-                out.attrs["snapshot_steps"] = np.zeros(0, np.int64)
-        hook = make_hook(ctx, grid, args, out, ckpt) if (out or ckpt or args.crash_after) else None
+        hook = make_hook(ctx, grid, args, out, ckpt) if (out or ckpt) else None
         reached = start
 
         def on_step(k: int, field: np.ndarray) -> None:
@@ -379,10 +366,10 @@ def stopped_early(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, k: int,
 
 
 def make_hook(ctx: hpcpar.Context, grid: hpcpar.Grid, args: argparse.Namespace,
-              out: hpcpar.Output | None, ckpt: hpcpar.Checkpoint | None):
+              out: hpcpar.Output | None, ckpt: hpcpar.Checkpoint | None) -> Callable[[int, np.ndarray], None]:
     """The ``on_step`` of :func:`simulate`: snapshots, checkpoints (timer region ``"output"``)."""
     region = ctx.timer("output")
-    snap, every, crash = args.snapshot_every if out else 0, args.every if ckpt else 0, args.crash_after
+    snap, every = args.snapshot_every if out else 0, args.every if ckpt else 0
 
     def on_step(k: int, u: np.ndarray) -> None:
         if snap and k % snap == 0:
@@ -394,8 +381,6 @@ def make_hook(ctx: hpcpar.Context, grid: hpcpar.Grid, args: argparse.Namespace,
         if every and k % every == 0:
             with region:
                 ckpt.save(k, u=(grid, u), n=args.n, r=args.r, alpha=args.alpha)
-        if k == crash and ctx.rank == ctx.size - 1:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: a crash right after step k
 
     return on_step
 

@@ -23,11 +23,13 @@ import numpy as np
 import hpcpar
 from hpcpar import partition
 
-#: Region of the complex plane: (re_min, re_max, im_min, im_max).
-REGION = (-2.0, 0.6, -0.35, 1.25)
+# The kernel is shared with `hpcpar bench farm`: rows(y0, y1, width, height, max_iter)
+# gives the uint16 escape counts of rows y0:y1 of the image spanning REGION.
+from hpcpar.bench.kernels import MANDELBROT_REGION as REGION
+from hpcpar.bench.kernels import mandelbrot_rows as rows
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=800, help="pixels per row (default 800)")
     p.add_argument("--height", type=int, default=600, help="rows (default 600)")
@@ -39,27 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rows(y0: int, y1: int, width: int, height: int, max_iter: int) -> np.ndarray:
-    """Escape counts (uint16) of rows ``y0:y1``; every pixel's arithmetic is the same however rows are grouped."""
-    re = np.linspace(REGION[0], REGION[1], width)
-    im = np.linspace(REGION[3], REGION[2], height)[y0:y1]
-    c = (re[None, :] + 1j * im[:, None]).ravel()
-    z = np.zeros_like(c)
-    count = np.full(c.shape, max_iter, dtype=np.uint16)
-    active = np.arange(c.size)
-    for k in range(max_iter):
-        zi = z[active] * z[active] + c[active]
-        z[active] = zi
-        out = (zi.real * zi.real + zi.imag * zi.imag) > 4.0
-        if out.any():
-            count[active[out]] = k
-            active = active[~out]
-            if active.size == 0:
-                break
-    return count.reshape(y1 - y0, width)
-
-
-def static_block(ctx, width, height, max_iter):
+def static_block(ctx: hpcpar.Context, width: int, height: int, max_iter: int) -> tuple[np.ndarray, float]:
     """This rank's equal block of rows. **Local**: (block, compute seconds).
 
     The block is rows ``partition.block_range(height, ctx.size, ctx.rank)``.
@@ -70,14 +52,19 @@ def static_block(ctx, width, height, max_iter):
     return block, time.perf_counter() - t0
 
 
-def static(ctx, width, height, max_iter):
+def static(ctx: hpcpar.Context, width: int, height: int,
+           max_iter: int) -> tuple[np.ndarray | None, float]:
     """Equal blocks of rows per rank. **Collective**: (image on root, this rank's compute seconds)."""
     block, busy = static_block(ctx, width, height, max_iter)
     return ctx.gather(block), busy
 
 
-def dynamic(ctx, width, height, max_iter, per_task):
-    """Tasks of ``per_task`` rows handed out by :func:`hpcpar.farm`. **Collective**: (image on root, busy seconds)."""
+def dynamic(ctx: hpcpar.Context, width: int, height: int, max_iter: int,
+            per_task: int) -> tuple[np.ndarray | None, float]:
+    """Tasks of ``per_task`` rows handed out by :func:`hpcpar.farm`.
+
+    **Collective**: (image on root, this rank's busy seconds).
+    """
     busy = 0.0
 
     def task(y0):
@@ -92,14 +79,15 @@ def dynamic(ctx, width, height, max_iter, per_task):
     return image, busy
 
 
-def imbalance(ctx, busy: float) -> float:
+def imbalance(ctx: hpcpar.Context, busy: float) -> float:
     """The busiest rank's compute time over the mean. **Collective**: the same on every rank."""
     times = ctx.comm.allgather(busy)
     mean = sum(times) / len(times)
     return max(times) / mean if mean > 0 else 1.0
 
 
-def write_png(ctx, path: str, image, block, args) -> None:
+def write_png(ctx: hpcpar.Context, path: str, image: np.ndarray | None, block: np.ndarray,
+              args: argparse.Namespace) -> None:
     """The image as a PNG, written by root. **Collective** (the other ranks do nothing)."""
     if not ctx.is_root:
         return
@@ -111,7 +99,8 @@ def write_png(ctx, path: str, image, block, args) -> None:
     plt.imsave(path, image, cmap="magma", origin="upper")
 
 
-def write_h5(ctx, path: str, image, block, args) -> None:
+def write_h5(ctx: hpcpar.Context, path: str, image: np.ndarray | None, block: np.ndarray,
+             args: argparse.Namespace) -> None:
     """The image as dataset ``image`` of the HDF5 file ``path``. **Collective**.
 
     Every rank writes its static block of rows (:meth:`hpcpar.Output.write`); the
@@ -131,7 +120,7 @@ def write_h5(ctx, path: str, image, block, args) -> None:
 WRITERS = {"png": write_png, "out": write_h5}
 
 
-def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | None:
     args = parse_args(argv)
     w, h, m = args.width, args.height, args.max_iter
     ctx.barrier()
@@ -165,7 +154,7 @@ def main(ctx: hpcpar.Context, argv=None) -> np.ndarray | None:
     return img_farm if ctx.is_root else None
 
 
-def max_op():
+def max_op() -> object:
     from mpi4py import MPI
 
     return MPI.MAX

@@ -22,7 +22,7 @@ import hpcpar
 from hpcpar import partition
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=float, default=4e7, help="total number of samples (default 4e7)")
     p.add_argument("--seed", type=int, default=2024, help="seed of the root SeedSequence")
@@ -58,7 +58,7 @@ def estimate(ctx: hpcpar.Context, samples: int, seed: int, chunk: int) -> tuple[
     return 4.0 * int(total) / samples, int(total)
 
 
-def main(ctx: hpcpar.Context, argv=None) -> float:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     samples = int(args.samples)
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from hpcpar.sort import sample_sort
 DTYPES = ("int64", "int32", "float64", "float32", "uint8")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=float, default=1e7, help="total number of keys (default 1e7)")
     p.add_argument("--dtype", default="int64", choices=DTYPES, help="key type (default int64)")
@@ -92,7 +92,7 @@ def verify(ctx: hpcpar.Context, keys: np.ndarray, result: np.ndarray) -> str | N
     return "; ".join(p for p in problems if p) or None
 
 
-def main(ctx: hpcpar.Context, argv=None) -> np.ndarray:
+def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray:
     args = parse_args(argv)
     n = int(args.n)
     if n < 0:

@@ -25,6 +25,7 @@ import time
 from mpi4py import MPI
 
 from . import format_table
+from .kernels import mandelbrot_rows
 
 __all__ = ["add_arguments", "main"]
 
@@ -120,7 +121,7 @@ def _mandelbrot(ctx, width, height, max_iter, repeats, per_task=8):
     from ..decomp import partition
     from ..tasks.farm import farm
 
-    rows = _mandel_rows
+    rows = mandelbrot_rows
     t_serial = t_tasks = None
     if ctx.is_root:
         t_serial = _best(lambda: rows(0, height, width, height, max_iter), repeats)
@@ -148,27 +149,6 @@ def _mandelbrot(ctx, width, height, max_iter, repeats, per_task=8):
             best = min(best, ctx.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
         times.append(best)
     return t_serial, t_tasks, times[0], times[1]
-
-
-def _mandel_rows(y0, y1, width, height, max_iter):
-    import numpy as np
-
-    re = np.linspace(-2.0, 0.6, width)
-    im = np.linspace(1.25, -0.35, height)[y0:y1]
-    c = (re[None, :] + 1j * im[:, None]).ravel()
-    z = np.zeros_like(c)
-    count = np.full(c.shape, max_iter, dtype=np.uint16)
-    active = np.arange(c.size)
-    for k in range(max_iter):
-        zi = z[active] * z[active] + c[active]
-        z[active] = zi
-        out = (zi.real * zi.real + zi.imag * zi.imag) > 4.0
-        if out.any():
-            count[active[out]] = k
-            active = active[~out]
-            if active.size == 0:
-                break
-    return count
 
 
 def main(ctx, args) -> None:

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpi4py import MPI
 
 from ..decomp import partition
 from ..decomp.grid import Grid
 from ..decomp.sort import sample_sort
 from . import format_table, timeit
+from .kernels import heat_stencil
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["add_arguments", "main"]
 
@@ -41,23 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-time", type=float, default=0.5, help="seconds per timed batch")
 
 
-def _stencil(u, out, rows: slice, cols: slice) -> None:
-    """out[rows, cols] = u + r * (north + south + west + east - 4 u)."""
-    if rows.start >= rows.stop or cols.start >= cols.stop:
-        return
-    c = u[rows, cols]
-    t = out[rows, cols]
-    np.add(u[rows.start - 1:rows.stop - 1, cols], u[rows.start + 1:rows.stop + 1, cols], out=t)
-    t += u[rows, cols.start - 1:cols.stop - 1]
-    t += u[rows, cols.start + 1:cols.stop + 1]
-    t -= 4.0 * c
-    t *= _R
-    t += c
-
-
 def _update(u, out) -> None:
     n0, n1 = u.shape[0] - 2, u.shape[1] - 2
-    _stencil(u, out, slice(1, n0 + 1), slice(1, n1 + 1))
+    heat_stencil(u, out, _R, slice(1, n0 + 1), slice(1, n1 + 1))
 
 
 def _initial(shape, slices) -> np.ndarray:
@@ -83,17 +73,19 @@ class _Stepper:
         else:
             n0, n1 = u.shape[0] - 2, u.shape[1] - 2
             self.grid.exchange_begin(u, corners=False)
-            _stencil(u, v, slice(2, n0), slice(2, n1))
+            heat_stencil(u, v, _R, slice(2, n0), slice(2, n1))
             self.grid.exchange_end()
-            _stencil(u, v, slice(1, 2), slice(1, n1 + 1))
-            _stencil(u, v, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))
-            _stencil(u, v, slice(2, n0), slice(1, 2))
-            _stencil(u, v, slice(2, n0), slice(max(n1, 2), n1 + 1))
+            heat_stencil(u, v, _R, slice(1, 2), slice(1, n1 + 1))
+            heat_stencil(u, v, _R, slice(max(n0, 2), n0 + 1), slice(1, n1 + 1))
+            heat_stencil(u, v, _R, slice(2, n0), slice(1, 2))
+            heat_stencil(u, v, _R, slice(2, n0), slice(max(n1, 2), n1 + 1))
         self.u, self.v = v, u
 
 
 def _hand_written(comm, dims, n0, n1):
     """A Sendrecv halo exchange as one writes it by hand with mpi4py."""
+    from mpi4py import MPI
+
     cart = comm.Create_cart(list(dims), [False, False], reorder=False)
     up, down = cart.Shift(0, 1)
     left, right = cart.Shift(1, 1)
@@ -191,7 +183,9 @@ def _sort(ctx, args) -> list[list[str]]:
     return rows
 
 
-def main(ctx, args) -> None:
+def main(ctx: Context, args: argparse.Namespace) -> None:
+    from mpi4py import MPI
+
     if args.size < 3:
         raise ValueError(f"--size must be at least 3, got {args.size}")
     heat_rows, exchange_rows = _heat(ctx, args)

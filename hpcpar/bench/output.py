@@ -23,15 +23,18 @@ import os
 import shutil
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpi4py import MPI
 
 from ..decomp import partition
-from ..io.checkpoint import _fsync
+from ..io.checkpoint import fsync as fsync_path
 from ..io.output import Output, io_mode
 from . import format_table, size_label
 from .collectives import _parse_size
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["add_arguments", "main"]
 
@@ -45,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _timed(ctx, fn, path: str, fsync: bool, repeats: int) -> float:
+    from mpi4py import MPI
+
     best = float("inf")
     for _ in range(repeats):
         if ctx.is_root and os.path.exists(path):
@@ -53,7 +58,7 @@ def _timed(ctx, fn, path: str, fsync: bool, repeats: int) -> float:
         t0 = time.perf_counter()
         fn()
         if fsync and ctx.is_root:
-            _fsync(path)
+            fsync_path(path)
         dt = ctx.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
         best = min(best, dt)
     if ctx.is_root and os.path.exists(path):
@@ -61,8 +66,9 @@ def _timed(ctx, fn, path: str, fsync: bool, repeats: int) -> float:
     return best
 
 
-def main(ctx, args) -> None:
+def main(ctx: Context, args: argparse.Namespace) -> None:
     import h5py
+    from mpi4py import MPI
 
     nbytes = _parse_size(args.size)
     n = max(nbytes // 8, 1)

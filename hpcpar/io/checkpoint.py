@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import CollectiveError, agree, attempt, fail
+from .output import Output
 from .read import read, read_grid
-from .output import Output, _agree, _agree_root, _is_grid, _try
+from .slabs import is_grid
 
-__all__ = ["Checkpoint"]
+if TYPE_CHECKING:
+    from ..core.context import Context
+    from ..decomp.grid import Grid
+
+__all__ = ["Checkpoint", "fsync"]
 
 #: Format version written in the ``hpcpar_checkpoint`` attribute.
 FORMAT = 1
@@ -63,7 +69,8 @@ class Checkpoint:
             are skipped silently.
     """
 
-    def __init__(self, ctx, path, *, io: str | None = None, keep_previous: bool = True):
+    def __init__(self, ctx: Context, path: str | os.PathLike[str], *, io: str | None = None,
+                 keep_previous: bool = True):
         self.ctx = ctx
         self.path = os.path.abspath(os.fspath(path))
         self.tmp_path = self.path + ".tmp"
@@ -89,35 +96,35 @@ class Checkpoint:
         problem = None
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
             problem = ("ValueError", f"step must be an int, got {step!r}")
-        _agree(ctx, where, problem)
+        agree(ctx.comm, where, problem)
         try:
             wrote = self._write(step, fields)
-        except Exception as exc:
-            if getattr(exc, "_hpcpar_collective", False) and ctx.is_root:
-                _try(os.unlink, self.tmp_path)  # a failed save leaves no temporary file
+        except CollectiveError:
+            if ctx.is_root:
+                attempt(os.unlink, self.tmp_path)  # a failed save leaves no temporary file
             raise
         # Durable before visible: every rank that wrote syncs the file it wrote.
-        _, problem = _try(_fsync, self.tmp_path) if wrote else (None, None)
-        _agree(ctx, where, problem)
+        _, problem = attempt(fsync, self.tmp_path) if wrote else (None, None)
+        agree(ctx.comm, where, problem)
         problem = None
         if ctx.is_root:
             def publish():
                 if self.keep_previous and not self._path_bad and os.path.exists(self.path):
                     _keep(self.path, self.prev_path)
                 os.replace(self.tmp_path, self.path)
-                _fsync(os.path.dirname(self.path) or ".")
-            _, problem = _try(publish)
-        _agree_root(ctx, where, problem)
+                fsync(os.path.dirname(self.path) or ".")
+            _, problem = attempt(publish)
+        agree(ctx.comm, where, problem, root=ctx.root)
         self._path_bad = False
 
-    def _write(self, step, fields) -> bool:
+    def _write(self, step: int, fields: dict[str, Any]) -> bool:
         """Write the temporary file; whether this rank wrote to it. **Collective**."""
         ctx = self.ctx
         with Output(ctx, self.tmp_path, "w", io=self.io) as out:
             out.attrs.update({"hpcpar_checkpoint": FORMAT, "step": int(step)})
             for name, value in fields.items():
                 key = f"{_GROUP}/{name}"
-                if isinstance(value, tuple) and len(value) == 2 and _is_grid(value[0]):
+                if isinstance(value, tuple) and len(value) == 2 and is_grid(value[0]):
                     out.write(key, value[0], value[1], attrs={"layout": "grid"})
                 elif isinstance(value, np.ndarray) and value.ndim >= 1:
                     out.write(key, value, attrs={"layout": "block"})
@@ -125,14 +132,14 @@ class Checkpoint:
                     scalar = np.asarray(value) if ctx.is_root else None
                     out.write_root(key, scalar, attrs={"layout": "value"})
             out.attrs["fields"] = ",".join(fields)
-            return out._wrote or ctx.is_root
+            return out.wrote or ctx.is_root
 
     def exists(self) -> bool:
         """Whether a checkpoint is in place (root's view, on every rank). **Collective**."""
         return self.ctx.comm.bcast(os.path.exists(self.path) if self.ctx.is_root else None,
                                    root=self.ctx.root)
 
-    def load(self, grid=None) -> tuple[int, dict[str, Any]] | None:
+    def load(self, grid: Grid | None = None) -> tuple[int, dict[str, Any]] | None:
         """``(step, fields)`` of the checkpoint, or None when there is none. **Collective**.
 
         Works on any number of ranks: block fields come back as this rank's block
@@ -151,39 +158,63 @@ class Checkpoint:
         ctx = self.ctx
         if not self.exists():
             return None
-        try:
-            return self._load(self.path, grid)
-        except Exception as exc:  # noqa: BLE001 - only errors raised alike on every rank
-            if not getattr(exc, "_hpcpar_collective", False) or getattr(exc, "_hpcpar_usage", False):
-                raise
-            first = exc
-            self._path_bad = True  # unreadable: a later save must not keep it as .prev
+        state, first = self._load(self.path, grid)
+        if first is None:
+            return state
+        self._path_bad = True  # unreadable: a later save must not keep it as .prev
         prev = ctx.comm.bcast(os.path.exists(self.prev_path) if ctx.is_root else None, root=ctx.root)
         if not prev:
             raise first
-        try:
-            state = self._load(self.prev_path, grid)
-        except Exception as exc:  # noqa: BLE001
-            if not getattr(exc, "_hpcpar_collective", False):
-                raise
+        state, exc = self._load(self.prev_path, grid)
+        if state is None:
             both = type(first)(f"{first}; the previous checkpoint is unreadable too: {exc}")
-            both._hpcpar_collective = True
+            both.ranks = first.ranks
             raise both from None
-        self._path_bad = True
         if ctx.is_root:
             print(f"hpcpar.Checkpoint: {self.path} is unreadable ({first}); loaded the previous "
                   f"checkpoint {self.prev_path} (step {state[0]})", file=sys.stderr, flush=True)
         return state
 
-    def _load(self, path: str, grid) -> tuple[int, dict[str, Any]]:
-        """Read the checkpoint file ``path``. **Collective**; errors on every rank."""
+    def _load(self, path: str, grid: Grid | None
+              ) -> tuple[tuple[int, dict[str, Any]] | None, CollectiveError | None]:
+        """Read the checkpoint file ``path``. **Collective**.
+
+        Returns:
+            ``(state, None)``, or ``(None, error)`` when the file cannot be read
+            (the same error on every rank; :meth:`load` then tries ``.prev``).
+
+        Raises:
+            UsageError: on every rank, for the caller's mistakes (a Grid field
+                without ``grid=``, a grid of another shape): no fallback.
+        """
+        try:
+            step, layouts = self._header(path)
+        except CollectiveError as exc:
+            return None, exc
+        self._check_grid(path, layouts, grid)
+        fields: dict[str, Any] = {}
+        try:
+            for name, (layout, _) in layouts.items():
+                key = f"{_GROUP}/{name}"
+                if layout == "grid":
+                    assert grid is not None  # _check_grid made sure
+                    fields[name] = read_grid(grid, path, key, io=self.io)
+                elif layout == "block":
+                    fields[name] = read(self.ctx, path, key, axis=0, io=self.io)
+                else:
+                    fields[name] = np.asarray(read(self.ctx, path, key, axis=None, io=self.io))[()]
+        except CollectiveError as exc:
+            return None, exc
+        return (step, fields), None
+
+    def _header(self, path: str) -> tuple[int, dict[str, tuple[str, tuple[int, ...]]]]:
+        """``(step, {field: (layout, shape)})`` of ``path``, read on root. **Collective**."""
         import h5py
 
         ctx = self.ctx
-        where = f"hpcpar.Checkpoint({path!r}).load"
         meta, problem = None, None
         if ctx.is_root:
-            def header():
+            def header() -> tuple[int, dict[str, tuple[str, tuple[int, ...]]]]:
                 try:
                     f = h5py.File(path, "r")
                 except OSError as exc:
@@ -196,36 +227,24 @@ class Checkpoint:
                     layouts = {n: (str(f[f"{_GROUP}/{n}"].attrs["layout"]), f[f"{_GROUP}/{n}"].shape)
                                for n in names}
                     return int(f.attrs["step"]), layouts
-            meta, problem = _try(header)
-        _agree_root(ctx, where, problem)
-        step, layouts = ctx.comm.bcast(meta, root=ctx.root)
-        # The caller's mistakes (the same on every rank: all know the layouts).
+            meta, problem = attempt(header)
+        agree(ctx.comm, f"hpcpar.Checkpoint({path!r}).load", problem, root=ctx.root)
+        return ctx.comm.bcast(meta, root=ctx.root)
+
+    def _check_grid(self, path: str, layouts: dict[str, tuple[str, tuple[int, ...]]],
+                    grid: Grid | None) -> None:
+        """Raise a UsageError on every rank when ``grid`` does not fit the Grid fields
+        (every rank knows the layouts, so every rank decides alike)."""
+        where = f"hpcpar.Checkpoint({path!r}).load"
         grids = {n: shape for n, (kind, shape) in layouts.items() if kind == "grid"}
-        if grids and grid is None:
-            raise _usage(f"{where}: the checkpoint has Grid fields ({', '.join(grids)}); "
-                         "pass load(grid=...)")
+        if not grids:
+            return
+        if grid is None:
+            fail(where, f"the checkpoint has Grid fields ({', '.join(grids)}); pass load(grid=...)")
         wrong = {n: list(s) for n, s in grids.items() if tuple(s) != tuple(grid.shape)}
         if wrong:
-            raise _usage(f"{where}: the Grid field(s) {wrong} do not have the grid's shape "
-                         f"{list(grid.shape)}; load with a grid of the checkpoint's shape")
-        fields: dict[str, Any] = {}
-        for name, (layout, _) in layouts.items():
-            key = f"{_GROUP}/{name}"
-            if layout == "grid":
-                fields[name] = read_grid(grid, path, key, io=self.io)
-            elif layout == "block":
-                fields[name] = read(ctx, path, key, axis=0, io=self.io)
-            else:
-                fields[name] = read(ctx, path, key, axis=None, io=self.io)[()]
-        return step, fields
-
-
-def _usage(text: str) -> ValueError:
-    """A ValueError raised alike on every rank for a misuse (no fallback to .prev)."""
-    exc = ValueError(text)
-    exc._hpcpar_collective = True
-    exc._hpcpar_usage = True
-    return exc
+            fail(where, f"the Grid field(s) {wrong} do not have the grid's shape "
+                 f"{list(grid.shape)}; load with a grid of the checkpoint's shape")
 
 
 def _keep(path: str, prev: str) -> None:
@@ -241,7 +260,7 @@ def _keep(path: str, prev: str) -> None:
         pass
 
 
-def _fsync(path: str) -> None:
+def fsync(path: str) -> None:
     """``fsync`` a file or directory by path."""
     fd = os.open(path, os.O_RDONLY)
     try:

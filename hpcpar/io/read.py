@@ -3,59 +3,73 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..decomp import partition
-from .output import _agree, _agree_root, _collective_dxpl, _grid_slab, _hyper_read, _raise, _try, io_mode
+from ..errors import agree, attempt, raise_problems
+from .mode import collective_dxpl, io_mode
+from .slabs import grid_slab, hyper_read
+
+if TYPE_CHECKING:
+    from ..core.context import Context
+    from ..decomp.grid import Grid
+
+#: What ``slab_of(dataset)`` tells :func:`_read_slab`: ``(start, count, shape)``;
+#: start None reads the whole dataset.
+_SlabOf = Callable[[Any], tuple[Any, Any, Any]]
 
 __all__ = ["read", "read_grid"]
 
 
-def _read_slab(ctx, path, name, where, io, slab_of):
+def _read_slab(ctx: Context, path: str | os.PathLike[str], name: str, where: str, io: str | None,
+               slab_of: _SlabOf) -> np.ndarray:
     """Open ``path`` on every rank, read the slab ``slab_of(dset)`` gives; collective."""
     import h5py
 
-    mine, problem = _try(io_mode, io)
+    mine, problem = attempt(io_mode, io)
     heads = ctx.comm.allgather((mine, problem, name))
-    _raise(where, [h[1] for h in heads], ctx.size)
+    raise_problems(where, [h[1] for h in heads])
     if len({h[2] for h in heads}) > 1 or len({h[0] for h in heads}) > 1:
-        _raise(where, [("ValueError", "ranks disagree: " + "; ".join(
-            f"rank {r}: {h[2]!r} ({h[0]})" for r, h in enumerate(heads)))], 1)
+        raise_problems(where, [("ValueError", "ranks disagree: " + "; ".join(
+            f"rank {r}: {h[2]!r} ({h[0]})" for r, h in enumerate(heads)))])
     path = ctx.comm.bcast(os.path.abspath(os.fspath(path)) if ctx.is_root else None, root=ctx.root)
     problem = None
     if ctx.is_root and not os.path.exists(path):
         problem = ("FileNotFoundError", f"{path} does not exist")
-    _agree_root(ctx, where, problem)
+    agree(ctx.comm, where, problem, root=ctx.root)
     if mine == "mpio":
-        f, problem = _try(h5py.File, path, "r", driver="mpio", comm=ctx.comm)
+        f, problem = attempt(h5py.File, path, "r", driver="mpio", comm=ctx.comm)
     else:
-        f, problem = _try(h5py.File, path, "r")
-    _agree(ctx, where, problem)
+        f, problem = attempt(h5py.File, path, "r")
+    agree(ctx.comm, where, problem)
     try:
         def locate():
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise KeyError(f"{path} has no dataset {name!r}")
             d = f[name]
             return d, slab_of(d)
-        found, problem = _try(locate)
-        _agree(ctx, where, problem)
+        found, problem = attempt(locate)
+        agree(ctx.comm, where, problem)
         dset, (start, count, shape) = found
         if dset.size == 0:  # no storage to read (the same on every rank)
             block, problem = np.empty(dset.shape if start is None else count, dset.dtype), None
         elif start is None:  # the whole dataset, on every rank
-            block, problem = _try(lambda: dset[()])
+            block, problem = attempt(lambda: dset[()])
         else:
-            dxpl = _collective_dxpl() if mine == "mpio" else None
-            block, problem = _try(_hyper_read, dset, start, count, dxpl)
-        _agree(ctx, where, problem)
+            dxpl = collective_dxpl() if mine == "mpio" else None
+            block, problem = attempt(hyper_read, dset, start, count, dxpl)
+        agree(ctx.comm, where, problem)
         return block if shape is None else block.reshape(shape)
     finally:
-        _, problem = _try(f.close)
-        _agree(ctx, f"{where}: closing", problem)
+        _, problem = attempt(f.close)
+        agree(ctx.comm, f"{where}: closing", problem)
 
 
-def read(ctx, path, name: str, axis: int | None = 0, *, io: str | None = None) -> np.ndarray:
+def read(ctx: Context, path: str | os.PathLike[str], name: str, axis: int | None = 0, *,
+         io: str | None = None) -> np.ndarray:
     """This rank's block of dataset ``name`` of the file ``path``. **Collective**.
 
     The dataset is split along ``axis`` in blocks of
@@ -84,7 +98,7 @@ def read(ctx, path, name: str, axis: int | None = 0, *, io: str | None = None) -
     return _read_slab(ctx, path, name, where, io, slab)
 
 
-def read_grid(grid, path, name: str, out: np.ndarray | None = None, *,
+def read_grid(grid: Grid, path: str | os.PathLike[str], name: str, out: np.ndarray | None = None, *,
               io: str | None = None) -> np.ndarray:
     """This rank's part (``grid.global_slices``) of a dataset of shape ``grid.shape``.
 
@@ -99,7 +113,7 @@ def read_grid(grid, path, name: str, out: np.ndarray | None = None, *,
     where = f"hpcpar.read_grid({os.fspath(path)!r}, {name!r})"
 
     def slab(d):
-        gshape, start, count = _grid_slab(grid)
+        gshape, start, count = grid_slab(grid)
         if tuple(d.shape) != gshape:
             raise ValueError(f"dataset {name!r} has shape {list(d.shape)}, the grid {list(gshape)}")
         return start, count, None

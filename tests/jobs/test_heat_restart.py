@@ -1,9 +1,9 @@
 """jobs/heat.py with --out and --checkpoint: a run killed midway and restarted (on the
 same or another number of ranks) ends bit-identical to an uninterrupted run.
 
-Real MPI jobs launched from plain pytest. The hidden option ``--crash-after K``
-makes the last rank ``kill -9`` itself right after step K (after that step's
-snapshot and checkpoint), so MPICH ends the whole job as after a node failure.
+Real MPI jobs launched from plain pytest. ``tests/jobs/crashing.py heat K`` runs
+the job with its last rank killed (``kill -9``) right after step K (after that
+step's snapshot and checkpoint), so MPICH ends the whole job as after a node failure.
 """
 
 import textwrap
@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 
 from helpers import JOBS, run_mpi
+from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
 
 N, STEPS, EVERY, SNAP, CRASH = 64, 200, 40, 30, 130
 HEAT = str(JOBS / "heat.py")
+CRASHING = str(Path(__file__).with_name("crashing.py"))
 
 
-def heat(ranks, tmp, *extra, timeout=60):
-    return run_mpi(ranks, [HEAT, "--n", str(N), "--steps", str(STEPS), *extra], timeout=timeout)
+def heat(ranks, tmp, *extra, timeout=60, crash_after=None):
+    job = [HEAT] if crash_after is None else [CRASHING, "heat", str(crash_after)]
+    return run_mpi(ranks, [*job, "--n", str(N), "--steps", str(STEPS), *extra], timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def test_killed_run_restarted_is_bit_identical(tmp_path, reference, before, afte
     ck, out, npy = tmp_path / "c.h5", tmp_path / "o.h5", tmp_path / "u.npy"
     args = ["--out", str(out), "--snapshot-every", str(SNAP), "--checkpoint", str(ck),
             "--every", str(EVERY), "--save-npy", str(npy)]
-    r = heat(before, tmp_path, *args, "--crash-after", str(CRASH))
+    r = heat(before, tmp_path, *args, crash_after=CRASH)
     assert r.returncode != 0 and not npy.exists(), r.stdout + r.stderr
     with h5py.File(ck, "r") as f:
         assert f.attrs["step"] == CRASH // EVERY * EVERY  # the last checkpoint before the crash

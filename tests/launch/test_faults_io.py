@@ -43,6 +43,9 @@ IO_JOB = """
 
 
 def caught_on_every_rank(r, n, kind, text):
+    """Every rank raised the same error, the collective form of the built-in ``kind``
+    (hpcpar.errors: e.g. CollectiveOSError, which is also an OSError)."""
+    kind = f"Collective{kind}"
     for rank in range(n):
         assert re.search(rf"rank {rank} caught {kind}: .*{re.escape(text)}", r.stdout), r.stdout + r.stderr
     assert re.search(rf"rank \d of {n} failed: {kind}: .*{re.escape(text)}", r.stderr), r.stderr

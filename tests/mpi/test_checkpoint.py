@@ -30,11 +30,12 @@ def test_save_load_every_field_kind(ctx, shared_dir, io):
     rows = np.stack([block_of(7, ctx), block_of(7, ctx, 2.0)], axis=1)
     for step in (10, 20):
         ck.save(step, x=block_of(11, ctx, step), rows=rows, u=(grid, u * step), t=0.5 * step,
-                n=np.int64(step))
+                n=np.int64(step), tag=np.bytes_(b"run %d" % step))
     state = ck.load(grid=grid)
     assert_all(state is not None, "load found the checkpoint", ctx=ctx)
     step, f = state
-    assert_all(step == 20 and sorted(f) == ["n", "rows", "t", "u", "x"], f"{step} {sorted(f)}", ctx=ctx)
+    assert_all(step == 20 and sorted(f) == ["n", "rows", "t", "tag", "u", "x"], f"{step} {sorted(f)}", ctx=ctx)
+    assert_all(f["tag"] == b"run 20", f"a bytes scalar comes back as {f['tag']!r}", ctx=ctx)
     assert_equal_all(f["x"], block_of(11, ctx, 20), ctx=ctx)
     assert_equal_all(f["rows"], rows, ctx=ctx)
     assert_equal_all(f["u"], 20 * g[grid.global_slices], ctx=ctx)

@@ -203,6 +203,50 @@ def test_append_snapshots(ctx, shared_dir, io, gather):
 
 
 @pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_resume_truncates_appended_steps_and_deletes(ctx, shared_dir, io, gather):
+    """A run resumed at a step reopens its file, truncates the appended steps it
+    will redo, deletes its final field and writes them again."""
+    counts = uneven_counts(ctx.size)
+    lo, hi = my_rows(counts, ctx.rank)
+    n = sum(counts)
+    path = shared_dir / "resume.h5"
+    with open_out(ctx, path, io, gather) as out:
+        for t in range(5):
+            out.append("u", np.arange(lo, hi) * 10.0 + t)
+        out.write("final", np.arange(lo, hi) * 1.0)
+    with open_out(ctx, path, io, gather, mode="a") as out:
+        has = ("u" in out, "final" in out, "nothing" in out)
+        before = out.steps("u")
+        out.truncate("u", 2)
+        after = out.steps("u")
+        out.delete("final")
+        gone = "final" in out
+        t = out.append("u", np.arange(lo, hi) * 10.0 + 7)
+        out.write("final", np.arange(lo, hi) * 2.0)
+        with pytest.raises(ValueError, match=r"'u' has 3 steps; cannot truncate it to 9"):
+            out.truncate("u", 9)
+        with pytest.raises(ValueError, match="steps must be an int >= 0"):
+            out.truncate("u", -1)
+        if ctx.size > 1:
+            with pytest.raises(ValueError, match="ranks pass different steps"):
+                out.truncate("u", ctx.rank)
+        with pytest.raises(ValueError, match="'final' is not an extendible dataset"):
+            out.truncate("final", 0)
+        with pytest.raises(KeyError, match="has no dataset 'nothing'"):
+            out.truncate("nothing", 0)
+        with pytest.raises(KeyError, match="has no 'nothing'"):
+            out.delete("nothing")
+        with pytest.raises(hpcpar.CollectiveError):
+            out.steps("final")
+    ok = has == (True, True, False) and (before, after, t) == (5, 2, 2) and not gone
+    assert_all(ok, f"in {has}, steps {before} -> {after}, append -> {t}, deleted: {gone}", ctx=ctx)
+    expect = np.arange(n)[None, :] * 10.0 + np.array([0, 1, 7])[:, None]
+    got, final = whole(ctx, path, "u"), whole(ctx, path, "final")
+    good = not ctx.is_root or (np.array_equal(got, expect) and np.array_equal(final, np.arange(n) * 2.0))
+    assert_all(good, f"after resuming: {got}, {final}", ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("shape", [(7, 5), (4, 3, 5), (9,)])
 def test_grid_write_append_and_read_grid(ctx, shared_dir, io, gather, shape):
     grid = BlockGrid(ctx, shape, halo=1)

@@ -1,4 +1,4 @@
-"""Local helpers of hpcpar.output: chunk shapes, slab overlaps, the I/O path choice, path checks."""
+"""Local helpers of hpcpar.io (mode, slabs): chunk shapes, slab overlaps, the I/O path choice, path checks."""
 
 import os
 
@@ -6,13 +6,15 @@ import h5py
 import pytest
 
 from hpcpar import env
-from hpcpar.io.output import _append_chunks, _check_path, _overlaps, io_mode
+from hpcpar.io.mode import check_path
+from hpcpar.io.output import io_mode
+from hpcpar.io.slabs import append_chunks, overlaps
 
 
 @pytest.mark.parametrize("gshape,itemsize", [((10,), 8), ((4096, 4096), 8), ((0, 3), 4),
                                              ((3, 1000, 1000), 16), ((), 8)])
 def test_append_chunks_are_one_step_and_about_a_mebibyte(gshape, itemsize):
-    chunk = _append_chunks(gshape, itemsize)
+    chunk = append_chunks(gshape, itemsize)
     assert chunk[0] == 1 and len(chunk) == len(gshape) + 1
     assert all(1 <= c <= max(n, 1) for c, n in zip(chunk[1:], gshape))
     nbytes = itemsize
@@ -23,9 +25,9 @@ def test_append_chunks_are_one_step_and_about_a_mebibyte(gshape, itemsize):
 
 def test_overlaps_finds_the_ranks_whose_slabs_intersect():
     disjoint = [((0, 0), (2, 3)), ((2, 0), (2, 3)), ((0, 3), (4, 1)), ((9, 9), (0, 0))]
-    assert _overlaps(disjoint) is None
-    assert _overlaps(disjoint + [((1, 2), (2, 2))]) == (0, 4)
-    assert _overlaps([((5,), (0,)), ((5,), (0,))]) is None  # empty slabs never overlap
+    assert overlaps(disjoint) is None
+    assert overlaps(disjoint + [((1, 2), (2, 2))]) == (0, 4)
+    assert overlaps([((5,), (0,)), ((5,), (0,))]) is None  # empty slabs never overlap
 
 
 def test_io_mode_follows_the_argument_and_the_environment(monkeypatch):
@@ -47,10 +49,10 @@ def test_io_mode_follows_the_argument_and_the_environment(monkeypatch):
 def test_check_path_names_the_problem_and_creates_nothing(tmp_path):
     existing = tmp_path / "f.h5"
     existing.write_bytes(b"x")
-    assert _check_path(str(tmp_path / "new.h5"), "w") is None
-    assert _check_path(str(existing), "w") is None
-    assert _check_path(str(existing), "w-")[0] == "FileExistsError"
-    assert _check_path(str(tmp_path / "new.h5"), "r+")[0] == "FileNotFoundError"
-    assert _check_path(str(tmp_path / "no" / "f.h5"), "w")[0] == "FileNotFoundError"
-    assert _check_path(str(tmp_path), "w")[0] == "IsADirectoryError"
+    assert check_path(str(tmp_path / "new.h5"), "w") is None
+    assert check_path(str(existing), "w") is None
+    assert check_path(str(existing), "w-")[0] == "FileExistsError"
+    assert check_path(str(tmp_path / "new.h5"), "r+")[0] == "FileNotFoundError"
+    assert check_path(str(tmp_path / "no" / "f.h5"), "w")[0] == "FileNotFoundError"
+    assert check_path(str(tmp_path), "w")[0] == "IsADirectoryError"
     assert sorted(os.listdir(tmp_path)) == ["f.h5"]

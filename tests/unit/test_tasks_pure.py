@@ -57,44 +57,45 @@ def test_fib_loop_and_fast_doubling_agree():
     assert all(fibonacci.fib(n) == fibonacci.fib_doubling(n) for n in (0, 1, 2, 50, 999, 1234))
 
 
-def _checkpoint(tmp_path, ns, chunk):
+def _checkpoint(ns, chunk):
+    """The fields of a checkpoint (jobs/fibonacci.py) holding three finished tasks."""
     parts = [ns[i:i + chunk] for i in range(0, len(ns), chunk)]
     done = {i: [fibonacci.fib_doubling(n) for n in parts[i]] for i in (0, 2, len(parts) - 1)}
-    path = str(tmp_path / "fib.ckpt")
-    fibonacci.save_results(path, ns, chunk, done)
-    return path, done
+    return fibonacci.encode(ns, chunk, done), done
 
 
-def test_fibonacci_checkpoint_round_trip_keeps_big_integers_exact(tmp_path):
-    ns = fibonacci.inputs(40, 30000, seed=3) + [25000]  # F(25000): over 5000 decimal digits
-    path, done = _checkpoint(tmp_path, ns, 6)
-    back = fibonacci.load_results(path, ns, 6)
+def test_fibonacci_checkpoint_round_trip_keeps_big_integers_exact():
+    ns = fibonacci.inputs(40, 30000, seed=3) + [0, 25000]  # F(0) = 0; F(25000): over 5000 decimal digits
+    fields, done = _checkpoint(ns, 6)
+    back = fibonacci.decode(fields, ns, 6, "fib.ckpt")
     assert back == done and max(x.bit_length() for xs in back.values() for x in xs) > 17000
-    assert not (tmp_path / "fib.ckpt.tmp").exists()
 
 
 @pytest.mark.parametrize("damage,match", [
-    ("truncate", "truncated or corrupt"),
     ("flip", "truncated or corrupt"),
-    ("empty", "not a fibonacci checkpoint"),
+    ("cut", "truncated or corrupt"),
+    ("missing", "not a fibonacci checkpoint"),
     ("other", "not a fibonacci checkpoint"),
 ])
-def test_fibonacci_checkpoint_damage_is_a_clear_error(tmp_path, damage, match):
+def test_fibonacci_checkpoint_damage_is_a_clear_error(damage, match):
     ns = fibonacci.inputs(30, 2000, seed=1)
-    path, _ = _checkpoint(tmp_path, ns, 4)
-    data = open(path, "rb").read()
-    data = {"truncate": data[:len(data) // 2], "empty": b"",
-            "flip": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:],
-            "other": b'{"chunk": 4}\n'}[damage]
-    open(path, "wb").write(data)
+    fields, _ = _checkpoint(ns, 4)
+    if damage == "flip":
+        fields["values"][-20] ^= 1
+    elif damage == "cut":
+        fields["values"] = fields["values"][:len(fields["values"]) // 2]
+    elif damage == "missing":
+        del fields["lengths"]
+    else:
+        fields["format"] = b"hpcpar-heat"
     with pytest.raises(fibonacci.CheckpointError, match=match) as info:
-        fibonacci.load_results(path, ns, 4)
-    assert path in str(info.value) and "delete it" in str(info.value)
+        fibonacci.decode(fields, ns, 4, "/tmp/fib.ckpt")
+    assert "'/tmp/fib.ckpt'" in str(info.value) and "delete it" in str(info.value)
 
 
-def test_fibonacci_checkpoint_of_other_inputs_is_refused(tmp_path):
+def test_fibonacci_checkpoint_of_other_inputs_is_refused():
     ns = fibonacci.inputs(30, 2000, seed=1)
-    path, _ = _checkpoint(tmp_path, ns, 4)
+    fields, _ = _checkpoint(ns, 4)
     for other_ns, chunk in ((ns, 5), (fibonacci.inputs(30, 2000, seed=2), 4)):
         with pytest.raises(fibonacci.CheckpointError, match="written for other inputs"):
-            fibonacci.load_results(path, other_ns, chunk)
+            fibonacci.decode(fields, other_ns, chunk, "fib.ckpt")
