@@ -12,6 +12,7 @@ __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
+    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
     "get", "get_float",
 ]
 
@@ -66,6 +67,15 @@ HPCPAR_EXPECT_H5_MODE = "HPCPAR_EXPECT_H5_MODE"
 #: ``1`` in a Slurm job rendered with ``JobSpec(requeue=True)``: ``hpcpar.slurm.requeue()``
 #: then puts the job back in the queue (otherwise it does nothing and the job ends).
 HPCPAR_REQUEUE = "HPCPAR_REQUEUE"
+
+#: The MPI compiler wrapper that builds the counting library (default: the ``mpicc``
+#: beside the running Python, then ``mpicc`` on ``PATH``). It must belong to the MPI
+#: that mpi4py loads.
+HPCPAR_MPICC = "HPCPAR_MPICC"
+
+#: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
+#: else ``~/.cache/hpcpar``).
+HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
 
 
 def get(name: str, default: str | None = None) -> str | None:

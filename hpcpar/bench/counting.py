@@ -36,19 +36,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from ..env import HPCPAR_COUNT_CACHE, HPCPAR_MPICC
 from ..launch import launcher
 
 __all__ = ["HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "Count", "Counters", "source_path", "compiler",
            "cache_dir", "build", "job_command", "fold", "total"]
-
-#: The MPI compiler wrapper that builds the counting library (default: the ``mpicc``
-#: beside the running Python, then ``mpicc`` on ``PATH``). It must belong to the MPI
-#: that mpi4py loads.
-HPCPAR_MPICC = "HPCPAR_MPICC"
-
-#: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
-#: else ``~/.cache/hpcpar``).
-HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
 
 #: The interface version of count.c this module reads (``hpcpar_count_version()``).
 _VERSION = 1
