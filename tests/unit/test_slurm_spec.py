@@ -12,7 +12,7 @@ import pytest
 
 from helpers import JOBS, ROOT
 from hpcpar import slurm
-from hpcpar.slurm import JobSpec
+from hpcpar.slurm import JobSpec, client
 
 HOSTILE = ["$(touch {c})", "`touch {c}`", "; touch {c};", "a'b\"c\nd\\e", "' ; touch {c}; '",
            "\"$(touch {c})\"", "x\ntouch {c}", "&& touch {c}", "| touch {c}", "$HOME", "*", "--help"]
@@ -205,10 +205,10 @@ def test_status_file_round_trip_and_merge(tmp_path):
     assert rec["state"] == "FAILED" and rec["rank"] == 2
     assert not list(path.parent.glob("*.tmp"))
     # Slurm said COMPLETED (an MPI job whose launcher exited 0): the file's failure wins.
-    st = slurm._merge_file(slurm.JobStatus("77", "COMPLETED", exit_code=0), str(tmp_path))
+    st = client._merge_file(slurm.JobStatus("77", "COMPLETED", exit_code=0), str(tmp_path))
     assert (st.state, st.exit_code, st.rank, st.message) == ("FAILED", 1, 2, "ValueError: x")
     # Slurm forgot the job: the file alone gives the state.
-    st = slurm._merge_file(slurm.JobStatus("77", "UNKNOWN"), str(tmp_path))
+    st = client._merge_file(slurm.JobStatus("77", "UNKNOWN"), str(tmp_path))
     assert st.state == "FAILED" and st.source == "status-file"
     assert slurm.read_status(tmp_path / "missing.json") is None
 
@@ -217,10 +217,10 @@ def test_scontrol_records_are_parsed():
     line = ("JobId=42 ArrayJobId=40 ArrayTaskId=2 JobName=pi UserId=root(0) JobState=FAILED "
             "Reason=NonZeroExitCode Dependency=(null) Requeue=1 Restarts=1 ExitCode=137:0 "
             "WorkDir=/tmp/w StdOut=/tmp/w/slurm-42.out")
-    st = slurm._from_record("42", slurm._parse_record(line), "scontrol")
+    st = client._from_record("42", client._parse_record(line), "scontrol")
     assert (st.state, st.exit_code, st.signal, st.reason, st.restarts, st.workdir, st.stdout) == \
         ("FAILED", 137, 0, "NonZeroExitCode", 1, "/tmp/w", "/tmp/w/slurm-42.out")
-    running = slurm._from_record("42", slurm._parse_record("JobId=42 JobState=RUNNING ExitCode=0:0"), "x")
+    running = client._from_record("42", client._parse_record("JobId=42 JobState=RUNNING ExitCode=0:0"), "x")
     assert running.exit_code is None and not running.done
 
 
