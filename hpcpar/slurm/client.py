@@ -186,7 +186,7 @@ class JobStatus:
 def _parse_record(line: str) -> dict[str, str]:
     # `scontrol show job -o` and jobcomp/filetxt lines: Key=value pairs separated by blanks.
     # Values may hold blanks only in a few fields (Command, Comment ...) we do not read.
-    out = {}
+    out: dict[str, str] = {}
     for m in re.finditer(r"(\w+)=(\S*)", line):
         out.setdefault(m[1], m[2])
     return out

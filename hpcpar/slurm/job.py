@@ -111,7 +111,7 @@ def failed_already() -> bool:
     the failure.
     """
     rec = read_status(_JOB["path"]) if _JOB["path"] is not None else None
-    return bool(rec) and rec.get("state") == "FAILED" and rec.get("restarts") == restarts() \
+    return rec is not None and rec.get("state") == "FAILED" and rec.get("restarts") == restarts() \
         and rec.get("job_id") == os.environ.get("SLURM_JOB_ID")
 
 

@@ -297,17 +297,16 @@ class JobSpec:
     def command(self) -> list[str]:
         """The launcher command line of the job, as argv words (unquoted). **Local**, pure."""
         self.validate()
-        if self.launcher == "srun":
-            launch = ["srun", f"--mpi={self.mpi}", "--kill-on-bad-exit=1"]
-            if self.cpus_per_task is not None:
-                launch.append(f"--cpus-per-task={self.cpus_per_task}")
-        else:
-            target = ["-m", self.job] if self.is_module() else ["-m", "hpcpar.core.script", self.job]
-            # the job's python may differ from this one: its own mpiexec, else the one on PATH
-            return launch_argv(_NTASKS, [self.python, *target, *self.args],
-                               [mpiexec_beside(self.python) or "mpiexec"])
+        python = str(self.python)  # validate() checked it is a non-empty string
         target = ["-m", self.job] if self.is_module() else ["-m", "hpcpar.core.script", self.job]
-        return [*launch, self.python, *target, *self.args]
+        if self.launcher == "mpiexec":
+            # the job's python may not be this one: the mpiexec beside it, else the one on PATH
+            return launch_argv(_NTASKS, [python, *target, *self.args],
+                               [mpiexec_beside(python) or "mpiexec"])
+        launch = ["srun", f"--mpi={self.mpi}", "--kill-on-bad-exit=1"]
+        if self.cpus_per_task is not None:
+            launch.append(f"--cpus-per-task={self.cpus_per_task}")
+        return [*launch, python, *target, *self.args]
 
     def render(self) -> str:
         """The sbatch script of this job. **Local**, pure (reads no Slurm state).

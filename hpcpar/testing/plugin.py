@@ -23,7 +23,13 @@ In a plain ``pytest`` run (no ``--with-mpi``), a test marked ``mpi(n=K)`` runs i
 fresh ``mpiexec -n K python -m pytest --with-mpi NODEID`` job, and its outcome,
 failure report and output are reported as the test's own.
 
-Fixtures: ``ctx`` and ``mpi_tmp_path`` (see :class:`HpcparFixtures`).
+Fixtures: ``ctx`` (see :class:`HpcparFixtures`), and ``mpi_tmp_path`` only where
+pytest-mpi, which defines it, is not active (hpcpar's is the same: rank 0's
+``tmp_path``, the same path on every rank).
+
+A plain ``pytest`` session that uses none of this (no ``--with-mpi``, no test
+marked ``mpi(n=K)``, no hpcpar fixture) imports no ``mpi4py.MPI``, initialises no
+MPI and changes no test.
 """
 
 from __future__ import annotations
@@ -38,20 +44,27 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
+from collections.abc import Generator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from ..launch.variables import launched_size
+from ..observe import stacks
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_TIMEOUT", "ABORT_GRACE", "STARTUP_ALLOWANCE", "HpcparFixtures"]
 
 #: Seconds a test may run under MPI before the job is aborted (``--mpi-timeout``).
 DEFAULT_TIMEOUT = 60.0
 
-#: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``).
-EXIT_TIMEOUT = 124
+#: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``):
+#: :data:`hpcpar.observe.stacks.EXIT_TIMEOUT`.
+EXIT_TIMEOUT = stacks.EXIT_TIMEOUT
 
 #: Seconds a rank waits after dumping its stacks before it aborts the job, so that
 #: the other ranks, whose timers fire at about the same moment, dump theirs too.
@@ -66,6 +79,9 @@ STARTUP_ALLOWANCE = 60.0
 _HARD_KILL_AFTER = 15.0
 
 _LIMIT = pytest.StashKey[float]()
+
+#: pytest-mpi's plugin name (its ``pytest11`` entry point).
+_PYTEST_MPI = "pytest_mpi"
 
 
 # --------------------------------------------------------------------------- options
@@ -91,6 +107,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not any(re.match(r"\s*mpi\b", line) for line in config.getini("markers")):
         config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K ranks")
     config.pluginmanager.register(HpcparFixtures(), "hpcpar-fixtures")
+    if not config.pluginmanager.has_plugin(_PYTEST_MPI):
+        config.pluginmanager.register(TmpPathFixture(), "hpcpar-mpi-tmp-path")
     if _mpi_mode(config):
         config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
     else:
@@ -104,10 +122,14 @@ def _mpi_mode(config: pytest.Config) -> bool:
 
 # --------------------------------------------------------------------------- fixtures
 class HpcparFixtures:
-    """The plugin's fixtures (registered after pytest-mpi, so ``mpi_tmp_path`` is this one)."""
+    """The plugin's fixtures: ``ctx``, a thin alias of the private ``_hpcpar_ctx``.
+
+    hpcpar's own fixtures depend on ``_hpcpar_ctx``, so a project that defines its
+    own ``ctx`` fixture changes only what its tests get as ``ctx``.
+    """
 
     @pytest.fixture
-    def ctx(self):
+    def _hpcpar_ctx(self) -> Generator[Context, None, None]:
         """A :class:`hpcpar.Context` on a fresh duplicate of ``COMM_WORLD``, freed after the test.
 
         **Collective**: set up and torn down on every rank. The test's traffic never
@@ -121,16 +143,31 @@ class HpcparFixtures:
         c.free()
 
     @pytest.fixture
-    def mpi_tmp_path(self, ctx, tmp_path_factory: pytest.TempPathFactory,
-                     request: pytest.FixtureRequest) -> Path:
-        """One new temporary directory for the test, the same path on every rank. **Collective**.
+    def ctx(self, _hpcpar_ctx: Context) -> Context:
+        """A :class:`hpcpar.Context` on a fresh duplicate of ``COMM_WORLD``, freed after the test.
 
-        Rank 0 creates it under its pytest base temporary directory and broadcasts
-        the path; on a cluster that directory must be on a file system every node sees.
+        **Collective**: set up and torn down on every rank. In a plain run it is a
+        one-rank context.
         """
-        name = re.sub(r"[\W]", "_", request.node.name)[:30]
-        path = str(tmp_path_factory.mktemp(name)) if ctx.rank == 0 else None
-        return Path(ctx.comm.bcast(path, root=0))
+        return _hpcpar_ctx
+
+
+class TmpPathFixture:
+    """``mpi_tmp_path`` where pytest-mpi is not active, with pytest-mpi's behaviour.
+
+    Not registered when pytest-mpi is: its ``mpi_tmp_path`` (and ``mpi_tmpdir``,
+    ``mpi_file_name``) are then used unchanged.
+    """
+
+    @pytest.fixture
+    def mpi_tmp_path(self, _hpcpar_ctx: Context, tmp_path: Path) -> Path:
+        """Rank 0's ``tmp_path``, the same path on every rank (as pytest-mpi's). **Collective**.
+
+        Rank 0 broadcasts the path; on a cluster its base temporary directory must be
+        on a file system every node sees (``--basetemp``).
+        """
+        path = str(tmp_path) if _hpcpar_ctx.rank == 0 else None
+        return Path(_hpcpar_ctx.comm.bcast(path, root=0))
 
 
 # --------------------------------------------------------------------------- markers
@@ -359,22 +396,9 @@ class _Prefixed:
             self.write("\n")
 
 
+#: Frames of pytest's own machinery, left out of the stacks a timed-out test shows.
 _PLUMBING = tuple(os.path.dirname(importlib.util.find_spec(m).origin) + os.sep
                   for m in ("pluggy", "_pytest"))
-
-
-def _stacks() -> str:
-    """Every other thread's Python stack, oldest call first, without pytest's own frames."""
-    me = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
-    out = []
-    for ident, frame in sys._current_frames().items():
-        if ident == me:
-            continue
-        entries = [e for e in traceback.extract_stack(frame) if not e.filename.startswith(_PLUMBING)]
-        out.append(f"Stack of thread {names.get(ident, ident)} (most recent call last):\n"
-                   + "".join(traceback.format_list(entries)))
-    return "\n".join(out)
 
 
 class _Watchdog:
@@ -404,14 +428,14 @@ class _Watchdog:
     def _expire(self) -> None:
         run = self.run
         tag = f"[rank {run.rank}] "
-        stacks = _stacks()
+        dump = stacks.format_stacks(prefix=tag, hide=_PLUMBING)
         text = (f"\n{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
                 f"(--mpi-timeout); every rank dumps its stack, then the job is aborted.\n"
                 f"{tag}A collective that only some ranks reach (e.g. inside `if ctx.rank == 0:`) "
                 "blocks the others forever.\n"
                 + (f"{tag}This rank has finished the test's {run.waiting} and waits for the other ranks.\n"
                    if run.waiting else "")
-                + "".join(f"{tag}{line}\n" for line in stacks.rstrip("\n").split("\n")))
+                + dump)
         try:
             run.err.write(text)
             run.err.flush()
@@ -421,15 +445,6 @@ class _Watchdog:
 
 
 # --------------------------------------------------------------------------- plain pytest
-def _launched_size() -> int:
-    """The job size an enclosing MPI launcher announced (0 when there is none)."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
-
-
 def _is_pytest_mpi_skip(mark: pytest.Mark) -> bool:
     return mark.name == "skip" and mark.kwargs.get("reason") == "need --with-mpi option to run"
 
@@ -443,7 +458,7 @@ class _SerialRun:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        launched = _launched_size()
+        launched = launched_size() or 0
         for i, item in enumerate(items):
             n = _ranks_wanted(item)
             if n is None or not isinstance(item, pytest.Function):
