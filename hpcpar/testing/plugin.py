@@ -14,6 +14,8 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
   its Python stacks with ``[rank R]`` prefixes, then the job is aborted with
   status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run (pytest-timeout is
   held back in such runs, as one rank ending alone leaves no stacks of the others);
+- a ``--basetemp`` given to all ranks is rank 0's; rank R uses ``BASETEMP-rankR``
+  (pytest empties its base directory at start: a shared one would lose files);
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
   each line prefixed ``[rank R]``);
 - ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..launch.variables import launched_size
+from ..launch.variables import launched_rank, launched_size
 from ..observe import stacks
 
 if TYPE_CHECKING:
@@ -100,6 +102,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mpi-result", metavar="FILE", default=None,
                     help="under --with-mpi, rank 0 appends each test's combined outcome to FILE "
                          "as JSON lines (used for tests marked mpi(n=K) run from plain pytest)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under ``--with-mpi`` with a ``--basetemp``, give every rank but 0 a base of its own.
+
+    pytest empties a given base directory when it first uses it; ranks sharing one
+    delete each other's temporary files (and race to recreate it). Rank 0 keeps
+    ``BASETEMP``; rank R uses ``BASETEMP-rankR``. Ranks are told apart by the
+    launcher's variables, before MPI starts.
+    """
+    basetemp = config.option.basetemp
+    rank = launched_rank()
+    if basetemp and rank and _mpi_mode(config):
+        config.option.basetemp = f"{os.fspath(basetemp).rstrip(os.sep)}-rank{rank}"
 
 
 @pytest.hookimpl(trylast=True)
