@@ -14,7 +14,6 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import ROOT
 
 MODULES = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -236,3 +237,28 @@ def test_bad_job_ids_are_refused():
             slurm.status(bad)
         with pytest.raises(ValueError, match="job id"):
             slurm.cancel(bad)
+
+
+def test_requeue_marks_the_status_file_and_runs_scontrol_when_the_process_exits(tmp_path):
+    """slurm.requeue() in a job submitted with requeue=True: the status file says REQUEUED at
+    once, and `scontrol requeue ID` runs at exit (slurm.job calls the client only then)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "scontrol.log"
+    (bindir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bindir / "scontrol").chmod(0o755)
+    code = ("import sys\n"
+            "from hpcpar.slurm import job\n"
+            "job.job_started(0, 1)\n"
+            "from hpcpar import slurm\n"
+            "assert slurm.requeue() is True and slurm.requeue() is True\n"
+            "job.job_finished(0, 1)  # a COMPLETED record of a requeued run is left out\n"
+            "print(slurm.read_status(slurm.status_path(4711))['state'])\n")
+    envs = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4711",
+            "HPCPAR_REQUEUE": "1", "SLURM_RESTART_COUNT": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=envs, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "REQUEUED"
+    assert log.read_text() == "requeue 4711\n"      # once, at exit
+    assert json.loads((tmp_path / ".hpcpar" / "job-4711.json").read_text())["restarts"] == 2
