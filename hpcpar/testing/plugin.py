@@ -24,6 +24,7 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
 In a plain ``pytest`` run (no ``--with-mpi``), a test marked ``mpi(n=K)`` runs in a
 fresh ``mpiexec -n K python -m pytest --with-mpi NODEID`` job, and its outcome,
 failure report and output are reported as the test's own.
+(:mod:`hpcpar.testing.spawned`; the markers are read by :mod:`hpcpar.testing.marks`).
 
 Fixtures: ``ctx`` (see :class:`HpcparFixtures`), and ``mpi_tmp_path`` only where
 pytest-mpi, which defines it, is not active (hpcpar's is the same: rank 0's
@@ -43,18 +44,18 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..launch.variables import launched_rank, launched_size
+from ..launch.variables import launched_rank
 from ..observe import stacks
+from .marks import RankFailure, format_ranks, ranks_wanted, take_over_timeout, time_limit
+from .spawned import STARTUP_ALLOWANCE, SerialRun
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -71,10 +72,6 @@ EXIT_TIMEOUT = stacks.EXIT_TIMEOUT
 #: Seconds a rank waits after dumping its stacks before it aborts the job, so that
 #: the other ranks, whose timers fire at about the same moment, dump theirs too.
 ABORT_GRACE = 1.5
-
-#: Seconds a spawned ``mpiexec -n K pytest`` job gets, beyond the test's timeout, to
-#: start, collect and finish before it is killed.
-STARTUP_ALLOWANCE = 60.0
 
 # Extra seconds after which faulthandler ends a rank whose watchdog thread could
 # not run (a C call holding the GIL).
@@ -129,7 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if _mpi_mode(config):
         config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
     else:
-        config.pluginmanager.register(_SerialRun(config), "hpcpar-serial")
+        config.pluginmanager.register(SerialRun(config), "hpcpar-serial")
 
 
 def _mpi_mode(config: pytest.Config) -> bool:
@@ -185,38 +182,6 @@ class TmpPathFixture:
         """
         path = str(tmp_path) if _hpcpar_ctx.rank == 0 else None
         return Path(_hpcpar_ctx.comm.bcast(path, root=0))
-
-
-# --------------------------------------------------------------------------- markers
-def _ranks_wanted(item: pytest.Item) -> int | None:
-    """K of the closest ``mpi(n=K)`` marker, or None."""
-    for mark in item.iter_markers("mpi"):
-        if "n" in mark.kwargs:
-            n = mark.kwargs["n"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise pytest.UsageError(f"{item.nodeid}: mpi(n=...) needs a positive int, got {n!r}")
-            return n
-    return None
-
-
-def _limit(item: pytest.Item, default: float) -> float:
-    """The test's timeout: its ``timeout`` marker if it has one, else ``default`` (0: none)."""
-    mark = item.get_closest_marker("timeout")
-    if mark is not None:
-        value = mark.args[0] if mark.args else mark.kwargs.get("timeout")
-        if value is not None:
-            return max(float(value), 0.0)
-    return default
-
-
-def _take_over_timeout(item: pytest.Item) -> None:
-    """Keep pytest-timeout out of this test: one rank ending alone leaves no stacks of the others."""
-    if item.config.pluginmanager.has_plugin("timeout"):
-        item.add_marker(pytest.mark.timeout(0), append=False)
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
 # --------------------------------------------------------------------------- under mpiexec
@@ -284,15 +249,16 @@ class _SPMDRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         for item in items:
-            item.stash[_LIMIT] = _limit(item, self.timeout)
-            _take_over_timeout(item)
-            n = _ranks_wanted(item)
+            item.stash[_LIMIT] = time_limit(item, self.timeout)
+            take_over_timeout(item)
+            n = ranks_wanted(item)
             if n is not None and n != self.size:
                 item.add_marker(pytest.mark.skip(
                     reason=f"needs exactly {n} MPI ranks (mpi(n={n})), this job has {self.size}"))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None
+                                ) -> Generator[None, object, object]:
         dog = _Watchdog(self, item.nodeid, item.stash.get(_LIMIT, self.timeout))
         dog.start()
         try:
@@ -301,7 +267,8 @@ class _SPMDRun:
             dog.cancel()
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo
+                                  ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         rep = yield
         self.waiting = rep.when
         every = self.sync.allgather(_summary(rep))
@@ -337,21 +304,6 @@ def _summary(rep: pytest.TestReport) -> tuple:
     return ("failed", rep.longreprtext, crash, [tuple(s) for s in rep.sections])
 
 
-class _RankFailure:
-    """A failure report made of several ranks' reports (a ``longrepr``)."""
-
-    def __init__(self, text: str, crash: str):
-        self.text = text
-        self.reprcrash = SimpleNamespace(message=crash)
-
-    def toterminal(self, out) -> None:
-        for line in self.text.split("\n"):
-            out.line(line)
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> None:
     """Make this rank's report of a phase the same outcome as every other rank's."""
     size = len(every)
@@ -364,16 +316,16 @@ def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank
         if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
             return      # one error on every rank (a collective assertion): this rank's report says it all
         others = [r for r in range(size) if r not in failed]
-        head = f"{rep.when} failed on {_ranks(failed)} of {size}"
+        head = f"{rep.when} failed on {format_ranks(failed)} of {size}"
         if others:
-            head += f"; passed or skipped on {_ranks(others)}"
+            head += f"; passed or skipped on {format_ranks(others)}"
         parts = [head]
         for text, ranks in texts.items():
-            parts.append(f"{'=' * 24} {_ranks(ranks)} {'=' * 24}\n{text}")
+            parts.append(f"{'=' * 24} {format_ranks(ranks)} {'=' * 24}\n{text}")
         first = failed[0]
         crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
         rep.outcome = "failed"
-        rep.longrepr = _RankFailure("\n\n".join(parts), crash)
+        rep.longrepr = RankFailure("\n\n".join(parts), crash)
         for r in failed:
             if r != rank:
                 rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
@@ -383,7 +335,7 @@ def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank
         rep.outcome = "skipped"
         lineno = item.location[1]
         rep.longrepr = (str(item.path), (lineno or 0) + 1,
-                        f"Skipped: skipped on {_ranks(skipped)} of {size}: {reason}")
+                        f"Skipped: skipped on {format_ranks(skipped)} of {size}: {reason}")
 
 
 class _Prefixed:
@@ -461,108 +413,3 @@ class _Watchdog:
             run.world.Abort(EXIT_TIMEOUT)
 
 
-# --------------------------------------------------------------------------- plain pytest
-def _is_pytest_mpi_skip(mark: pytest.Mark) -> bool:
-    return mark.name == "skip" and mark.kwargs.get("reason") == "need --with-mpi option to run"
-
-
-class _SerialRun:
-    """A plain run: tests marked ``mpi(n=K)`` become fresh ``mpiexec -n K`` jobs."""
-
-    def __init__(self, config: pytest.Config):
-        self.config = config
-        self.timeout = float(config.getoption("--mpi-timeout"))
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        launched = launched_size() or 0
-        for i, item in enumerate(items):
-            n = _ranks_wanted(item)
-            if n is None or not isinstance(item, pytest.Function):
-                continue
-            if launched:
-                item.add_marker(pytest.mark.skip(
-                    reason=f"started by an MPI launcher ({launched} ranks) without --with-mpi; "
-                           "add --with-mpi, or run plain pytest to have it launch the test"))
-                continue
-            spawned = _SpawnedItem.from_parent(item.parent, name=item.name, original=item, ranks=n,
-                                               limit=_limit(item, self.timeout))
-            _take_over_timeout(spawned)
-            items[i] = spawned
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        rep = yield
-        if isinstance(item, _SpawnedItem) and rep.when == "call":
-            rep.sections.extend(item.job_sections)
-        return rep
-
-
-class _SpawnFailed(Exception):
-    """The spawned job's test failed; the message is the whole report."""
-
-
-class _SpawnedItem(pytest.Item):
-    """A test marked ``mpi(n=K)``, run as ``mpiexec -n K python -m pytest --with-mpi NODEID``."""
-
-    def __init__(self, *, original: pytest.Function, ranks: int, limit: float, **kw: Any):
-        super().__init__(**kw)
-        self.ranks = ranks
-        self.limit = limit
-        self._reportinfo = original.reportinfo()
-        self.own_markers.extend(m for m in original.own_markers if not _is_pytest_mpi_skip(m))
-        self.keywords.update({m.name: m for m in self.own_markers})
-        self.user_properties = original.user_properties
-        self.job_sections: list[tuple[str, str]] = []    # the test's captured output in the job
-
-    def reportinfo(self):
-        return self._reportinfo
-
-    def runtest(self) -> None:
-        from ..launch.spawn import mpiexec_argv, run_job
-
-        config = self.config
-        title = f"mpiexec -n {self.ranks}"
-        with tempfile.TemporaryDirectory(prefix="hpcpar-pytest-") as tmp:
-            result = os.path.join(tmp, "result.jsonl")
-            args = [sys.executable, "-m", "pytest", "--with-mpi", "-p", "no:cacheprovider",
-                    "--rootdir", str(config.rootpath)]
-            if config.inipath is not None:
-                args += ["-c", str(config.inipath)]
-            args += [f"--mpi-timeout={self.limit:g}", f"--mpi-report={config.getoption('--mpi-report')}",
-                     f"--mpi-result={result}", self.nodeid]
-            wall = self.limit + STARTUP_ALLOWANCE if self.limit > 0 else None
-            job = run_job(mpiexec_argv(self.ranks, args), timeout=wall or 1e9, cwd=str(config.rootpath))
-            records = []
-            if os.path.exists(result):
-                with open(result) as f:
-                    records = [json.loads(line) for line in f if line.strip()]
-        self.add_report_section("call", f"output of {title}", job.output)
-        if job.returncode is None:
-            raise _SpawnFailed(f"{title}: the job did not end within {wall:g} s and was killed "
-                               f"(the test's timeout {self.limit:g} s plus {STARTUP_ALLOWANCE:g} s "
-                               "to start); "
-                               f"its output:\n{job.output}")
-        if records:     # the last report of a test carries the output of all its phases
-            self.job_sections = [(f"{name} (in {title})", content)
-                                 for name, content in records[-1]["sections"]]
-        for rec in records:
-            if rec["outcome"] == "failed":
-                raise _SpawnFailed(f"{title}: {rec['when']} failed in the job (exit status "
-                                   f"{job.returncode}):\n{rec['longrepr']}", rec["crash"])
-        skipped = [rec for rec in records if rec["outcome"] == "skipped"]
-        ran = any(rec["when"] == "call" and rec["outcome"] == "passed" for rec in records)
-        if skipped and not ran:
-            raise pytest.skip.Exception(f"in {title}: {skipped[0]['reason']}", _use_item_location=True)
-        if not ran:
-            raise _SpawnFailed(f"{title}: the job ended with status {job.returncode} without finishing "
-                               f"the test; its output:\n{job.output}")
-        if job.returncode != 0:
-            raise _SpawnFailed(f"{title}: the test passed but the job ended with status "
-                               f"{job.returncode}; its output:\n{job.output}")
-
-    def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, _SpawnFailed):
-            text, crash = (excinfo.value.args + ("",))[:2]
-            return _RankFailure(text, f"[mpiexec -n {self.ranks}] {crash}" if crash else text.split("\n")[0])
-        return super().repr_failure(excinfo, style=style)

@@ -24,7 +24,8 @@ MODULES = [
     "hpcpar.launch.spawn", "hpcpar.launch.scale", "hpcpar.launch.guardian",
     "hpcpar.observe", "hpcpar.observe.info", "hpcpar.observe.log", "hpcpar.observe.progress",
     "hpcpar.observe.timing", "hpcpar.observe.stacks",
-    "hpcpar.cli", "hpcpar.bench", "hpcpar.testing.plugin",
+    "hpcpar.cli", "hpcpar.bench", "hpcpar.testing.plugin", "hpcpar.testing.marks",
+    "hpcpar.testing.spawned",
 ]
 
 #: ``hpcpar`` commands that need no MPI: the parser is built, the command runs or exits.
