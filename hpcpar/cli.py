@@ -29,8 +29,8 @@ examples:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .observe import info
     from .core.context import Context
+    from .observe import info
 
     with Context() as ctx:
         data = info.collect(ctx)

@@ -2,7 +2,9 @@
 
 Each benchmark is a module of this package with ``add_arguments(parser)`` and
 ``main(ctx, args)``; :data:`BENCHMARKS` maps the name used on the command line
-to the module. A benchmark is **collective**: start it on every rank, e.g.
+to the module. The modules import MPI; :func:`configure` imports one only when
+its benchmark is chosen (or its ``--help`` asked for), so building the ``hpcpar``
+command's parser starts no MPI. A benchmark is **collective**: start it on every rank, e.g.
 ``mpiexec -n 2 hpcpar bench collectives``. Only root prints.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_label"]
 
@@ -32,12 +34,41 @@ BENCHMARKS = {
 }
 
 
+class _BenchParser(argparse.ArgumentParser):
+    """A benchmark's sub-parser: its options are added from its module on first use."""
+
+    def __init__(self, *args: Any, module: str, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._module: str | None = module
+
+    def _load(self) -> None:
+        if self._module is not None:
+            module, self._module = self._module, None
+            importlib.import_module(module).add_arguments(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._load()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._load()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._load()
+        return super().format_usage()
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add one sub-parser per benchmark to ``parser``."""
-    sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    """Add one sub-parser per benchmark to ``parser``. **Local**.
+
+    A benchmark's module (which imports MPI) is imported only when its
+    sub-parser is used.
+    """
+    sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True,
+                                parser_class=_BenchParser)
     for name, (modname, help_) in BENCHMARKS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        importlib.import_module(modname).add_arguments(p)
+        sub.add_parser(name, help=help_, description=help_, module=modname)
 
 
 def main(args: argparse.Namespace) -> int:

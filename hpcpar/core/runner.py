@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
-from .. import env, slurm
+from .. import env
+from ..slurm import job as slurm_job
 from . import preempt, watchdog
 from ..observe import timing
 from .context import Context
@@ -62,7 +63,7 @@ def _guard(body: Callable[[], Any]) -> Any:
         return body()
     except KeyboardInterrupt:
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        slurm._job_finished(rank, size, "FAILED", EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
+        slurm_job.job_finished(rank, size, "FAILED", EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
         abort(f"rank {rank} of {size} interrupted (Ctrl-C)", EXIT_INTERRUPTED)
     except SystemExit as exc:
         code = exc.code
@@ -72,11 +73,11 @@ def _guard(body: Callable[[], Any]) -> Any:
             sys.stderr.write(f"{code}\n")
             code = 1
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        slurm._job_finished(rank, size, "FAILED", code, f"exited with status {code}")
+        slurm_job.job_finished(rank, size, "FAILED", code, f"exited with status {code}")
         abort(f"rank {rank} of {size} failed: exited with status {code}", code)
     except BaseException as exc:  # noqa: BLE001 - any failure must end the job
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        slurm._job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")
+        slurm_job.job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")
         abort(_failure_text(exc), 1)
 
 
@@ -137,14 +138,14 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
         world = MPI.COMM_WORLD
         # Root records RUNNING before the collective Dup in Context(), so no rank can
         # fail (and record FAILED) before it.
-        slurm._job_started(world.Get_rank(), world.Get_size())
+        slurm_job.job_started(world.Get_rank(), world.Get_size())
         ctx = Context()
         timing.REGISTRY.started = time.perf_counter()
         try:
             result = _finishing(ctx, lambda: main(ctx, *args, **kwargs))
             _final_report(ctx)  # after finish(): every rank is here
             if ctx.is_root:
-                slurm._job_finished(ctx.rank, ctx.size)
+                slurm_job.job_finished(ctx.rank, ctx.size)
             return result
         finally:
             ctx.free()
@@ -163,7 +164,7 @@ def run_path(path: str, argv: list[str]) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     preempt.install()
     world = MPI.COMM_WORLD
-    slurm._job_started(world.Get_rank(), world.Get_size())
+    slurm_job.job_started(world.Get_rank(), world.Get_size())
 
     def body():
         ctx = Context()
@@ -174,4 +175,4 @@ def run_path(path: str, argv: list[str]) -> None:
 
     _guard(body)
     if world.Get_rank() == 0:
-        slurm._job_finished(0, world.Get_size())
+        slurm_job.job_finished(0, world.Get_size())

@@ -26,10 +26,8 @@ the GIL cannot run its watchdog; MPI calls made through mpi4py release it.
 from __future__ import annotations
 
 import atexit
-import faulthandler
 import os
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -37,12 +35,14 @@ from typing import Any
 from mpi4py import MPI
 
 from .. import env
+from ..observe import stacks
 
 __all__ = ["watching", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
            "current", "format_stacks", "EXIT_HANG", "FINISH"]
 
-#: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out).
-EXIT_HANG = 124
+#: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out):
+#: :data:`hpcpar.observe.stacks.EXIT_TIMEOUT`.
+EXIT_HANG = stacks.EXIT_TIMEOUT
 
 #: The call name a rank shows while it waits, after its main function returned,
 #: for the other ranks to finish theirs.
@@ -348,16 +348,9 @@ def _abort(message: str, code: int) -> None:
 
 # ---- output --------------------------------------------------------------------------
 def format_stacks() -> str:
-    """Every thread's Python stack, as faulthandler writes it, each line prefixed ``[rank R]``."""
-    rank = MPI.COMM_WORLD.Get_rank()
-    with tempfile.TemporaryFile(mode="w+b") as f:
-        faulthandler.dump_traceback(file=f, all_threads=True)
-        f.seek(0)
-        text = f.read().decode("utf-8", "replace")
-    # leave out the watchdog thread itself (faulthandler calls it the current thread)
-    blocks = [b for b in text.strip("\n").split("\n\n") if not b.startswith("Current thread")]
-    text = "\n\n".join(blocks)
-    return "".join(f"[rank {rank}] {line}\n" for line in text.rstrip("\n").split("\n"))
+    """Every other thread's Python stack, each line prefixed ``[rank R]``
+    (:func:`hpcpar.observe.stacks.format_stacks`). **Local**."""
+    return stacks.format_stacks(prefix=f"[rank {MPI.COMM_WORLD.Get_rank()}] ")
 
 
 def _write(text: str) -> None:

@@ -4,6 +4,7 @@ Nothing in this layer imports MPI: it runs in the ``hpcpar`` command, on a login
 node, or in a test process, and starts MPI jobs as child processes.
 """
 
-from .mpiexec import launch, launch_command, launcher
+from .command import launch_argv, launcher
+from .mpiexec import launch, launch_command
 
-__all__ = ["launch", "launch_command", "launcher"]
+__all__ = ["launch", "launch_command", "launch_argv", "launcher"]

@@ -2,7 +2,8 @@
 
 ``hpcpar run`` starts ``python .../hpcpar/launch/guardian.py SCRIPT ARGS`` on every rank.
 The guardian imports nothing of hpcpar or MPI (it is run as a file, not as a
-module of the package); it starts the real rank, ``python -m hpcpar.core.script
+module of the package) except its sibling ``variables.py``, loaded from the file
+beside it (the one list of launcher variables); it starts the real rank, ``python -m hpcpar.core.script
 SCRIPT ARGS``, as its child and waits. When the rank dies from a signal
 (``kill -9``, the OOM killer) the guardian prints ``hpcpar: rank R of N (pid P)
 was killed by signal 9 (SIGKILL)`` and exits with 128 + the signal, so the
@@ -11,21 +12,32 @@ pid of the job, not necessarily the killed one. The child is asked to die with
 its guardian (``PR_SET_PDEATHSIG``), so no rank outlives the job.
 """
 
+from __future__ import annotations
+
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
-
-_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
+from types import ModuleType
 
 
-def _first(names):
-    for n in names:
-        v = os.environ.get(n)
-        if v:
-            return v
-    return "?"
+def _sibling(name: str) -> ModuleType:
+    """The module ``name.py`` beside this file, loaded without the package or sys.path."""
+    spec = importlib.util.spec_from_file_location(
+        f"_hpcpar_guardian_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_variables = _sibling("variables")
+launched_rank, launched_size = _variables.launched_rank, _variables.launched_size
+
+
+def _known(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
 def _die_with_parent() -> None:
@@ -35,7 +47,7 @@ def _die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort off Linux
+    except Exception:
         pass
 
 
@@ -58,7 +70,8 @@ def main(argv: list[str]) -> int:
             name = signal.Signals(sig).name
         except ValueError:
             name = f"signal {sig}"
-        sys.stderr.write(f"hpcpar: rank {_first(_RANK_VARS)} of {_first(_SIZE_VARS)} (pid {proc.pid}) "
+        rank, size = _known(launched_rank()), _known(launched_size(slurm=True))
+        sys.stderr.write(f"hpcpar: rank {rank} of {size} (pid {proc.pid}) "
                          f"was killed by signal {sig} ({name}); the launcher ends the other ranks\n")
         sys.stderr.flush()
         return 128 + sig

@@ -1,60 +1,38 @@
-"""Find the MPI launcher and start a script on N ranks under the hpcpar runner."""
+"""Start a script on N ranks under the hpcpar runner (``hpcpar run``)."""
 
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
 
-from .. import env
+from .command import launch_argv, launcher
 
 __all__ = ["launcher", "launch_command", "launch"]
 
 
-def launcher() -> list[str]:
-    """The launcher command: ``HPCPAR_MPIEXEC``, else the ``mpiexec`` beside this Python,
-    else ``mpiexec`` / ``mpirun`` on ``PATH``. **Local**.
-
-    Raises:
-        FileNotFoundError: when none is found, saying how to install one.
-    """
-    forced = env.get(env.HPCPAR_MPIEXEC)
-    if forced:
-        return shlex.split(forced)
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if os.access(here, os.X_OK):
-        return [here]
-    for name in ("mpiexec", "mpirun"):
-        found = shutil.which(name)
-        if found:
-            return [found]
-    raise FileNotFoundError(
-        "no MPI launcher found: install one with `pip install hpcpar[mpich]`, load your "
-        f"cluster's MPI module, or set {env.HPCPAR_MPIEXEC} (e.g. 'srun --mpi=pmi2')")
-
-
 def launch_command(script: str, args: list[str], ranks: int, python: str | None = None) -> list[str]:
-    """The argv that runs ``script args`` on ``ranks`` ranks under the hpcpar runner.
+    """The argv that runs ``script args`` on ``ranks`` ranks under the hpcpar runner. **Local**.
 
     Every rank is ``python hpcpar/launch/guardian.py SCRIPT ARGS``: a process without MPI
     that runs ``python -m hpcpar.core.script SCRIPT ARGS`` and reports, by rank, a rank
     killed by a signal.
+
+    Raises:
+        FileNotFoundError: when no MPI launcher is found (see :func:`launcher`).
     """
-    launch = launcher()
-    flag = "-n" if os.path.basename(launch[0]) != "srun" else "--ntasks"
-    # Each rank starts as a guardian process (no MPI) that runs the real rank as its
-    # child and names the rank if a signal kills it; see hpcpar/launch/guardian.py.
     guardian = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
-    return [*launch, flag, str(ranks), python or sys.executable, guardian, script, *args]
+    return launch_argv(ranks, [python or sys.executable, guardian, script, *args])
 
 
 def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None) -> int:
     """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
 
     ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
+
+    Raises:
+        FileNotFoundError: when ``script`` does not exist or no MPI launcher is found.
     """
     if not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")

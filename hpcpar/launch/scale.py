@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import env
@@ -52,7 +53,8 @@ def weak_args(args: list[str], name: str, ranks: int, power: float = 1.0) -> lis
 
 
 def run_scaling(job: str, job_args: list[str], ranks: list[int], weak: str | None = None,
-                weak_power: float = 1.0, timeout: float | None = None, echo=print) -> list[Point]:
+                weak_power: float = 1.0, timeout: float | None = None,
+                echo: Callable[[str], object] = print) -> list[Point]:
     """Run ``job`` at each rank count and collect its timing reports. **Local** (launches jobs)."""
     points = []
     for n in ranks:

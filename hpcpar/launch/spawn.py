@@ -8,14 +8,10 @@ import subprocess
 import time
 from typing import NamedTuple
 
-from .mpiexec import launcher
+from .command import launch_argv
+from .variables import LAUNCHER_PREFIXES
 
 __all__ = ["JobResult", "job_env", "mpiexec_argv", "run_job"]
-
-# Variables a launcher sets in the processes it starts. A job started from inside
-# another MPI process must not inherit them, or its launcher joins the wrong job.
-_LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPIR_", "OMPI_", "MPI_LOCALNRANKS",
-                      "MPI_LOCALRANKID")
 
 
 class JobResult(NamedTuple):
@@ -28,17 +24,19 @@ class JobResult(NamedTuple):
 
 
 def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without the variables of an enclosing MPI launcher. **Local**."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}
+    """This process's environment without the variables of an enclosing MPI launcher
+    (:data:`hpcpar.launch.variables.LAUNCHER_PREFIXES`), plus ``extra``. **Local**."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_PREFIXES)}
     env.update(extra or {})
     return env
 
 
 def mpiexec_argv(ranks: int, argv: list[str]) -> list[str]:
-    """The launcher command that runs ``argv`` on ``ranks`` ranks (see :func:`hpcpar.launch.launcher`)."""
-    launch = launcher()
-    flag = "--ntasks" if os.path.basename(launch[0]) == "srun" else "-n"
-    return [*launch, flag, str(ranks), *argv]
+    """The launcher command that runs ``argv`` on ``ranks`` ranks. **Local**.
+
+    The same as :func:`hpcpar.launch.command.launch_argv` with the default launcher.
+    """
+    return launch_argv(ranks, argv)
 
 
 def run_job(argv: list[str], timeout: float, cwd: str | None = None,

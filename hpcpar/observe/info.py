@@ -6,6 +6,10 @@ import os
 import platform
 import socket
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["collect", "format_info", "slurm_env", "affinity"]
 
@@ -26,7 +30,7 @@ def slurm_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
-def collect(ctx) -> dict | None:
+def collect(ctx: Context) -> dict[str, Any] | None:
     """Everything ``hpcpar info`` reports. **Collective**: root gets the dict, others None."""
     import mpi4py
     import numpy
@@ -42,7 +46,7 @@ def collect(ctx) -> dict | None:
         import h5py
         h5 = {"version": h5py.version.version, "hdf5": h5py.version.hdf5_version,
               "mpi": bool(h5py.get_config().mpi)}
-    except Exception as exc:  # noqa: BLE001 - report, never fail
+    except Exception as exc:
         h5 = {"error": f"{type(exc).__name__}: {exc}"}
     lib = MPI.Get_library_version().strip().splitlines()[0]
     return {
@@ -51,7 +55,7 @@ def collect(ctx) -> dict | None:
         "numpy": numpy.__version__,
         "mpi4py": mpi4py.__version__,
         "mpi_library": lib,
-        "mpi_standard": "%d.%d" % MPI.Get_version(),
+        "mpi_standard": "{}.{}".format(*MPI.Get_version()),
         "thread_level": {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
                          MPI.THREAD_SERIALIZED: "serialized",
                          MPI.THREAD_MULTIPLE: "multiple"}[MPI.Query_thread()],
@@ -62,26 +66,29 @@ def collect(ctx) -> dict | None:
     }
 
 
-def format_info(info: dict) -> str:
+def format_info(info: dict[str, Any]) -> str:
     """Human-readable lines for :func:`collect`'s dict."""
     h5 = info["h5py"]
     if "error" in h5:
         h5line = f"not usable ({h5['error']})"
     else:
-        h5line = (f"{h5['version']} (HDF5 {h5['hdf5']}, "
-                  f"{'built with MPI: parallel writes' if h5['mpi'] else 'serial build: hpcpar uses its fallback writer'})")
+        kind = ("built with MPI: parallel writes" if h5["mpi"]
+                else "serial build: hpcpar uses its fallback writer")
+        h5line = f"{h5['version']} (HDF5 {h5['hdf5']}, {kind})"
     lines = [
         f"hpcpar       {info['hpcpar']}",
         f"python       {info['python']}",
         f"numpy        {info['numpy']}",
         f"mpi4py       {info['mpi4py']}",
-        f"MPI library  {info['mpi_library']} (MPI {info['mpi_standard']}, thread level {info['thread_level']})",
+        f"MPI library  {info['mpi_library']} (MPI {info['mpi_standard']}, "
+        f"thread level {info['thread_level']})",
         f"h5py         {h5line}",
         f"ranks        {info['ranks']}",
     ]
     for r, d in enumerate(info["per_rank"]):
         cpus = d["cpus"]
-        lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} may use {len(cpus)} CPUs {_ranges(cpus)}")
+        lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} "
+                     f"may use {len(cpus)} CPUs {_ranges(cpus)}")
     if info["slurm"]:
         lines.append("slurm        " + " ".join(f"{k}={v}" for k, v in info["slurm"].items()))
     else:

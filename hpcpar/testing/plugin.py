@@ -14,6 +14,8 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
   its Python stacks with ``[rank R]`` prefixes, then the job is aborted with
   status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run (pytest-timeout is
   held back in such runs, as one rank ending alone leaves no stacks of the others);
+- a ``--basetemp`` given to all ranks is rank 0's; rank R uses ``BASETEMP-rankR``
+  (pytest empties its base directory at start: a shared one would lose files);
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
   each line prefixed ``[rank R]``);
 - ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
@@ -22,8 +24,15 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
 In a plain ``pytest`` run (no ``--with-mpi``), a test marked ``mpi(n=K)`` runs in a
 fresh ``mpiexec -n K python -m pytest --with-mpi NODEID`` job, and its outcome,
 failure report and output are reported as the test's own.
+(:mod:`hpcpar.testing.spawned`; the markers are read by :mod:`hpcpar.testing.marks`).
 
-Fixtures: ``ctx`` and ``mpi_tmp_path`` (see :class:`HpcparFixtures`).
+Fixtures: ``ctx`` (see :class:`HpcparFixtures`), and ``mpi_tmp_path`` only where
+pytest-mpi, which defines it, is not active (hpcpar's is the same: rank 0's
+``tmp_path``, the same path on every rank).
+
+A plain ``pytest`` session that uses none of this (no ``--with-mpi``, no test
+marked ``mpi(n=K)``, no hpcpar fixture) imports no ``mpi4py.MPI``, initialises no
+MPI and changes no test.
 """
 
 from __future__ import annotations
@@ -35,37 +44,43 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
-import traceback
+from collections.abc import Generator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from ..launch.variables import launched_rank
+from ..observe import stacks
+from .marks import RankFailure, format_ranks, ranks_wanted, take_over_timeout, time_limit
+from .spawned import STARTUP_ALLOWANCE, SerialRun
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_TIMEOUT", "ABORT_GRACE", "STARTUP_ALLOWANCE", "HpcparFixtures"]
 
 #: Seconds a test may run under MPI before the job is aborted (``--mpi-timeout``).
 DEFAULT_TIMEOUT = 60.0
 
-#: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``).
-EXIT_TIMEOUT = 124
+#: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``):
+#: :data:`hpcpar.observe.stacks.EXIT_TIMEOUT`.
+EXIT_TIMEOUT = stacks.EXIT_TIMEOUT
 
 #: Seconds a rank waits after dumping its stacks before it aborts the job, so that
 #: the other ranks, whose timers fire at about the same moment, dump theirs too.
 ABORT_GRACE = 1.5
-
-#: Seconds a spawned ``mpiexec -n K pytest`` job gets, beyond the test's timeout, to
-#: start, collect and finish before it is killed.
-STARTUP_ALLOWANCE = 60.0
 
 # Extra seconds after which faulthandler ends a rank whose watchdog thread could
 # not run (a C call holding the GIL).
 _HARD_KILL_AFTER = 15.0
 
 _LIMIT = pytest.StashKey[float]()
+
+#: pytest-mpi's plugin name (its ``pytest11`` entry point).
+_PYTEST_MPI = "pytest_mpi"
 
 
 # --------------------------------------------------------------------------- options
@@ -86,15 +101,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "as JSON lines (used for tests marked mpi(n=K) run from plain pytest)")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under ``--with-mpi`` with a ``--basetemp``, give every rank but 0 a base of its own.
+
+    pytest empties a given base directory when it first uses it; ranks sharing one
+    delete each other's temporary files (and race to recreate it). Rank 0 keeps
+    ``BASETEMP``; rank R uses ``BASETEMP-rankR``. Ranks are told apart by the
+    launcher's variables, before MPI starts.
+    """
+    basetemp = config.option.basetemp
+    rank = launched_rank()
+    if basetemp and rank and _mpi_mode(config):
+        config.option.basetemp = f"{os.fspath(basetemp).rstrip(os.sep)}-rank{rank}"
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     if not any(re.match(r"\s*mpi\b", line) for line in config.getini("markers")):
         config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K ranks")
     config.pluginmanager.register(HpcparFixtures(), "hpcpar-fixtures")
+    if not config.pluginmanager.has_plugin(_PYTEST_MPI):
+        config.pluginmanager.register(TmpPathFixture(), "hpcpar-mpi-tmp-path")
     if _mpi_mode(config):
         config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
     else:
-        config.pluginmanager.register(_SerialRun(config), "hpcpar-serial")
+        config.pluginmanager.register(SerialRun(config), "hpcpar-serial")
 
 
 def _mpi_mode(config: pytest.Config) -> bool:
@@ -104,10 +136,14 @@ def _mpi_mode(config: pytest.Config) -> bool:
 
 # --------------------------------------------------------------------------- fixtures
 class HpcparFixtures:
-    """The plugin's fixtures (registered after pytest-mpi, so ``mpi_tmp_path`` is this one)."""
+    """The plugin's fixtures: ``ctx``, a thin alias of the private ``_hpcpar_ctx``.
+
+    hpcpar's own fixtures depend on ``_hpcpar_ctx``, so a project that defines its
+    own ``ctx`` fixture changes only what its tests get as ``ctx``.
+    """
 
     @pytest.fixture
-    def ctx(self):
+    def _hpcpar_ctx(self) -> Generator[Context, None, None]:
         """A :class:`hpcpar.Context` on a fresh duplicate of ``COMM_WORLD``, freed after the test.
 
         **Collective**: set up and torn down on every rank. The test's traffic never
@@ -121,48 +157,31 @@ class HpcparFixtures:
         c.free()
 
     @pytest.fixture
-    def mpi_tmp_path(self, ctx, tmp_path_factory: pytest.TempPathFactory,
-                     request: pytest.FixtureRequest) -> Path:
-        """One new temporary directory for the test, the same path on every rank. **Collective**.
+    def ctx(self, _hpcpar_ctx: Context) -> Context:
+        """A :class:`hpcpar.Context` on a fresh duplicate of ``COMM_WORLD``, freed after the test.
 
-        Rank 0 creates it under its pytest base temporary directory and broadcasts
-        the path; on a cluster that directory must be on a file system every node sees.
+        **Collective**: set up and torn down on every rank. In a plain run it is a
+        one-rank context.
         """
-        name = re.sub(r"[\W]", "_", request.node.name)[:30]
-        path = str(tmp_path_factory.mktemp(name)) if ctx.rank == 0 else None
-        return Path(ctx.comm.bcast(path, root=0))
+        return _hpcpar_ctx
 
 
-# --------------------------------------------------------------------------- markers
-def _ranks_wanted(item: pytest.Item) -> int | None:
-    """K of the closest ``mpi(n=K)`` marker, or None."""
-    for mark in item.iter_markers("mpi"):
-        if "n" in mark.kwargs:
-            n = mark.kwargs["n"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise pytest.UsageError(f"{item.nodeid}: mpi(n=...) needs a positive int, got {n!r}")
-            return n
-    return None
+class TmpPathFixture:
+    """``mpi_tmp_path`` where pytest-mpi is not active, with pytest-mpi's behaviour.
 
+    Not registered when pytest-mpi is: its ``mpi_tmp_path`` (and ``mpi_tmpdir``,
+    ``mpi_file_name``) are then used unchanged.
+    """
 
-def _limit(item: pytest.Item, default: float) -> float:
-    """The test's timeout: its ``timeout`` marker if it has one, else ``default`` (0: none)."""
-    mark = item.get_closest_marker("timeout")
-    if mark is not None:
-        value = mark.args[0] if mark.args else mark.kwargs.get("timeout")
-        if value is not None:
-            return max(float(value), 0.0)
-    return default
+    @pytest.fixture
+    def mpi_tmp_path(self, _hpcpar_ctx: Context, tmp_path: Path) -> Path:
+        """Rank 0's ``tmp_path``, the same path on every rank (as pytest-mpi's). **Collective**.
 
-
-def _take_over_timeout(item: pytest.Item) -> None:
-    """Keep pytest-timeout out of this test: one rank ending alone leaves no stacks of the others."""
-    if item.config.pluginmanager.has_plugin("timeout"):
-        item.add_marker(pytest.mark.timeout(0), append=False)
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+        Rank 0 broadcasts the path; on a cluster its base temporary directory must be
+        on a file system every node sees (``--basetemp``).
+        """
+        path = str(tmp_path) if _hpcpar_ctx.rank == 0 else None
+        return Path(_hpcpar_ctx.comm.bcast(path, root=0))
 
 
 # --------------------------------------------------------------------------- under mpiexec
@@ -230,15 +249,16 @@ class _SPMDRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         for item in items:
-            item.stash[_LIMIT] = _limit(item, self.timeout)
-            _take_over_timeout(item)
-            n = _ranks_wanted(item)
+            item.stash[_LIMIT] = time_limit(item, self.timeout)
+            take_over_timeout(item)
+            n = ranks_wanted(item)
             if n is not None and n != self.size:
                 item.add_marker(pytest.mark.skip(
                     reason=f"needs exactly {n} MPI ranks (mpi(n={n})), this job has {self.size}"))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None
+                                ) -> Generator[None, object, object]:
         dog = _Watchdog(self, item.nodeid, item.stash.get(_LIMIT, self.timeout))
         dog.start()
         try:
@@ -247,7 +267,8 @@ class _SPMDRun:
             dog.cancel()
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo
+                                  ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         rep = yield
         self.waiting = rep.when
         every = self.sync.allgather(_summary(rep))
@@ -283,21 +304,6 @@ def _summary(rep: pytest.TestReport) -> tuple:
     return ("failed", rep.longreprtext, crash, [tuple(s) for s in rep.sections])
 
 
-class _RankFailure:
-    """A failure report made of several ranks' reports (a ``longrepr``)."""
-
-    def __init__(self, text: str, crash: str):
-        self.text = text
-        self.reprcrash = SimpleNamespace(message=crash)
-
-    def toterminal(self, out) -> None:
-        for line in self.text.split("\n"):
-            out.line(line)
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> None:
     """Make this rank's report of a phase the same outcome as every other rank's."""
     size = len(every)
@@ -310,16 +316,16 @@ def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank
         if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
             return      # one error on every rank (a collective assertion): this rank's report says it all
         others = [r for r in range(size) if r not in failed]
-        head = f"{rep.when} failed on {_ranks(failed)} of {size}"
+        head = f"{rep.when} failed on {format_ranks(failed)} of {size}"
         if others:
-            head += f"; passed or skipped on {_ranks(others)}"
+            head += f"; passed or skipped on {format_ranks(others)}"
         parts = [head]
         for text, ranks in texts.items():
-            parts.append(f"{'=' * 24} {_ranks(ranks)} {'=' * 24}\n{text}")
+            parts.append(f"{'=' * 24} {format_ranks(ranks)} {'=' * 24}\n{text}")
         first = failed[0]
         crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
         rep.outcome = "failed"
-        rep.longrepr = _RankFailure("\n\n".join(parts), crash)
+        rep.longrepr = RankFailure("\n\n".join(parts), crash)
         for r in failed:
             if r != rank:
                 rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
@@ -329,7 +335,7 @@ def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank
         rep.outcome = "skipped"
         lineno = item.location[1]
         rep.longrepr = (str(item.path), (lineno or 0) + 1,
-                        f"Skipped: skipped on {_ranks(skipped)} of {size}: {reason}")
+                        f"Skipped: skipped on {format_ranks(skipped)} of {size}: {reason}")
 
 
 class _Prefixed:
@@ -359,22 +365,9 @@ class _Prefixed:
             self.write("\n")
 
 
+#: Frames of pytest's own machinery, left out of the stacks a timed-out test shows.
 _PLUMBING = tuple(os.path.dirname(importlib.util.find_spec(m).origin) + os.sep
                   for m in ("pluggy", "_pytest"))
-
-
-def _stacks() -> str:
-    """Every other thread's Python stack, oldest call first, without pytest's own frames."""
-    me = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
-    out = []
-    for ident, frame in sys._current_frames().items():
-        if ident == me:
-            continue
-        entries = [e for e in traceback.extract_stack(frame) if not e.filename.startswith(_PLUMBING)]
-        out.append(f"Stack of thread {names.get(ident, ident)} (most recent call last):\n"
-                   + "".join(traceback.format_list(entries)))
-    return "\n".join(out)
 
 
 class _Watchdog:
@@ -404,14 +397,14 @@ class _Watchdog:
     def _expire(self) -> None:
         run = self.run
         tag = f"[rank {run.rank}] "
-        stacks = _stacks()
+        dump = stacks.format_stacks(prefix=tag, hide=_PLUMBING)
         text = (f"\n{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
                 f"(--mpi-timeout); every rank dumps its stack, then the job is aborted.\n"
                 f"{tag}A collective that only some ranks reach (e.g. inside `if ctx.rank == 0:`) "
                 "blocks the others forever.\n"
                 + (f"{tag}This rank has finished the test's {run.waiting} and waits for the other ranks.\n"
                    if run.waiting else "")
-                + "".join(f"{tag}{line}\n" for line in stacks.rstrip("\n").split("\n")))
+                + dump)
         try:
             run.err.write(text)
             run.err.flush()
@@ -420,117 +413,3 @@ class _Watchdog:
             run.world.Abort(EXIT_TIMEOUT)
 
 
-# --------------------------------------------------------------------------- plain pytest
-def _launched_size() -> int:
-    """The job size an enclosing MPI launcher announced (0 when there is none)."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
-
-
-def _is_pytest_mpi_skip(mark: pytest.Mark) -> bool:
-    return mark.name == "skip" and mark.kwargs.get("reason") == "need --with-mpi option to run"
-
-
-class _SerialRun:
-    """A plain run: tests marked ``mpi(n=K)`` become fresh ``mpiexec -n K`` jobs."""
-
-    def __init__(self, config: pytest.Config):
-        self.config = config
-        self.timeout = float(config.getoption("--mpi-timeout"))
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        launched = _launched_size()
-        for i, item in enumerate(items):
-            n = _ranks_wanted(item)
-            if n is None or not isinstance(item, pytest.Function):
-                continue
-            if launched:
-                item.add_marker(pytest.mark.skip(
-                    reason=f"started by an MPI launcher ({launched} ranks) without --with-mpi; "
-                           "add --with-mpi, or run plain pytest to have it launch the test"))
-                continue
-            spawned = _SpawnedItem.from_parent(item.parent, name=item.name, original=item, ranks=n,
-                                               limit=_limit(item, self.timeout))
-            _take_over_timeout(spawned)
-            items[i] = spawned
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        rep = yield
-        if isinstance(item, _SpawnedItem) and rep.when == "call":
-            rep.sections.extend(item.job_sections)
-        return rep
-
-
-class _SpawnFailed(Exception):
-    """The spawned job's test failed; the message is the whole report."""
-
-
-class _SpawnedItem(pytest.Item):
-    """A test marked ``mpi(n=K)``, run as ``mpiexec -n K python -m pytest --with-mpi NODEID``."""
-
-    def __init__(self, *, original: pytest.Function, ranks: int, limit: float, **kw: Any):
-        super().__init__(**kw)
-        self.ranks = ranks
-        self.limit = limit
-        self._reportinfo = original.reportinfo()
-        self.own_markers.extend(m for m in original.own_markers if not _is_pytest_mpi_skip(m))
-        self.keywords.update({m.name: m for m in self.own_markers})
-        self.user_properties = original.user_properties
-        self.job_sections: list[tuple[str, str]] = []    # the test's captured output in the job
-
-    def reportinfo(self):
-        return self._reportinfo
-
-    def runtest(self) -> None:
-        from ..launch.spawn import mpiexec_argv, run_job
-
-        config = self.config
-        title = f"mpiexec -n {self.ranks}"
-        with tempfile.TemporaryDirectory(prefix="hpcpar-pytest-") as tmp:
-            result = os.path.join(tmp, "result.jsonl")
-            args = [sys.executable, "-m", "pytest", "--with-mpi", "-p", "no:cacheprovider",
-                    "--rootdir", str(config.rootpath)]
-            if config.inipath is not None:
-                args += ["-c", str(config.inipath)]
-            args += [f"--mpi-timeout={self.limit:g}", f"--mpi-report={config.getoption('--mpi-report')}",
-                     f"--mpi-result={result}", self.nodeid]
-            wall = self.limit + STARTUP_ALLOWANCE if self.limit > 0 else None
-            job = run_job(mpiexec_argv(self.ranks, args), timeout=wall or 1e9, cwd=str(config.rootpath))
-            records = []
-            if os.path.exists(result):
-                with open(result) as f:
-                    records = [json.loads(line) for line in f if line.strip()]
-        self.add_report_section("call", f"output of {title}", job.output)
-        if job.returncode is None:
-            raise _SpawnFailed(f"{title}: the job did not end within {wall:g} s and was killed "
-                               f"(the test's timeout {self.limit:g} s plus {STARTUP_ALLOWANCE:g} s "
-                               "to start); "
-                               f"its output:\n{job.output}")
-        if records:     # the last report of a test carries the output of all its phases
-            self.job_sections = [(f"{name} (in {title})", content)
-                                 for name, content in records[-1]["sections"]]
-        for rec in records:
-            if rec["outcome"] == "failed":
-                raise _SpawnFailed(f"{title}: {rec['when']} failed in the job (exit status "
-                                   f"{job.returncode}):\n{rec['longrepr']}", rec["crash"])
-        skipped = [rec for rec in records if rec["outcome"] == "skipped"]
-        ran = any(rec["when"] == "call" and rec["outcome"] == "passed" for rec in records)
-        if skipped and not ran:
-            raise pytest.skip.Exception(f"in {title}: {skipped[0]['reason']}", _use_item_location=True)
-        if not ran:
-            raise _SpawnFailed(f"{title}: the job ended with status {job.returncode} without finishing "
-                               f"the test; its output:\n{job.output}")
-        if job.returncode != 0:
-            raise _SpawnFailed(f"{title}: the test passed but the job ended with status "
-                               f"{job.returncode}; its output:\n{job.output}")
-
-    def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, _SpawnFailed):
-            text, crash = (excinfo.value.args + ("",))[:2]
-            return _RankFailure(text, f"[mpiexec -n {self.ranks}] {crash}" if crash else text.split("\n")[0])
-        return super().repr_failure(excinfo, style=style)

@@ -58,7 +58,7 @@ def main(folder: str) -> None:
         if world.Get_rank() == 0:
             with open(os.path.join(folder, "result.pkl"), "wb") as f:
                 pickle.dump(results, f)
-    except BaseException as exc:  # noqa: BLE001 - any failure must end the job
+    except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         with open(os.path.join(folder, f"rank-{world.Get_rank()}.txt"), "w") as f:
             f.write(text)

@@ -204,3 +204,33 @@ def test_run_spmd_from_a_serial_process():
 def test_run_spmd_with_one_rank_runs_in_place():
     assert run_spmd(spmd_sum, n=1, args=(3,)) == [(0, 0)]
     assert_all(True, "assert_all works in a one-rank run")
+
+
+def test_fixtures_beside_pytest_mpi_and_a_projects_own_ctx(pytester):
+    """A shared --basetemp is rank 0's (rank R gets BASETEMP-rankR, no race to empty it);
+    mpi_tmp_path is rank 0's tmp_path as pytest-mpi documents; a project's own ``ctx``
+    fixture changes only what its tests get as ``ctx``, not hpcpar's fixtures."""
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture
+        def ctx():
+            return "the project's own ctx"
+    """)
+    pytester.makepyfile(test_fixtures="""
+        import pytest
+        from mpi4py import MPI
+        pytestmark = pytest.mark.mpi
+
+        def test_shared_path(mpi_tmp_path, tmp_path, ctx):
+            comm = MPI.COMM_WORLD
+            paths = comm.allgather(str(mpi_tmp_path))
+            mine = comm.allgather(str(tmp_path))
+            ok = len(set(paths)) == 1 and paths[0] == mine[0] and ctx == "the project's own ctx"
+            assert comm.allreduce(ok, op=MPI.LAND), (paths, mine, ctx)
+    """)
+    base = pytester.path / "base"
+    job, out = mpi_pytest(pytester, 2, f"--basetemp={base}")
+    assert job.returncode == 0, job.output
+    out.fnmatch_lines(["*1 passed*"])
+    assert base.is_dir() and (pytester.path / "base-rank1").is_dir()

@@ -88,6 +88,17 @@ def test_hpcpar_run_launches_a_script_through_the_runner(tmp_path):
     assert r.returncode == 0 and "rank 0 of 2 args []" in r.stdout
 
 
+def test_the_hpcpar_run_process_itself_starts_no_mpi():
+    """`hpcpar run -n 2 jobs/pi.py` works, and the launching process never loads mpi4py.MPI."""
+    import subprocess
+
+    code = ("import sys; from hpcpar import cli; code = cli.main(['run', '-n', '2', 'jobs/pi.py', "
+            "'--samples', '2e6']); print('@@', code, 'mpi4py.MPI' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "@@ 0 False" in r.stdout, r.stdout + r.stderr
+    assert "pi" in r.stdout.lower()
+
+
 def test_one_rank_without_mpiexec(tmp_path):
     import subprocess
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from helpers import JOBS, ROOT
 from hpcpar import slurm
-from hpcpar.slurm import JobSpec
+from hpcpar.slurm import JobSpec, client
 
 HOSTILE = ["$(touch {c})", "`touch {c}`", "; touch {c};", "a'b\"c\nd\\e", "' ; touch {c}; '",
            "\"$(touch {c})\"", "x\ntouch {c}", "&& touch {c}", "| touch {c}", "$HOME", "*", "--help"]
@@ -205,10 +206,10 @@ def test_status_file_round_trip_and_merge(tmp_path):
     assert rec["state"] == "FAILED" and rec["rank"] == 2
     assert not list(path.parent.glob("*.tmp"))
     # Slurm said COMPLETED (an MPI job whose launcher exited 0): the file's failure wins.
-    st = slurm._merge_file(slurm.JobStatus("77", "COMPLETED", exit_code=0), str(tmp_path))
+    st = client._merge_file(slurm.JobStatus("77", "COMPLETED", exit_code=0), str(tmp_path))
     assert (st.state, st.exit_code, st.rank, st.message) == ("FAILED", 1, 2, "ValueError: x")
     # Slurm forgot the job: the file alone gives the state.
-    st = slurm._merge_file(slurm.JobStatus("77", "UNKNOWN"), str(tmp_path))
+    st = client._merge_file(slurm.JobStatus("77", "UNKNOWN"), str(tmp_path))
     assert st.state == "FAILED" and st.source == "status-file"
     assert slurm.read_status(tmp_path / "missing.json") is None
 
@@ -217,10 +218,10 @@ def test_scontrol_records_are_parsed():
     line = ("JobId=42 ArrayJobId=40 ArrayTaskId=2 JobName=pi UserId=root(0) JobState=FAILED "
             "Reason=NonZeroExitCode Dependency=(null) Requeue=1 Restarts=1 ExitCode=137:0 "
             "WorkDir=/tmp/w StdOut=/tmp/w/slurm-42.out")
-    st = slurm._from_record("42", slurm._parse_record(line), "scontrol")
+    st = client._from_record("42", client._parse_record(line), "scontrol")
     assert (st.state, st.exit_code, st.signal, st.reason, st.restarts, st.workdir, st.stdout) == \
         ("FAILED", 137, 0, "NonZeroExitCode", 1, "/tmp/w", "/tmp/w/slurm-42.out")
-    running = slurm._from_record("42", slurm._parse_record("JobId=42 JobState=RUNNING ExitCode=0:0"), "x")
+    running = client._from_record("42", client._parse_record("JobId=42 JobState=RUNNING ExitCode=0:0"), "x")
     assert running.exit_code is None and not running.done
 
 
@@ -236,3 +237,28 @@ def test_bad_job_ids_are_refused():
             slurm.status(bad)
         with pytest.raises(ValueError, match="job id"):
             slurm.cancel(bad)
+
+
+def test_requeue_marks_the_status_file_and_runs_scontrol_when_the_process_exits(tmp_path):
+    """slurm.requeue() in a job submitted with requeue=True: the status file says REQUEUED at
+    once, and `scontrol requeue ID` runs at exit (slurm.job calls the client only then)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "scontrol.log"
+    (bindir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bindir / "scontrol").chmod(0o755)
+    code = ("import sys\n"
+            "from hpcpar.slurm import job\n"
+            "job.job_started(0, 1)\n"
+            "from hpcpar import slurm\n"
+            "assert slurm.requeue() is True and slurm.requeue() is True\n"
+            "job.job_finished(0, 1)  # a COMPLETED record of a requeued run is left out\n"
+            "print(slurm.read_status(slurm.status_path(4711))['state'])\n")
+    envs = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4711",
+            "HPCPAR_REQUEUE": "1", "SLURM_RESTART_COUNT": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=envs, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "REQUEUED"
+    assert log.read_text() == "requeue 4711\n"      # once, at exit
+    assert json.loads((tmp_path / ".hpcpar" / "job-4711.json").read_text())["restarts"] == 2
