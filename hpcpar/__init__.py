@@ -20,8 +20,9 @@ The package is layered; each layer imports only the ones above it in this list:
 
 ``errors``, ``env``
     the error types and the one registry of ``HPCPAR_*`` variables.
-``decomp.partition``, ``slurm``, ``observe``
-    pure geometry; the Slurm client and in-job state; timing, progress, logs.
+``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``
+    pure geometry; the Slurm client and in-job state; timing, progress, logs;
+    the launch-command builder and the launchers' variables.
 ``core``
     :class:`Context` and its checked collectives, the runner, the watchdog.
 ``decomp``, ``tasks``, ``io``
