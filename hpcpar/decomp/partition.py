@@ -23,8 +23,29 @@ __all__ = [
     "weighted_counts",
     "owner",
     "dims_create",
+    "normalize_axis",
     "GridLayout",
 ]
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """``axis`` of an array of ``ndim`` dimensions as an int in ``[0, ndim)``. **Local**.
+
+    Negative axes count from the end, as in NumPy; NumPy integers are accepted.
+
+    Raises:
+        TypeError: when ``axis`` is not an int (bools are not axes).
+        ValueError: when it is out of range, or the array is 0-d (it has no axis).
+    """
+    if isinstance(axis, bool) or not hasattr(axis, "__index__"):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    axis = int(axis.__index__())
+    if ndim == 0:
+        raise ValueError("a 0-d array has no axis to split or join; pass an array of at least "
+                         "1 dimension")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} is out of range for an array of {ndim} dimensions")
+    return axis % ndim
 
 
 def _check_n_parts(n: int, parts: int) -> None:
