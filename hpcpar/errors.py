@@ -8,7 +8,8 @@ working. Nothing here imports MPI.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NoReturn, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "HpcparError", "CollectiveError", "CollectiveMismatchError", "UsageError", "TaskError",
@@ -90,7 +91,8 @@ for _b in _BUILTINS.values():  # CollectiveTypeError, CollectiveOSError, ...: mo
     if _b not in _CLASSES:
         _CLASSES[_b] = globals()[f"Collective{_b.__name__}"] = type(
             f"Collective{_b.__name__}", (CollectiveError, _b),
-            {"__module__": __name__, "__doc__": f"A :class:`CollectiveError` that is also a ``{_b.__name__}``."})
+            {"__module__": __name__,
+             "__doc__": f"A :class:`CollectiveError` that is also a ``{_b.__name__}``."})
 
 
 def collective_error(builtin: type[Exception] | str) -> type[CollectiveError]:
@@ -117,7 +119,7 @@ def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T | None, 
     """``(fn(*args, **kwargs), None)``, or ``(None, problem)`` when it raises. **Local**."""
     try:
         return fn(*args, **kwargs), None
-    except Exception as exc:  # noqa: BLE001 - the caller reports it on every rank with agree()
+    except Exception as exc:
         return None, problem_of(exc)
 
 

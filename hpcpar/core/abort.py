@@ -26,7 +26,7 @@ def abort(message: str, code: int = 1) -> NoReturn:
     """
     try:
         sys.stdout.flush()
-    except Exception:  # noqa: BLE001 - a closed stdout must not stop the abort
+    except Exception:
         pass
     sys.stderr.write(message if message.endswith("\n") else message + "\n")
     sys.stderr.flush()

@@ -20,7 +20,8 @@ one) raise :class:`CollectiveMismatchError` instead of mixing up data.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -32,8 +33,7 @@ from ..observe import timing
 from ..observe.progress import progress as _progress
 from . import preempt, watchdog
 from .largecount import LARGE_COUNT, vcall
-from .protocol import (DTYPES, OPS, Call, Exchange, Field, Kind, Plan, describe, fast_key, shape_of,
-                       unpack)
+from .protocol import DTYPES, OPS, Call, Exchange, Field, Kind, Plan, describe, fast_key, shape_of, unpack
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS", "LARGE_COUNT"]
 
@@ -310,7 +310,7 @@ class Context:
         dtypes = self._x.dtypes(heads, arr, out)
         shapes = [shape_of(h) for h in heads]
         ax = heads[0][Field.AXIS] % max(len(shapes[0]), 1)
-        axes = [h[Field.AXIS] % max(len(s), 1) for h, s in zip(heads, shapes)]
+        axes = [h[Field.AXIS] % max(len(s), 1) for h, s in zip(heads, shapes, strict=True)]
         if any(a != ax for a in axes):
             fail(where, "ranks passed different axes: "
                  + "; ".join(f"rank {r}: axis={a}" for r, a in enumerate(axes)))
@@ -318,7 +318,7 @@ class Context:
         if any(r != rest[0] for r in rest) or any(d[0] != dtypes[0][0] for d in dtypes):
             fail(where, f"blocks must agree in dtype and in every dimension but axis {ax}; got "
                  + "; ".join(f"rank {r}: {describe(s, d[0])}"
-                             for r, (s, d) in enumerate(zip(shapes, dtypes))))
+                             for r, (s, d) in enumerate(zip(shapes, dtypes, strict=True))))
         dtype = dtypes[0][0]
         plan = Plan.blocks(ax, dtype, [s[ax] for s in shapes], shapes[0])
         bad = [f"rank {r}: out {describe(shape_of(h, True), dtypes[r][1])} does not fit the "
@@ -437,7 +437,7 @@ class Context:
                  "for arrays; got "
                  + "; ".join(f"rank {r}: " + (describe(s, DTYPES.get(c)) if h[Field.KIND] == Kind.ARRAY
                                               else "a Python object")
-                             for r, (s, c, h) in enumerate(zip(shapes, codes, heads))))
+                             for r, (s, c, h) in enumerate(zip(shapes, codes, heads, strict=True))))
         return self._x.remember(raw, heads, Plan(kind=kinds.pop()))
 
     # ------------------------------------------------------------------ checks

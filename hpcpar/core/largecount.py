@@ -8,7 +8,8 @@ derived contiguous datatype: the gcd of all counts and displacements, in bytes.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mpi4py import MPI
 

@@ -33,7 +33,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mpi4py import MPI
 
@@ -119,7 +120,7 @@ class watching:
     def __init__(self, name: str, ctx: Any = None):
         self.name, self.ctx = name, ctx
 
-    def __enter__(self) -> "watching":
+    def __enter__(self) -> watching:
         self.prev = enter(self.name, self.ctx)
         return self
 
@@ -211,7 +212,7 @@ def stop() -> None:
         for req in _S.sends:  # tiny messages: sent eagerly, complete already
             try:
                 req.Test()
-            except Exception:  # noqa: BLE001 - never fail at exit
+            except Exception:
                 pass
         _S.sends.clear()
 
@@ -243,7 +244,7 @@ def _loop() -> None:
     while not _S.stopping.wait(_tick()):
         try:
             _check()
-        except Exception as exc:  # noqa: BLE001 - the watchdog must never die silently
+        except Exception as exc:
             _write(f"hpcpar watchdog: internal error {type(exc).__name__}: {exc}\n")
             return
 
@@ -311,7 +312,7 @@ def _drain(comm: MPI.Comm) -> None:
     try:
         while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
             comm.recv(source=status.Get_source(), tag=status.Get_tag())
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
@@ -386,5 +387,5 @@ def _write(text: str) -> None:
     try:
         sys.stderr.write(text)
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001
+    except Exception:
         os.write(2, text.encode("utf-8", "replace"))
