@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 __all__ = [
     "block_counts",
@@ -224,9 +224,9 @@ class GridLayout:
         self.ndim: int = len(shape)
         self.nprocs: int = math.prod(dims)
         self.counts: tuple[tuple[int, ...], ...] = tuple(
-            block_counts(n, d) for n, d in zip(shape, dims))
+            block_counts(n, d) for n, d in zip(shape, dims, strict=False))
         problems = []
-        for k, (n, d, p) in enumerate(zip(shape, dims, periodic)):
+        for k, (n, d, p) in enumerate(zip(shape, dims, periodic, strict=False)):
             need = halo if (d > 1 or p) else 1
             small = min(self.counts[k])
             if small < need:
@@ -257,7 +257,7 @@ class GridLayout:
     def rank(self, coords: Sequence[int]) -> int | None:
         """The rank at ``coords``; periodic axes wrap, None beyond a non-periodic wall."""
         r = 0
-        for c, d, p in zip(coords, self.dims, self.periodic):
+        for c, d, p in zip(coords, self.dims, self.periodic, strict=False):
             if not 0 <= c < d:
                 if not p:
                     return None
@@ -267,7 +267,7 @@ class GridLayout:
 
     def neighbor(self, coords: Sequence[int], offset: Sequence[int]) -> int | None:
         """The rank at ``coords + offset`` (None beyond a wall); diagonal offsets allowed."""
-        return self.rank([c + o for c, o in zip(coords, offset)])
+        return self.rank([c + o for c, o in zip(coords, offset, strict=False)])
 
     def neighbors(self, coords: Sequence[int]) -> tuple[tuple[int | None, int | None], ...]:
         """Per axis, the ``(lower, upper)`` neighbour ranks; None at a non-periodic wall."""
@@ -318,7 +318,7 @@ class GridLayout:
         """
         h = self.halo
         send, recv = [], []
-        for n, o in zip(self.local_shape(coords), offset):
+        for n, o in zip(self.local_shape(coords), offset, strict=False):
             if o < 0:
                 send.append(slice(h, 2 * h))
                 recv.append(slice(0, h))
