@@ -172,7 +172,7 @@ def _mandel_rows(y0, y1, width, height, max_iter):
 
 
 def main(ctx, args) -> None:
-    from ..tasks.local import _Context, available_cpus, local_pool
+    from ..tasks.local import WorkerContext as _Context, available_cpus, local_pool
 
     n, reps = args.tasks, args.repeats
     sizes = [int(s) for s in args.chunksizes.split(",") if s.strip()]
