@@ -6,12 +6,12 @@ import os
 import sys
 import zlib
 
-from .cache import LRU
+from .cache import BoundedCache
 
 __all__ = ["caller_site", "site_code"]
 
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # the hpcpar package
-_NAMES: LRU = LRU(4096)  # code object -> "file:function", for code outside hpcpar
+_NAMES: BoundedCache = BoundedCache(4096)  # code object -> "file:function", for code outside hpcpar
 
 
 def caller_site() -> str:

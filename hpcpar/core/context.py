@@ -37,6 +37,11 @@ from .protocol import DTYPES, OPS, Call, Exchange, Field, Kind, Plan, describe, 
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS", "LARGE_COUNT"]
 
+# The calls as plain ints: they key caches looked up on every call (see protocol.Call).
+_SCATTER, _GATHER, _ALLGATHER, _BCAST, _REDUCE, _ALLREDUCE, _BARRIER, _FINISH = (
+    int(c) for c in (Call.SCATTER, Call.GATHER, Call.ALLGATHER, Call.BCAST, Call.REDUCE,
+                     Call.ALLREDUCE, Call.BARRIER, Call.FINISH))
+
 
 def _array_index() -> int | None:
     """``SLURM_ARRAY_TASK_ID`` as an int; None outside a Slurm job array."""
@@ -134,7 +139,7 @@ class Context:
     @watchdog.marked("barrier")
     def barrier(self) -> None:
         """Return once every rank has called it. **Collective** and checked like the others."""
-        raw, heads = self._x.agree(Call.BARRIER, -1, 0, None, None, None)
+        raw, heads = self._x.agree(_BARRIER, -1, 0, None, None, None)
         if heads is not None:  # remember the agreed headers: the next barrier skips the checks
             self._x.remember(raw, heads, Plan())
 
@@ -150,7 +155,7 @@ class Context:
         prev = watchdog.enter(watchdog.FINISH, self)
         completed = False
         try:
-            self._x.agree(Call.FINISH, -1, 0, None, None, None)
+            self._x.agree(_FINISH, -1, 0, None, None, None)
             completed = self.size == MPI.COMM_WORLD.Get_size()
         finally:
             watchdog.leave_finish(prev, completed)
@@ -184,13 +189,13 @@ class Context:
         """
         me, x = self.rank, self._x
         mine = array if me == root else None
-        fkey = fast_key(Call.SCATTER, root, axis, mine, out, self.debug)
+        fkey = fast_key(_SCATTER, root, axis, mine, out, self.debug)
         seen = x.repeat(fkey)
         if seen is not None:  # a repeat of a call this rank has already validated
             arr = mine
             raw, plan = seen
             if plan is None:
-                plan = self._plan_scatter(raw, x.check(Call.SCATTER, raw, None, None), root, arr, out)
+                plan = self._plan_scatter(raw, x.check(_SCATTER, raw, None, None), root, arr, out)
         else:
             problem = self._check_root(root)
             arr = None
@@ -200,7 +205,7 @@ class Context:
                     arr = array
                     problem = attempt(partition.normalize_axis, axis, arr.ndim)[1]
             problem = problem or _check_out(out)
-            raw, heads = x.agree(Call.SCATTER, root, axis, problem, arr, out)
+            raw, heads = x.agree(_SCATTER, root, axis, problem, arr, out)
             plan = x.plan(raw) or self._plan_scatter(raw, heads, root, arr, out)
             x.see(fkey)
         ax = plan.axis
@@ -256,7 +261,7 @@ class Context:
             ValueError: on every rank, when a block is not an array, dtypes or
                 trailing shapes differ across ranks, or root's ``out`` does not fit.
         """
-        return self._gather(Call.GATHER, local, root, axis, out)
+        return self._gather(_GATHER, local, root, axis, out)
 
     @watchdog.marked("allgather")
     def allgather(self, local: np.ndarray, axis: int = 0,
@@ -266,9 +271,9 @@ class Context:
         **Collective**. The same rules as :meth:`gather`; every rank receives the
         whole array (into its own ``out`` when given).
         """
-        return self._gather(Call.ALLGATHER, local, None, axis, out)
+        return self._gather(_ALLGATHER, local, None, axis, out)
 
-    def _gather(self, call: Call, local: Any, root: int | None, axis: Any,
+    def _gather(self, call: int, local: Any, root: int | None, axis: Any,
                 out: Any) -> np.ndarray | None:
         x = self._x
         takes_out = root is None or self.rank == root
@@ -304,9 +309,9 @@ class Context:
             vcall(self.comm.Gatherv, send, rspec, root=root)
         return _finish(recv, ax, out, direct)
 
-    def _plan_gather(self, call: Call, raw: bytes, heads: list, arr: np.ndarray | None,
+    def _plan_gather(self, call: int, raw: bytes, heads: list, arr: np.ndarray | None,
                      out: np.ndarray | None) -> Plan:
-        where = f"hpcpar.{call.label}"
+        where = f"hpcpar.{Call(call).label}"
         dtypes = self._x.dtypes(heads, arr, out)
         shapes = [shape_of(h) for h in heads]
         ax = heads[0][Field.AXIS] % max(len(shapes[0]), 1)
@@ -348,7 +353,7 @@ class Context:
                 arr, kind = obj, Kind.ARRAY
             else:
                 kind = Kind.OBJECT
-        raw, heads = x.agree(Call.BCAST, root, 0, problem, arr, None, kind=kind)
+        raw, heads = x.agree(_BCAST, root, 0, problem, arr, None, kind=kind)
         h = heads[root] if heads is not None else unpack(raw, root)
         if h[Field.KIND] == Kind.OBJECT:
             return self.comm.bcast(obj, root=root)
@@ -382,7 +387,7 @@ class Context:
         Returns:
             The result on root, None elsewhere.
         """
-        return self._reduce(Call.REDUCE, x, op, root)
+        return self._reduce(_REDUCE, x, op, root)
 
     @watchdog.marked("allreduce")
     def allreduce(self, x: Any, op: str | MPI.Op = "sum") -> Any:
@@ -390,9 +395,9 @@ class Context:
 
         **Collective**. The same rules as :meth:`reduce`.
         """
-        return self._reduce(Call.ALLREDUCE, x, op, None)
+        return self._reduce(_ALLREDUCE, x, op, None)
 
-    def _reduce(self, call: Call, value: Any, op: Any, root: int | None) -> Any:
+    def _reduce(self, call: int, value: Any, op: Any, root: int | None) -> Any:
         x = self._x
         problem = self._check_root(root) if root is not None else None
         mop = OPS.get(op) if isinstance(op, str) else op
@@ -427,12 +432,12 @@ class Context:
             return None
         return recv[()] if isinstance(value, np.generic) else recv
 
-    def _plan_reduce(self, call: Call, raw: bytes, heads: list) -> Plan:
+    def _plan_reduce(self, call: int, raw: bytes, heads: list) -> Plan:
         kinds = {h[Field.KIND] for h in heads}
         shapes = [shape_of(h) for h in heads]
         codes = [h[Field.DTYPE] for h in heads]
         if len(kinds) > 1 or any(s != shapes[0] for s in shapes) or len(set(codes)) > 1:
-            fail(f"hpcpar.{call.label}",
+            fail(f"hpcpar.{Call(call).label}",
                  "every rank must pass the same kind of value, with the same shape and dtype "
                  "for arrays; got "
                  + "; ".join(f"rank {r}: " + (describe(s, DTYPES.get(c)) if h[Field.KIND] == Kind.ARRAY

@@ -22,7 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..errors import CollectiveMismatchError, Problem, raise_problems
-from .cache import LRU
+from .cache import BoundedCache
 from .callsite import caller_site, site_code
 
 __all__ = ["Call", "Kind", "Field", "MAXDIM", "NO_ARRAY", "CUSTOM", "DTYPES", "OPS", "Plan",
@@ -38,7 +38,11 @@ _OPNAMES = {op.py2f(): name for name, op in OPS.items()}
 
 
 class Call(IntEnum):
-    """The collective a header announces."""
+    """The collective a header announces.
+
+    Hot paths pass the plain ``int`` (``int(Call.SCATTER)``): the values key
+    caches looked up on every call, and an enum member hashes several times slower.
+    """
 
     SCATTER = 1
     GATHER = 2
@@ -60,8 +64,11 @@ class Call(IntEnum):
         return self in (Call.REDUCE, Call.ALLREDUCE)
 
 
-class Kind(IntEnum):
-    """What a rank passes to bcast or a reduction."""
+_CALL_VALUES = frozenset(int(c) for c in Call)
+
+
+class Kind:
+    """What a rank passes to bcast or a reduction (plain ints: read on every call)."""
 
     NONE = 0  #: nothing (bcast on a rank other than root)
     ARRAY = 1  #: a NumPy array or scalar, travelling by buffer
@@ -72,8 +79,11 @@ class Kind(IntEnum):
 MAXDIM = 32
 
 
-class Field(IntEnum):
-    """The slots of a header: one signed 64-bit int each, every slot meaning one thing."""
+class Field:
+    """The slots of a header: one signed 64-bit int each, every slot meaning one thing.
+
+    Plain int constants (class attributes read on every call), not an enum.
+    """
 
     CALL = 0  #: a :class:`Call`
     ROOT = 1  #: the root rank, -1 for calls without one
@@ -151,7 +161,7 @@ def call_desc(h: Head) -> str:
     """The call in header ``h`` as a user wrote it, e.g. ``reduce(root=0, float64, op=sum)``."""
     if h[Field.CALL] == Call.FINISH:
         return "returned from main (finished)"
-    name = Call(h[Field.CALL]).label if h[Field.CALL] in Call._value2member_map_ else "?"
+    name = Call(h[Field.CALL]).label if h[Field.CALL] in _CALL_VALUES else "?"
     root = "" if h[Field.ROOT] < 0 else f"root={h[Field.ROOT]}"
     dt = DTYPES.get(h[Field.DTYPE])
     op = (f"op={_OPNAMES.get(h[Field.OP], h[Field.OP])}"
@@ -160,7 +170,7 @@ def call_desc(h: Head) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def fast_key(call: Call, root: Any, axis: Any, arr: Any, out: Any, debug: bool) -> tuple | None:
+def fast_key(call: int, root: Any, axis: Any, arr: Any, out: Any, debug: bool) -> tuple | None:
     """A key for the local arguments of a scatter/gather call, or None when the call
     must take the full checks (debug mode, or arguments that are not plain arrays).
 
@@ -199,7 +209,7 @@ class Plan:
     """
 
     axis: int = 0
-    kind: int = Kind.NONE
+    kind: int = 0  # Kind.NONE
     dtype: Any = None
     shapes: list = field(default_factory=list)
     gshape: tuple = ()
@@ -234,22 +244,33 @@ class Exchange:
     def __init__(self, comm: MPI.Intracomm, debug: bool):
         self.comm, self.debug = comm, debug
         self._all = bytearray(_HEADER.size * comm.Get_size())
-        self._packed: LRU[tuple, bytes] = LRU(256)  # the arguments of a valid call -> its header
-        self._seen: LRU[tuple, bytes] = LRU(256)  # fast key of a validated call -> its header
-        self._plans: LRU[bytes, Plan] = LRU(128)  # exchanged headers -> the call's plan
+        # the arguments of a valid call -> its header
+        self._packed: BoundedCache[tuple, bytes] = BoundedCache(256)
+        # the fast key of a validated call -> its header
+        self._seen: BoundedCache[tuple, bytes] = BoundedCache(256)
+        # exchanged headers -> the call's plan
+        self._plans: BoundedCache[bytes, Plan] = BoundedCache(128)
         self._last: bytes | None = None
+        #: ``plan(raw)``: the cached plan of the exchanged headers ``raw``, or None.
+        self.plan = self._plans.get
 
-    def agree(self, call: Call, root: Any, axis: Any, problem: Problem | None,
+    def agree(self, call: int, root: Any, axis: Any, problem: Problem | None,
               arr: np.ndarray | None, out: Any, kind: int = 0,
               op: int = 0) -> tuple[bytes, list[Head] | None]:
         """Exchange this rank's header; raise on every rank if anything is wrong.
+
+        Args:
+            call: the :class:`Call`, as a plain int.
+            root, axis: the arguments as the user passed them.
+            problem: what this rank found wrong with its own arguments, or None.
+            arr, out: the data and output arrays (None for none).
+            kind, op: the :class:`Kind` and reduction op code (bcast and reductions).
 
         Returns the exchanged header bytes (the plan-cache key) and the unpacked
         headers (None when a plan for these bytes is cached: nothing to check).
         """
         isout = out.__class__ is np.ndarray or isinstance(out, np.ndarray)
-        if problem is None and max(arr.ndim if arr is not None else 0,
-                                   out.ndim if isout else 0) > MAXDIM:
+        if problem is None and ((arr is not None and arr.ndim > MAXDIM) or (isout and out.ndim > MAXDIM)):
             problem = ("ValueError", f"arrays of more than {MAXDIM} dimensions are not supported")
         if problem is not None:
             arr, isout = None, False
@@ -263,8 +284,9 @@ class Exchange:
             if problem is None:
                 self._packed.put(key, hdr)
         self._last = hdr if problem is None else None
-        raw = self._exchange(hdr)
-        if raw in self._plans:
+        self.comm.Allgather([hdr, MPI.BYTE], [self._all, MPI.BYTE])
+        raw = bytes(self._all)
+        if self.plan(raw) is not None:
             return raw, None
         return raw, self.check(call, raw, problem, site)
 
@@ -278,7 +300,7 @@ class Exchange:
         if hdr is None:
             return None
         raw = self._exchange(hdr)
-        return raw, self._plans.get(raw)
+        return raw, self.plan(raw)
 
     def see(self, fkey: tuple | None) -> None:
         """Remember the header of the call just validated under its fast key."""
@@ -289,20 +311,17 @@ class Exchange:
         self.comm.Allgather([hdr, MPI.BYTE], [self._all, MPI.BYTE])
         return bytes(self._all)
 
-    def plan(self, raw: bytes) -> Plan | None:
-        """The cached plan of the exchanged headers ``raw``, or None."""
-        return self._plans.get(raw)
-
     def remember(self, raw: bytes, heads: list[Head], plan: Plan) -> Plan:
         """Cache ``plan`` for ``raw`` (unless a custom dtype needs a second exchange); return it."""
         if all(h[Field.DTYPE] != CUSTOM and h[Field.ODTYPE] != CUSTOM for h in heads):
             self._plans.put(raw, plan)
         return plan
 
-    def check(self, call: Call, raw: bytes, problem: Problem | None,
+    def check(self, call: int, raw: bytes, problem: Problem | None,
               site: str | None) -> list[Head]:
         """The checks every rank runs on the exchanged headers; raises the same error everywhere."""
         heads = unpack(raw)
+        call = Call(call)
         if any(h[Field.PROBLEM] for h in heads):
             raise_problems(f"hpcpar.{call.label}", self.comm.allgather(problem), name_ranks=True)
         first = heads[0]

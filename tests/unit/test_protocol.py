@@ -3,20 +3,23 @@
 import numpy as np
 import pytest
 
-from hpcpar.core.cache import LRU
+from hpcpar.core.cache import BoundedCache
 from hpcpar.core.protocol import CUSTOM, NO_ARRAY, Call, Field, Kind, Plan, call_desc, pack, shape_of, unpack
 from hpcpar.errors import CollectiveError, CollectiveTypeError, UsageError, collective_error, raise_problems
 
 
-def test_lru_forgets_the_least_recently_used():
-    cache = LRU(2)
+def test_bounded_cache_forgets_the_oldest_entry():
+    cache = BoundedCache(2)
     cache.put("a", 1)
     cache.put("b", 2)
-    assert cache.get("a") == 1  # "b" is now the oldest
+    cache.put("a", 10)  # replacing keeps the size
+    assert len(cache) == 2 and cache.get("a") == 10
     cache.put("c", 3)
-    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+    assert "a" not in cache and cache.get("b") == 2 and cache.get("c") == 3 and len(cache) == 2
+    assert cache.get("zz") is None
     with pytest.raises(ValueError):
-        LRU(0)
+        BoundedCache(0)
+    assert hash(Call.SCATTER) == hash(1) and {Call.SCATTER: 1}.get(1) == 1
 
 
 def test_a_header_round_trips_every_field():
