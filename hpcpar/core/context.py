@@ -115,7 +115,7 @@ class Context:
     def __repr__(self) -> str:
         return f"<hpcpar.Context rank {self.rank} of {self.size}>"
 
-    def timer(self, name: str) -> Any:
+    def timer(self, name: str) -> timing.Region:
         """The wall-time region ``name`` of this rank: ``with ctx.timer("halo"):``. **Local**.
 
         Also a decorator (``@ctx.timer("compute")``). At the end of :func:`hpcpar.run`

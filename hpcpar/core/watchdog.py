@@ -34,12 +34,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mpi4py import MPI
 
 from .. import env
 from .abort import abort
+
+if TYPE_CHECKING:
+    from .context import Context
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,7 +93,7 @@ _S = _State()
 
 
 # ---- marking calls: the hot path ---------------------------------------------------
-def enter(name: str, ctx: Any = None) -> tuple | None:
+def enter(name: str, ctx: Context | None = None) -> tuple | None:
     """Mark this rank as blocked in ``name`` from now on. **Local**, a few hundred ns.
 
     Returns the previous mark, to be passed to :func:`leave`. A call entered while
@@ -117,7 +120,7 @@ class watching:
 
     __slots__ = ("name", "ctx", "prev")
 
-    def __init__(self, name: str, ctx: Any = None):
+    def __init__(self, name: str, ctx: Context | None = None):
         self.name, self.ctx = name, ctx
 
     def __enter__(self) -> watching:
