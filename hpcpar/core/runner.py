@@ -20,6 +20,7 @@ from mpi4py import MPI
 from .. import env
 from ..slurm import job as slurm_job
 from . import preempt, watchdog
+from .abort import abort
 from ..observe import timing
 from .context import Context
 
@@ -27,27 +28,6 @@ __all__ = ["run", "run_path", "abort"]
 
 #: Exit status of a job ended by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
-
-
-def abort(message: str, code: int = 1) -> None:
-    """Print ``message`` to stderr and end the whole MPI job. **Local**: any one rank may call it.
-
-    Never returns. Use it when a rank finds a condition the others cannot learn of
-    (they may already be blocked in a collective).
-    """
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-    sys.stderr.write(message if message.endswith("\n") else message + "\n")
-    sys.stderr.flush()
-    size = MPI.COMM_WORLD.Get_size()
-    if size > 1:
-        # Give the stderr pipe a moment to drain through the launcher before the
-        # abort tears down every process of the job.
-        time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
-        MPI.COMM_WORLD.Abort(code)
-    os._exit(code)
 
 
 def _failure_text(exc: BaseException) -> str:

@@ -26,18 +26,26 @@ the GIL cannot run its watchdog; MPI calls made through mpi4py release it.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mpi4py import MPI
 
 from .. import env
 from ..observe import stacks
+from .abort import abort
 
-__all__ = ["watching", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
+if TYPE_CHECKING:
+    from .context import Context
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["watching", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
            "current", "format_stacks", "EXIT_HANG", "FINISH"]
 
 #: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out):
@@ -85,7 +93,7 @@ _S = _State()
 
 
 # ---- marking calls: the hot path ---------------------------------------------------
-def enter(name: str, ctx: Any = None) -> tuple | None:
+def enter(name: str, ctx: Context | None = None) -> tuple | None:
     """Mark this rank as blocked in ``name`` from now on. **Local**, a few hundred ns.
 
     Returns the previous mark, to be passed to :func:`leave`. A call entered while
@@ -112,15 +120,39 @@ class watching:
 
     __slots__ = ("name", "ctx", "prev")
 
-    def __init__(self, name: str, ctx: Any = None):
+    def __init__(self, name: str, ctx: Context | None = None):
         self.name, self.ctx = name, ctx
 
-    def __enter__(self) -> "watching":
+    def __enter__(self) -> watching:
         self.prev = enter(self.name, self.ctx)
         return self
 
     def __exit__(self, *exc: object) -> None:
         leave(self.prev)
+
+
+def marked(name: str) -> Callable[[F], F]:
+    """Decorate a method so that it is marked as ``name`` while it runs. **Local**.
+
+    The method's ``self`` is recorded as the context (the watchdog reads its
+    ``world_ranks``). Costs a few hundred ns per call; calls made inside an
+    already marked call keep the outer mark, as with :func:`enter`.
+    """
+    state, mono = _S, _monotonic
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            prev = state.now
+            if prev is None:
+                state.now = (name, mono(), self)
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                if prev is None:
+                    state.now = None
+        return wrapper  # type: ignore[return-value]
+    return deco
 
 
 def current() -> tuple[str, float] | None:
@@ -183,7 +215,7 @@ def stop() -> None:
         for req in _S.sends:  # tiny messages: sent eagerly, complete already
             try:
                 req.Test()
-            except Exception:  # noqa: BLE001 - never fail at exit
+            except Exception:
                 pass
         _S.sends.clear()
 
@@ -215,7 +247,7 @@ def _loop() -> None:
     while not _S.stopping.wait(_tick()):
         try:
             _check()
-        except Exception as exc:  # noqa: BLE001 - the watchdog must never die silently
+        except Exception as exc:
             _write(f"hpcpar watchdog: internal error {type(exc).__name__}: {exc}\n")
             return
 
@@ -250,7 +282,7 @@ def _check() -> None:
 
 def _world_ranks(ctx: Any) -> list[int]:
     """The COMM_WORLD ranks of a context (all ranks when unknown)."""
-    ranks = getattr(ctx, "_world_ranks", None)
+    ranks = getattr(ctx, "world_ranks", None)
     return list(range(MPI.COMM_WORLD.Get_size())) if ranks is None else ranks
 
 
@@ -283,7 +315,7 @@ def _drain(comm: MPI.Comm) -> None:
     try:
         while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
             comm.recv(source=status.Get_source(), tag=status.Get_tag())
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
@@ -325,7 +357,7 @@ def _fire(name: str, waited: float, timeout: float) -> None:
         groups.setdefault(what, []).append(r)
     report = "; ".join(f"{'ranks' if len(rs) > 1 else 'rank'} {', '.join(map(str, rs))}: {what}"
                        for what, rs in groups.items())
-    _abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
+    abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
            "is not in a call, usually mean a collective that only some ranks make (inside "
            "`if ctx.rank == ...:` or a loop whose length differs between ranks).", EXIT_HANG)
 
@@ -334,16 +366,10 @@ def _fire_finished(name: str, waited: float, gone: list[int]) -> None:
     _S.fired = True
     me, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
     who = ", ".join(map(str, gone))
-    _abort(f"hpcpar: rank {me} of {size} is blocked in {name} ({waited:.1f} s) but rank"
+    abort(f"hpcpar: rank {me} of {size} is blocked in {name} ({waited:.1f} s) but rank"
            f"{'s' if len(gone) > 1 else ''} {who} already finished the main function and will "
            "never join it. Every rank must make the same collective calls; a rank that "
            "returns or calls sys.exit() early is the usual cause.", 1)
-
-
-def _abort(message: str, code: int) -> None:
-    from .runner import abort
-
-    abort(message, code)
 
 
 # ---- output --------------------------------------------------------------------------
@@ -357,5 +383,5 @@ def _write(text: str) -> None:
     try:
         sys.stderr.write(text)
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001
+    except Exception:
         os.write(2, text.encode("utf-8", "replace"))

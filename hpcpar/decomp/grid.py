@@ -8,13 +8,16 @@ Python, no per-element loops), and scatter/gather of whole domains.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from mpi4py import MPI
 
-from . import partition
 from ..core.context import Context
+from ..errors import Problem, agree, agree_equal, attempt, fail, raise_problems
+from . import partition
 
 __all__ = ["Grid"]
 
@@ -29,7 +32,8 @@ class Grid:
     Creating a Grid is **collective** over ``ctx``: every rank passes the same
     arguments. The ranks first compare their arguments (one small ``allgather``),
     so arguments that differ between ranks, malformed arguments, or a shape too
-    small for the process grid raise the same ``ValueError`` on every rank.
+    small for the process grid raise the same ``ValueError`` on every rank (a
+    ``TypeError`` too for arguments of the wrong type).
 
     Args:
         ctx: the :class:`hpcpar.Context` whose ranks share the grid.
@@ -56,22 +60,14 @@ class Grid:
     def __init__(self, ctx: Context, shape: Sequence[int], dims: Sequence[int] | None = None,
                  periodic: bool | Sequence[bool] = False, halo: int = 1):
         if not isinstance(ctx, Context):
-            raise ValueError(f"hpcpar.Grid: ctx must be an hpcpar.Context, got {ctx!r}")
-        mine = _normalise(shape, dims, periodic, halo, ctx.size)
-        everyone = ctx.comm.allgather(mine)
-        errors = [f"rank {r}: {m}" for r, m in enumerate(everyone) if isinstance(m, str)]
-        if errors:
-            raise ValueError("hpcpar.Grid: " + "; ".join(errors))
-        if any(m != everyone[0] for m in everyone):
-            raise ValueError(
-                "hpcpar.Grid: every rank must pass the same shape, dims, periodic and halo; got "
-                + "; ".join(f"rank {r}: shape={m[0]}, dims={m[1]}, periodic={m[2]}, halo={m[3]}"
-                            for r, m in enumerate(everyone)))
+            fail("hpcpar.Grid", f"ctx must be an hpcpar.Context, got {ctx!r}", TypeError)
+        mine, problem = attempt(_normalise, shape, dims, periodic, halo, ctx.size)
+        agree(ctx.comm, "hpcpar.Grid", problem, name_ranks=True)
+        agree_equal(ctx.comm, "hpcpar.Grid", mine, "shape, dims, periodic and halo",
+                    lambda m: f"shape={m[0]}, dims={m[1]}, periodic={m[2]}, halo={m[3]}")
         shape, dims, periodic, halo = mine
-        try:
-            layout = partition.GridLayout(shape, dims, periodic, halo)
-        except ValueError as exc:  # the same on every rank: the arguments agree
-            raise ValueError(f"hpcpar.Grid: {exc}") from None
+        layout, problem = attempt(partition.GridLayout, shape, dims, periodic, halo)
+        raise_problems("hpcpar.Grid", [problem])  # the same on every rank: the arguments agree
         self.ctx = ctx
         self.layout = layout
         self.shape: tuple[int, ...] = layout.shape
@@ -107,7 +103,7 @@ class Grid:
         if self.comm != MPI.COMM_NULL and not MPI.Is_finalized():
             self.comm.Free()
 
-    def __enter__(self) -> "Grid":
+    def __enter__(self) -> Grid:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,11 +115,11 @@ class Grid:
                 f"{self.local_shape} at {_fmt_slices(self.global_slices)}>")
 
     # ------------------------------------------------------------------ local arrays
-    def zeros(self, dtype=float) -> np.ndarray:
+    def zeros(self, dtype: npt.DTypeLike = float) -> np.ndarray:
         """A zero-filled local array with halo, shape :attr:`halo_shape`. **Local**."""
         return np.zeros(self.halo_shape, dtype)
 
-    def empty(self, dtype=float) -> np.ndarray:
+    def empty(self, dtype: npt.DTypeLike = float) -> np.ndarray:
         """An uninitialised local array with halo, shape :attr:`halo_shape`. **Local**."""
         return np.empty(self.halo_shape, dtype)
 
@@ -176,7 +172,7 @@ class Grid:
         self._check_local(a, "exchange_begin", contiguous=True)
         plan = self._plan(a.dtype, corners)
         reqs = []
-        for peer, rtag, _, stag, rtype in plan:
+        for peer, rtag, _, _, rtype in plan:
             reqs.append(self.comm.Irecv([a, 1, rtype], peer, rtag))
         for peer, _, stype, stag, _ in plan:
             reqs.append(self.comm.Isend([a, 1, stype], peer, stag))
@@ -217,7 +213,7 @@ class Grid:
         return plan
 
     @staticmethod
-    def _subarray(shape, region, dtype: np.dtype) -> MPI.Datatype:
+    def _subarray(shape: Sequence[int], region: Sequence[slice], dtype: np.dtype) -> MPI.Datatype:
         """A committed MPI datatype for ``array[region]`` of a C-ordered array, counted in bytes."""
         sizes = list(shape)
         subsizes = [s.stop - s.start for s in region]
@@ -245,22 +241,24 @@ class Grid:
             ValueError: on every rank, when root's array is missing or its shape
                 is not the grid's.
         """
-        status, dtype = None, None
-        if not (isinstance(root, (int, np.integer)) and 0 <= root < self.ctx.size):
-            raise ValueError(f"hpcpar.Grid.scatter: root={root!r} is not a rank of this "
-                             f"{self.ctx.size}-rank grid")
+        where = "hpcpar.Grid.scatter"
+        self._check_root(root, where)
+        problem: Problem | None = None
+        dtype = None
         if self.rank == root:
             if not isinstance(array, np.ndarray):
-                status = f"root's array must be a NumPy array, got {type(array).__name__}"
+                problem = ("TypeError",
+                           f"root's array must be a NumPy array, got {type(array).__name__}")
             elif array.shape != self.shape:
-                status = f"root's array has shape {array.shape}, the grid's shape is {self.shape}"
+                problem = ("ValueError", f"root's array has shape {array.shape}, the grid's shape "
+                           f"is {self.shape}")
             elif array.dtype.hasobject:
-                status = f"root's array has dtype {array.dtype}, which holds Python objects"
+                problem = ("TypeError",
+                           f"root's array has dtype {array.dtype}, which holds Python objects")
             else:
                 dtype = array.dtype
-        status, dtype = self.comm.bcast((status, dtype), root=root)
-        if status:
-            raise ValueError(f"hpcpar.Grid.scatter: {status}")
+        problem, dtype = self.comm.bcast((problem, dtype), root=root)
+        raise_problems(where, [problem if r == root else None for r in range(self.ctx.size)])
         local = self.zeros(dtype)
         itype = self._subarray(self.halo_shape, self._interior, dtype)
         try:
@@ -289,26 +287,19 @@ class Grid:
             ValueError: on every rank, when some rank's array has the wrong shape
                 or the dtypes differ between ranks.
         """
-        if not (isinstance(root, (int, np.integer)) and 0 <= root < self.ctx.size):
-            raise ValueError(f"hpcpar.Grid.gather: root={root!r} is not a rank of this "
-                             f"{self.ctx.size}-rank grid")
-        status, dtype = None, None
+        where = "hpcpar.Grid.gather"
+        self._check_root(root, where)
+        problem: Problem | None = None
         if not isinstance(a, np.ndarray):
-            status = f"expected a NumPy array, got {type(a).__name__}"
+            problem = "TypeError", f"expected a NumPy array, got {type(a).__name__}"
         elif a.shape not in (self.halo_shape, self.local_shape):
-            status = (f"array of shape {a.shape} fits neither the local shape with halo "
-                      f"{self.halo_shape} nor without {self.local_shape}")
+            problem = ("ValueError", f"array of shape {a.shape} fits neither the local shape with "
+                       f"halo {self.halo_shape} nor without {self.local_shape}")
         elif a.dtype.hasobject:
-            status = f"dtype {a.dtype} holds Python objects"
-        else:
-            dtype = a.dtype
-        everyone = self.comm.allgather((status, dtype))
-        bad = [f"rank {r}: {s}" for r, (s, _) in enumerate(everyone) if s]
-        if bad:
-            raise ValueError("hpcpar.Grid.gather: " + "; ".join(bad))
-        if any(d != everyone[0][1] for _, d in everyone):
-            raise ValueError("hpcpar.Grid.gather: every rank must pass the same dtype; got "
-                             + "; ".join(f"rank {r}: {d}" for r, (_, d) in enumerate(everyone)))
+            problem = "TypeError", f"dtype {a.dtype} holds Python objects"
+        agree(self.comm, where, problem, name_ranks=True)
+        dtype = a.dtype
+        agree_equal(self.comm, where, dtype, "dtype")
         block = a[self._interior] if a.shape == self.halo_shape else a
         if self.rank != root:
             self.comm.Send([np.ascontiguousarray(block), MPI.BYTE], root, _TAG_DOMAIN)
@@ -339,7 +330,14 @@ class Grid:
                 t.Free()
 
     # ------------------------------------------------------------------ checks
-    def _check_local(self, a, where: str, contiguous: bool = False) -> None:
+    def _check_root(self, root: object, where: str) -> None:
+        """Raise when ``root`` is not a rank; every rank passes the same root, so all raise alike."""
+        if not (isinstance(root, (int, np.integer)) and not isinstance(root, bool)
+                and 0 <= root < self.ctx.size):
+            fail(where, f"root={root!r} is not a rank of this {self.ctx.size}-rank grid",
+                 ValueError if isinstance(root, (int, np.integer)) else TypeError)
+
+    def _check_local(self, a: object, where: str, contiguous: bool = False) -> None:
         if not isinstance(a, np.ndarray) or a.shape != self.halo_shape:
             got = f"shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
             raise ValueError(
@@ -351,39 +349,43 @@ class Grid:
                 f"no Python objects (got dtype {a.dtype}, C-contiguous={a.flags.c_contiguous})")
 
 
-def _normalise(shape, dims, periodic, halo, size):
-    """(shape, dims, periodic, halo) as plain tuples/ints, or an error message."""
+def _normalise(shape: Any, dims: Any, periodic: Any, halo: Any,
+               size: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[bool, ...], int]:
+    """(shape, dims, periodic, halo) as plain tuples/ints; TypeError or ValueError when unusable."""
     try:
         shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError):
-        return f"shape must be a sequence of ints, got {shape!r}"
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
     if not shape or any(n < 1 for n in shape):
-        return f"shape must hold one or more positive ints, got {shape}"
+        raise ValueError(f"shape must hold one or more positive ints, got {shape}")
     if dims is None:
         dims = partition.dims_create(size, len(shape))
     else:
         try:
             dims = tuple(int(d) for d in dims)
         except (TypeError, ValueError):
-            return f"dims must be a sequence of ints, got {dims!r}"
+            raise TypeError(f"dims must be a sequence of ints, got {dims!r}") from None
         if len(dims) != len(shape) or any(d < 1 for d in dims):
-            return f"dims {dims} must hold one positive int per axis of shape {shape}"
+            raise ValueError(f"dims {dims} must hold one positive int per axis of shape {shape}")
         prod = 1
         for d in dims:
             prod *= d
         if prod != size:
-            return (f"dims {dims} make a grid of {prod} processes, but the context has {size} "
-                    "ranks; pass dims whose product is the number of ranks, or dims=None")
+            raise ValueError(f"dims {dims} make a grid of {prod} processes, but the context has "
+                             f"{size} ranks; pass dims whose product is the number of ranks, or "
+                             "dims=None")
     try:
         periodic = tuple(bool(p) for p in periodic)
     except TypeError:
         periodic = (bool(periodic),) * len(shape)
     if len(periodic) != len(shape):
-        return f"periodic {periodic} must be one bool or one per axis of shape {shape}"
-    if not isinstance(halo, (int, np.integer)) or isinstance(halo, bool) or halo < 1:
-        return f"halo must be an int >= 1, got {halo!r}"
+        raise ValueError(f"periodic {periodic} must be one bool or one per axis of shape {shape}")
+    if not isinstance(halo, (int, np.integer)) or isinstance(halo, bool):
+        raise TypeError(f"halo must be an int >= 1, got {halo!r}")
+    if halo < 1:
+        raise ValueError(f"halo must be an int >= 1, got {halo!r}")
     return shape, dims, periodic, int(halo)
 
 
-def _fmt_slices(slices) -> str:
+def _fmt_slices(slices: Sequence[slice]) -> str:
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in slices) + "]"

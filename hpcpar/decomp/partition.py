@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 __all__ = [
     "block_counts",
@@ -23,8 +23,29 @@ __all__ = [
     "weighted_counts",
     "owner",
     "dims_create",
+    "normalize_axis",
     "GridLayout",
 ]
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """``axis`` of an array of ``ndim`` dimensions as an int in ``[0, ndim)``. **Local**.
+
+    Negative axes count from the end, as in NumPy; NumPy integers are accepted.
+
+    Raises:
+        TypeError: when ``axis`` is not an int (bools are not axes).
+        ValueError: when it is out of range, or the array is 0-d (it has no axis).
+    """
+    if isinstance(axis, bool) or not hasattr(axis, "__index__"):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    axis = int(axis.__index__())
+    if ndim == 0:
+        raise ValueError("a 0-d array has no axis to split or join; pass an array of at least "
+                         "1 dimension")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} is out of range for an array of {ndim} dimensions")
+    return axis % ndim
 
 
 def _check_n_parts(n: int, parts: int) -> None:
@@ -203,9 +224,9 @@ class GridLayout:
         self.ndim: int = len(shape)
         self.nprocs: int = math.prod(dims)
         self.counts: tuple[tuple[int, ...], ...] = tuple(
-            block_counts(n, d) for n, d in zip(shape, dims))
+            block_counts(n, d) for n, d in zip(shape, dims, strict=False))
         problems = []
-        for k, (n, d, p) in enumerate(zip(shape, dims, periodic)):
+        for k, (n, d, p) in enumerate(zip(shape, dims, periodic, strict=False)):
             need = halo if (d > 1 or p) else 1
             small = min(self.counts[k])
             if small < need:
@@ -236,7 +257,7 @@ class GridLayout:
     def rank(self, coords: Sequence[int]) -> int | None:
         """The rank at ``coords``; periodic axes wrap, None beyond a non-periodic wall."""
         r = 0
-        for c, d, p in zip(coords, self.dims, self.periodic):
+        for c, d, p in zip(coords, self.dims, self.periodic, strict=False):
             if not 0 <= c < d:
                 if not p:
                     return None
@@ -246,7 +267,7 @@ class GridLayout:
 
     def neighbor(self, coords: Sequence[int], offset: Sequence[int]) -> int | None:
         """The rank at ``coords + offset`` (None beyond a wall); diagonal offsets allowed."""
-        return self.rank([c + o for c, o in zip(coords, offset)])
+        return self.rank([c + o for c, o in zip(coords, offset, strict=False)])
 
     def neighbors(self, coords: Sequence[int]) -> tuple[tuple[int | None, int | None], ...]:
         """Per axis, the ``(lower, upper)`` neighbour ranks; None at a non-periodic wall."""
@@ -297,7 +318,7 @@ class GridLayout:
         """
         h = self.halo
         send, recv = [], []
-        for n, o in zip(self.local_shape(coords), offset):
+        for n, o in zip(self.local_shape(coords), offset, strict=False):
             if o < 0:
                 send.append(slice(h, 2 * h))
                 recv.append(slice(0, h))

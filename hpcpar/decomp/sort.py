@@ -13,6 +13,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..core.context import Context
+from ..errors import Problem, agree, agree_equal, fail
 
 __all__ = ["sample_sort"]
 
@@ -40,23 +41,24 @@ def sample_sort(ctx: Context, keys: np.ndarray, oversample: int | None = None) -
 
     Raises:
         ValueError: on every rank, when some rank's keys are not a 1-D array of a
-            sortable dtype, or the dtypes differ between ranks.
+            sortable dtype (a ``TypeError`` too when not an array or not sortable), or
+            the dtypes differ between ranks.
     """
-    status = None
-    if not isinstance(keys, np.ndarray) or keys.ndim != 1:
-        status = f"keys must be a 1-D NumPy array, got {_desc(keys)}"
+    where = "hpcpar.sample_sort"
+    problem: Problem | None = None
+    if not isinstance(keys, np.ndarray):
+        problem = "TypeError", f"keys must be a 1-D NumPy array, got {_desc(keys)}"
+    elif keys.ndim != 1:
+        problem = "ValueError", f"keys must be a 1-D NumPy array, got {_desc(keys)}"
     elif keys.dtype.kind not in KINDS:
-        status = (f"keys have dtype {keys.dtype}; sample_sort sorts bool, integer, float, "
-                  "datetime and timedelta keys")
-    everyone = ctx.comm.allgather((status, None if status else keys.dtype))
-    bad = [f"rank {r}: {s}" for r, (s, _) in enumerate(everyone) if s]
-    if bad:
-        raise ValueError("hpcpar.sample_sort: " + "; ".join(bad))
-    if any(d != everyone[0][1] for _, d in everyone):
-        raise ValueError("hpcpar.sample_sort: every rank must pass keys of the same dtype; got "
-                         + "; ".join(f"rank {r}: {d}" for r, (_, d) in enumerate(everyone)))
-    if oversample is not None and (not isinstance(oversample, int) or oversample < 1):
-        raise ValueError(f"hpcpar.sample_sort: oversample must be a positive int, got {oversample!r}")
+        problem = ("TypeError", f"keys have dtype {keys.dtype}; sample_sort sorts bool, integer, "
+                   "float, datetime and timedelta keys")
+    agree(ctx.comm, where, problem, name_ranks=True)
+    agree_equal(ctx.comm, where, keys.dtype, "dtype of keys")
+    if oversample is not None and (isinstance(oversample, bool) or not isinstance(oversample, int)
+                                   or oversample < 1):
+        fail(where, f"oversample must be a positive int, got {oversample!r}",
+             ValueError if isinstance(oversample, int) else TypeError)
 
     local = np.sort(keys)
     p, me = ctx.size, ctx.rank
@@ -107,7 +109,7 @@ def sample_sort(ctx: Context, keys: np.ndarray, oversample: int | None = None) -
     return out
 
 
-def _desc(x) -> str:
+def _desc(x: object) -> str:
     if isinstance(x, np.ndarray):
         return f"a {x.ndim}-D array of shape {x.shape}"
     return type(x).__name__

@@ -20,19 +20,26 @@ import multiprocessing.context as mpc
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import shared_memory
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["local_cpus", "available_cpus", "local_pool", "LocalPool"]
+from ..decomp import partition
+from ..errors import attempt, raise_problems
+
+if TYPE_CHECKING:
+    from ..core.context import Context
+
+__all__ = ["local_cpus", "available_cpus", "local_pool", "LocalPool", "WorkerContext"]
 
 #: What every worker process of a pool finds in its environment.
 CHILD_ENV = {"MPI4PY_RC_INITIALIZE": "0"}
 
 _ENV_LOCK = threading.Lock()
 _WORLD: list[int] = []  # local_cpus() for COMM_WORLD, once computed
-_CACHE: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()  # per Context
+_CACHE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()  # per Context
 
 
 def available_cpus() -> int:
@@ -61,7 +68,7 @@ def _slurm_cpus() -> int | None:
         return None
 
 
-def local_cpus(ctx=None) -> int:
+def local_cpus(ctx: Context | None = None) -> int:
     """The number of CPUs this rank may use for its own workers.
 
     **Collective** over ``ctx`` (``COMM_WORLD`` when None) the first time it is
@@ -123,7 +130,7 @@ class _Process(mpc.SpawnProcess):
     """A spawned process whose environment tells mpi4py not to initialise MPI."""
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: Any) -> Any:
         with _ENV_LOCK:
             saved = {k: os.environ.get(k) for k in CHILD_ENV}
             os.environ.update(CHILD_ENV)
@@ -137,7 +144,10 @@ class _Process(mpc.SpawnProcess):
                         os.environ[k] = v
 
 
-class _Context(mpc.SpawnContext):
+class WorkerContext(mpc.SpawnContext):
+    """The ``multiprocessing`` context of process pools: ``spawn``, and workers never
+    initialise MPI (see the module notes). **Local**; ``WorkerContext().Pool(n)`` works too."""
+
     Process = _Process
 
 
@@ -151,7 +161,7 @@ class LocalPool:
     def __init__(self, workers: int, kind: str):
         self.workers, self.kind = workers, kind
         if kind == "process":
-            self._ex: cf.Executor = cf.ProcessPoolExecutor(workers, mp_context=_Context())
+            self._ex: cf.Executor = cf.ProcessPoolExecutor(workers, mp_context=WorkerContext())
         else:
             self._ex = cf.ThreadPoolExecutor(workers, thread_name_prefix="hpcpar-local")
 
@@ -185,15 +195,14 @@ class LocalPool:
         Returns:
             ``[fn(block0), fn(block1), ...]``.
         """
-        from ..decomp import partition
-
         arr = np.asarray(array)
         if arr.dtype.hasobject:
             raise ValueError("hpcpar.local_pool.map_array: object arrays cannot go through shared "
                              "memory; use pool.map on a list instead")
         if arr.ndim == 0:
             raise ValueError("hpcpar.local_pool.map_array: needs an array with at least one axis")
-        axis = _axis(axis, arr.ndim)
+        axis, problem = attempt(partition.normalize_axis, axis, arr.ndim)
+        raise_problems("hpcpar.local_pool.map_array", [problem])  # a TypeError is a ValueError too
         length = arr.shape[axis]
         nblocks = blocks if blocks is not None else min(self.workers, max(1, length))
         if nblocks < 1:
@@ -221,7 +230,7 @@ class LocalPool:
         """Stop the workers (after the queued work when ``wait``)."""
         self._ex.shutdown(wait=wait, cancel_futures=cancel_futures)
 
-    def __enter__(self) -> "LocalPool":
+    def __enter__(self) -> LocalPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -231,19 +240,13 @@ class LocalPool:
         return f"<hpcpar.LocalPool {self.workers} {self.kind} workers>"
 
 
-def _axis(axis: int, ndim: int) -> int:
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-        raise ValueError(f"hpcpar.local_pool.map_array: axis {axis!r} out of range for {ndim}-d array")
-    return int(axis) % ndim
-
-
 def _take(arr: np.ndarray, axis: int, a: int, b: int) -> np.ndarray:
     index = [slice(None)] * arr.ndim
     index[axis] = slice(a, b)
     return arr[tuple(index)]
 
 
-def _apply_block(fn, spec, a: int, b: int):
+def _apply_block(fn: Callable[[np.ndarray], Any], spec: tuple, a: int, b: int) -> Any:
     """In a worker: map the shared array, call ``fn`` on block ``[a, b)``."""
     name, shape, dtype, axis = spec
     shm = shared_memory.SharedMemory(name=name)

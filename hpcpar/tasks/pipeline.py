@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mpi4py import MPI
 
 from ..decomp import partition
-from ..errors import TaskError
+from ..errors import Problem, TaskError, agree, agree_equal
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["pipeline"]
 
@@ -52,7 +56,7 @@ class _StageFailure:
             self.index, self.rank, self.exc_type, self.tb, stage=self.stage)
 
 
-def pipeline(ctx, stages: Sequence[Callable[[Any], Any]], items: Iterable[Any] | None,
+def pipeline(ctx: Context, stages: Sequence[Callable[[Any], Any]], items: Iterable[Any] | None,
              window: int | None = None) -> list | None:
     """Stream ``items`` through ``stages`` spread over the ranks; outputs in input order on root.
 
@@ -71,33 +75,31 @@ def pipeline(ctx, stages: Sequence[Callable[[Any], Any]], items: Iterable[Any] |
         On root, ``[stages[-1](...stages[0](item)) for item in items]``; None elsewhere.
 
     Raises:
-        ValueError: on every rank, when the arguments are unusable on any rank.
+        ValueError: on every rank, when the arguments are unusable on any rank (a
+            ``TypeError`` too when they are of the wrong type).
         TaskError: on root only, for the first item whose stage raised, naming
             the stage, rank and item index (``.stage``, ``.rank``, ``.index``)
             with the remote traceback; root then stops reading items, the
             items already inside drain, and every rank leaves cleanly.
     """
     comm = ctx.comm
-    problem = None
+    where = "hpcpar.pipeline"
+    problems = []
     try:
         nstages = len(stages)
         if nstages < 1 or not all(callable(s) for s in stages):
-            problem = "stages must be a non-empty sequence of callables"
+            problems.append(("TypeError", "stages must be a non-empty sequence of callables"))
     except TypeError:
-        nstages, problem = -1, f"stages must be a sequence of callables, got {type(stages).__name__}"
+        nstages = -1
+        problems.append(("TypeError",
+                         f"stages must be a sequence of callables, got {type(stages).__name__}"))
     if ctx.is_root:
         if items is None or isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
-            problem = (problem + "; " if problem else "") + "root must pass an iterable of items"
-        if window is not None and (not isinstance(window, int) or window < 1):
-            problem = (problem + "; " if problem else "") + f"window must be a positive int, got {window!r}"
-    heads = comm.allgather((problem, nstages))
-    bad = [f"rank {r}: {p}" for r, (p, _) in enumerate(heads) if p]
-    counts = {k for _, k in heads}
-    if not bad and len(counts) > 1:
-        bad = ["every rank must pass the same number of stages; got "
-               + ", ".join(f"rank {r}: {k}" for r, (_, k) in enumerate(heads))]
-    if bad:
-        raise ValueError("hpcpar.pipeline: " + "; ".join(bad))
+            problems.append(("TypeError", "root must pass an iterable of items"))
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            problems.append(("ValueError", f"window must be a positive int, got {window!r}"))
+    agree(comm, where, _joined(problems), name_ranks=True)
+    agree_equal(comm, where, nstages, "number of stages")
     used = min(ctx.size, nstages)
     window = comm.bcast(window if window is not None else 2 * used, root=ctx.root)
     if used == 1:
@@ -116,11 +118,19 @@ def pipeline(ctx, stages: Sequence[Callable[[Any], Any]], items: Iterable[Any] |
         pcomm.Free()
 
 
+def _joined(problems: list[Problem]) -> Problem | None:
+    """This rank's problems as one: their common type (else ValueError), messages joined."""
+    if not problems:
+        return None
+    kinds = {k for k, _ in problems}
+    return (kinds.pop() if len(kinds) == 1 else "ValueError"), "; ".join(m for _, m in problems)
+
+
 def _apply(stages, mine, index, value, rank):
     for s in mine:
         try:
             value = stages[s](value)
-        except Exception as exc:  # noqa: BLE001 - goes to root with its traceback
+        except Exception as exc:
             return _StageFailure(index, s, rank, exc)
     return value
 

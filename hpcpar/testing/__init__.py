@@ -18,14 +18,20 @@ import os
 import pickle
 import sys
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..errors import gather_problems
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["assert_all", "assert_allclose_all", "assert_equal_all", "run_spmd"]
 
 
-def _context(ctx):
+def _context(ctx: Context | None) -> Context:
     if ctx is None:
         from ..core.context import Context
         global _DEFAULT
@@ -37,7 +43,7 @@ def _context(ctx):
     return ctx
 
 
-def assert_all(cond: Any, msg: str = "", ctx=None) -> None:
+def assert_all(cond: Any, msg: str = "", ctx: Context | None = None) -> None:
     """Fail on every rank if ``cond`` is false on any rank. **Collective**.
 
     Args:
@@ -49,17 +55,17 @@ def assert_all(cond: Any, msg: str = "", ctx=None) -> None:
         AssertionError: on every rank, listing each failing rank and its message.
     """
     ctx = _context(ctx)
-    ok = bool(cond)
-    failures = ctx.comm.allgather(None if ok else (msg or "condition is false"))
-    bad = [(r, m) for r, m in enumerate(failures) if m is not None]
-    if bad:
+    mine = None if bool(cond) else ("AssertionError", msg or "condition is false")
+    failures = gather_problems(ctx.comm, mine)  # one Allreduce of one int when all pass
+    if failures is not None:
+        bad = [(r, p[1]) for r, p in enumerate(failures) if p is not None]
         raise AssertionError(
             f"failed on {len(bad)} of {ctx.size} ranks: "
             + "; ".join(f"rank {r}: {m}" for r, m in bad))
 
 
 def assert_allclose_all(actual: Any, desired: Any, rtol: float = 1e-7, atol: float = 0.0,
-                        msg: str = "", ctx=None) -> None:
+                        msg: str = "", ctx: Context | None = None) -> None:
     """``numpy.testing.assert_allclose`` on every rank, failing together. **Collective**."""
     try:
         np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
@@ -69,7 +75,7 @@ def assert_allclose_all(actual: Any, desired: Any, rtol: float = 1e-7, atol: flo
     assert_all(problem is None, problem or "", ctx=ctx)
 
 
-def assert_equal_all(actual: Any, desired: Any, msg: str = "", ctx=None) -> None:
+def assert_equal_all(actual: Any, desired: Any, msg: str = "", ctx: Context | None = None) -> None:
     """``numpy.testing.assert_array_equal`` on every rank, failing together. **Collective**."""
     try:
         np.testing.assert_array_equal(actual, desired)
@@ -127,7 +133,7 @@ def run_spmd(fn: Callable[..., Any], n: int = 3, args: tuple = (), kwargs: dict 
     return _spawn_spmd(fn, n, args, kwargs, timeout)
 
 
-def _spawn_spmd(fn, n, args, kwargs, timeout):
+def _spawn_spmd(fn: Callable[..., Any], n: int, args: tuple, kwargs: dict, timeout: float) -> list[Any]:
     __tracebackhide__ = True
     from ..launch.spawn import mpiexec_argv, run_job
 

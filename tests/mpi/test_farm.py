@@ -150,11 +150,21 @@ def test_results_keep_big_ints_and_objects(ctx):
     assert_all(ok, "big integers travel exactly", ctx=ctx)
 
 
-def test_progress_is_silent_off_a_terminal(ctx, capfd):
+def test_progress_writes_plain_lines_on_root_off_a_terminal(ctx, capfd):
     out = farm(ctx, square, range(50) if ctx.is_root else None, progress=True)
     err = capfd.readouterr().err
-    ok = (out == [square(x) for x in range(50)] if ctx.is_root else out is None) and "hpcpar.farm" not in err
-    assert_all(ok, f"progress output on a non-terminal: {err[:100]!r}", ctx=ctx)
+    done = "hpcpar.farm: 50/50 (100%)" in err and err.rstrip().endswith("done")
+    ok = (out == [square(x) for x in range(50)] and done) if ctx.is_root else (
+        out is None and "hpcpar.farm" not in err)
+    assert_all(ok, f"progress lines (root only): {err[:100]!r}", ctx=ctx)
+
+
+def test_hpcpar_progress_0_silences_the_farm(ctx, capfd, monkeypatch):
+    monkeypatch.setenv("HPCPAR_PROGRESS", "0")
+    out = farm(ctx, square, range(20) if ctx.is_root else None, progress=True)
+    err = capfd.readouterr().err
+    ok = (out == [square(x) for x in range(20)] if ctx.is_root else out is None) and "hpcpar.farm" not in err
+    assert_all(ok, f"HPCPAR_PROGRESS=0 yet: {err[:100]!r}", ctx=ctx)
 
 
 def test_exported_names():

@@ -3,7 +3,8 @@
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcpar.decomp import partition as P
 
@@ -56,7 +57,7 @@ def test_weighted_counts(weights, n):
     c = P.weighted_counts(weights, n)
     assert sum(c) == n and len(c) == len(weights)
     total = sum(weights)
-    for w, k in zip(weights, c):
+    for w, k in zip(weights, c, strict=False):
         assert abs(k - n * w / total) < 1 + 1e-9
         if w == 0:
             assert k == 0
@@ -111,3 +112,19 @@ def test_partition_does_not_import_mpi():
     src = open(P.__file__).read()
     assert "mpi4py" not in src and "import MPI" not in src
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+def test_normalize_axis_counts_from_the_end_and_names_the_misuse():
+    import numpy as np
+
+    from hpcpar.decomp.partition import normalize_axis
+
+    assert normalize_axis(-1, 3) == 2 and normalize_axis(np.int64(1), 2) == 1
+    with pytest.raises(TypeError, match="axis must be an int, got '0'"):
+        normalize_axis("0", 2)
+    with pytest.raises(TypeError):
+        normalize_axis(True, 2)
+    with pytest.raises(ValueError, match="axis=2 is out of range for an array of 2 dimensions"):
+        normalize_axis(2, 2)
+    with pytest.raises(ValueError, match="0-d array"):
+        normalize_axis(0, 0)

@@ -1,0 +1,39 @@
+"""Ending the whole MPI job from any one rank, loudly."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import NoReturn
+
+from mpi4py import MPI
+
+from .. import env
+
+__all__ = ["abort"]
+
+
+def abort(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` to stderr and end the whole MPI job. **Local**: any one rank may call it.
+
+    Never returns. Use it when a rank finds a condition the others cannot learn of
+    (they may already be blocked in a collective).
+
+    Args:
+        message: what went wrong; a newline is added when it lacks one.
+        code: the job's exit status.
+    """
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    sys.stderr.write(message if message.endswith("\n") else message + "\n")
+    sys.stderr.flush()
+    size = MPI.COMM_WORLD.Get_size()
+    if size > 1:
+        # Give the stderr pipe a moment to drain through the launcher before the
+        # abort tears down every process of the job.
+        time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
+        MPI.COMM_WORLD.Abort(code)
+    os._exit(code)
