@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_label"]
 

@@ -152,7 +152,8 @@ def _mandelbrot(ctx, width, height, max_iter, repeats, per_task=8):
 
 
 def main(ctx, args) -> None:
-    from ..tasks.local import WorkerContext as _Context, available_cpus, local_pool
+    from ..tasks.local import WorkerContext as _Context
+    from ..tasks.local import available_cpus, local_pool
 
     n, reps = args.tasks, args.repeats
     sizes = [int(s) for s in args.chunksizes.split(",") if s.strip()]

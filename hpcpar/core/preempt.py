@@ -30,7 +30,7 @@ _got: dict = {"signum": None, "time": None}
 _installed = {"done": False}
 
 
-def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _handler(signum, frame) -> None:
     if _got["signum"] is None:
         _got["signum"], _got["time"] = signum, time.time()
 

@@ -13,15 +13,16 @@ import runpy
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mpi4py import MPI
 
 from .. import env
+from ..observe import timing
 from ..slurm import job as slurm_job
 from . import preempt, watchdog
 from .abort import abort
-from ..observe import timing
 from .context import Context
 
 __all__ = ["run", "run_path", "abort"]
@@ -55,7 +56,7 @@ def _guard(body: Callable[[], Any]) -> Any:
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
         slurm_job.job_finished(rank, size, "FAILED", code, f"exited with status {code}")
         abort(f"rank {rank} of {size} failed: exited with status {code}", code)
-    except BaseException as exc:  # noqa: BLE001 - any failure must end the job
+    except BaseException as exc:
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
         slurm_job.job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")
         abort(_failure_text(exc), 1)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Region", "Timers", "REGISTRY", "timed", "summarize", "report", "format_report"]
 
@@ -31,7 +32,7 @@ class Region:
         self._start = 0.0
         self._depth = 0
 
-    def __enter__(self) -> "Region":
+    def __enter__(self) -> Region:
         if self._depth == 0:
             self._start = time.perf_counter()
         self._depth += 1

@@ -7,13 +7,12 @@ step's snapshot and checkpoint), so MPICH ends the whole job as after a node fai
 """
 
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-
 from helpers import JOBS, run_mpi
-from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import JOBS, run_mpi, serial_heat
 
 pytestmark = pytest.mark.timeout(180)

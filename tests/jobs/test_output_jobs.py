@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import ROOT, expected_h5_mode, mpiexec, run_mpi
 
 TESTS = str(ROOT / "tests")

@@ -1,11 +1,10 @@
 """The task-parallel jobs started as scripts under mpiexec (workers spawned from the job script)."""
 
 import sys
+from pathlib import Path
 
 import pytest
-
 from helpers import JOBS, run_mpi
-from pathlib import Path
 
 CRASHING = str(Path(__file__).with_name("crashing.py"))
 

@@ -6,7 +6,6 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import JOBS, run_mpi
 
 pytestmark = pytest.mark.timeout(180)

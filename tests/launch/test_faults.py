@@ -14,7 +14,6 @@ import textwrap
 import time
 
 import pytest
-
 from helpers import run_mpi
 
 pytestmark = pytest.mark.timeout(90)

@@ -10,7 +10,6 @@ import os
 import re
 
 import pytest
-
 from helpers import run_mpi
 from test_faults import run_fault, script
 

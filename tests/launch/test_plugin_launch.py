@@ -11,8 +11,8 @@ import textwrap
 import pytest
 
 from hpcpar.launch.spawn import mpiexec_argv, run_job
-from hpcpar.testing.plugin import EXIT_TIMEOUT
 from hpcpar.testing import assert_all, run_spmd
+from hpcpar.testing.plugin import EXIT_TIMEOUT
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(120)

@@ -1,10 +1,8 @@
 """Every complete program in the README runs: blocks of ```python that call hpcpar.run."""
 
 import re
-from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, run_mpi
 
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)

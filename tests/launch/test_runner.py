@@ -5,8 +5,7 @@ import textwrap
 import time
 
 import pytest
-
-from helpers import JOBS, ROOT, mpiexec, run_mpi
+from helpers import JOBS, ROOT, run_mpi
 
 pytestmark = pytest.mark.timeout(120)
 

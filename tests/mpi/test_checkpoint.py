@@ -5,11 +5,10 @@ import os
 import h5py
 import numpy as np
 import pytest
+from gridstub import BlockGrid
 
 from hpcpar import Checkpoint, partition
 from hpcpar.testing import assert_all, assert_equal_all
-
-from gridstub import BlockGrid
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]
 

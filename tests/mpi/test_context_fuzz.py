@@ -9,13 +9,12 @@ The budget is bounded (``fuzzing.EXAMPLES`` per test) so that CI stays fast.
 
 import numpy as np
 import pytest
+from fuzzing import FUZZ, SIZE, contexts, make, same  # noqa: F401 (contexts is a fixture)
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hpcpar.decomp import partition
 from hpcpar.testing import assert_all
-
-from fuzzing import FUZZ, SIZE, contexts, make, same  # noqa: F401 (contexts is a fixture)
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 

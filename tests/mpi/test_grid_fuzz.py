@@ -15,14 +15,13 @@ import math
 
 import numpy as np
 import pytest
+from fuzzing import FUZZ, SIZE, contexts, make, same  # noqa: F401 (contexts is a fixture)
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 import hpcpar
 from hpcpar.decomp import partition
 from hpcpar.testing import assert_all
-
-from fuzzing import FUZZ, SIZE, contexts, make, same  # noqa: F401 (contexts is a fixture)
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 

@@ -5,14 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import JOBS, serial_heat
 
 import hpcpar
 from hpcpar.testing import assert_all
 
-from helpers import JOBS, serial_heat
-
 sys.path.insert(0, str(JOBS))
-import heat  # noqa: E402  (jobs/heat.py)
+import heat
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(90)]
 

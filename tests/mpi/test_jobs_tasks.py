@@ -4,15 +4,15 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import JOBS
+
 import hpcpar
 from hpcpar.testing import assert_all
 
 sys.path.insert(0, str(JOBS))  # before the imports: pool workers find the job modules the same way
-import crawler  # noqa: E402
-import fibonacci  # noqa: E402
-import mandelbrot  # noqa: E402
+import crawler
+import fibonacci
+import mandelbrot
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 

@@ -13,14 +13,13 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
+from gridstub import BlockGrid
+from helpers import expected_h5_mode
 
 import hpcpar
 from hpcpar import Output, partition, read, read_grid
 from hpcpar.io.output import io_mode
 from hpcpar.testing import assert_all, assert_equal_all
-
-from helpers import expected_h5_mode
-from gridstub import BlockGrid
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]
 

@@ -19,8 +19,8 @@ import uuid
 
 import numpy as np
 import pytest
-
 from helpers import JOBS, ROOT, run_mpi
+
 from hpcpar import slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(150)]
@@ -205,9 +205,9 @@ def test_hostile_values_are_never_executed(tmp_path):
     """File names, arguments, variables and the interpreter path full of shell syntax."""
     tag = uuid.uuid4().hex[:12]
     canary = f"/tmp/pwned-{tag}"
-    evil = [f"$(touch {canary})", f"`touch {canary}`", f"; touch {canary};", f"a'b\"c\nd\\e",
+    evil = [f"$(touch {canary})", f"`touch {canary}`", f"; touch {canary};", "a'b\"c\nd\\e",
             f"' ; touch {canary}; '", f"\"$(touch {canary})\"", "$HOME", "*", "--help"]
-    job = tmp_path / f"job $(touch pwned1) `touch pwned2`;'\"x.py"
+    job = tmp_path / "job $(touch pwned1) `touch pwned2`;'\"x.py"
     shutil.copy(PROBE, job)
     python = tmp_path / "py $(touch pwned3);'\".sh"
     python.write_text(f"#!/bin/sh\nexec {PYTHON} \"$@\"\n")

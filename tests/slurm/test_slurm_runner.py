@@ -8,7 +8,6 @@ import json
 import textwrap
 
 import pytest
-
 from helpers import run_mpi
 
 pytestmark = pytest.mark.timeout(120)

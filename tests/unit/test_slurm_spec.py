@@ -10,8 +10,8 @@ import sys
 import uuid
 
 import pytest
-
 from helpers import JOBS, ROOT
+
 from hpcpar import slurm
 from hpcpar.slurm import JobSpec, client
 
@@ -130,7 +130,7 @@ def test_hostile_values_in_quoted_fields_are_never_executed(tmp_path):
     evil = hostile(canary)
     work = tmp_path / "work"
     work.mkdir()
-    job = work / f"job $(touch pwned1) `touch pwned2`;'\"\nx.py"
+    job = work / "job $(touch pwned1) `touch pwned2`;'\"\nx.py"
     report = tmp_path / "argv.txt"
     job.write_text("import os, sys, json\n"
                    "seen = {'argv': sys.argv[1:], 'env': os.environ['HOSTILE']}\n"

@@ -4,13 +4,13 @@ import pickle
 import sys
 
 import pytest
-
 from helpers import JOBS
+
 from hpcpar.tasks.farm import TaskError, default_chunksize
 
 sys.path.insert(0, str(JOBS))
-import crawler  # noqa: E402
-import fibonacci  # noqa: E402
+import crawler
+import fibonacci
 
 
 @pytest.mark.parametrize("n,size,want", [(0, 2, 1), (1, 4, 1), (10_000, 2, 1250), (9, 2, 2), (100, 3, 9)])
