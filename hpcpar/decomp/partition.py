@@ -159,13 +159,10 @@ def dims_create(nprocs: int, ndim: int) -> tuple[int, ...]:
         raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
     if not isinstance(ndim, int) or ndim < 1:
         raise ValueError(f"ndim must be a positive int, got {ndim!r}")
-    best: tuple[int, ...] | None = None
-    for dims in _factorizations(nprocs, ndim, nprocs):
-        # most balanced first: smallest spread, then the smallest largest factor
-        if best is None or (dims[0] - dims[-1], dims[0]) < (best[0] - best[-1], best[0]):
-            best = dims
-    assert best is not None
-    return best
+    # The smallest spread (largest - smallest factor); among equal spreads the one
+    # MPICH's MPI_Dims_create picks: the larger largest factor, then the smaller
+    # factors after it (e.g. 360 in 3-d: (10, 6, 6), not (9, 8, 5)).
+    return min(_factorizations(nprocs, ndim, nprocs), key=lambda d: (d[0] - d[-1], -d[0], d))
 
 
 def _factorizations(n: int, k: int, cap: int):
