@@ -208,7 +208,10 @@ def make_stage(rank: int, size: int, pool: hpcpar.LocalPool, base: str,
 
 def crawl(ctx: hpcpar.Context, start: str | None, threads: int = 8, batch: int = 16,
           max_pages: int = 10000, timeout: float = 10.0) -> dict | None:
-    """Crawl from root's ``start`` URL. **Collective**: ``{url: sorted links or None}`` on root, None elsewhere."""
+    """Crawl from root's ``start`` URL. **Collective**.
+
+    Returns ``{url: sorted links or None}`` on root, None elsewhere.
+    """
     start = ctx.bcast(start if ctx.is_root else None)
     check_loopback(start)
     base = urllib.parse.urljoin(start, "/")

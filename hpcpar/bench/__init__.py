@@ -14,9 +14,12 @@ import argparse
 import importlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_label"]
+if TYPE_CHECKING:
+    from ..core.context import Context
+
+__all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_label", "parse_size"]
 
 #: name on the command line -> (module, one-line description)
 BENCHMARKS = {
@@ -29,7 +32,8 @@ BENCHMARKS = {
     "halo": ("hpcpar.bench.halo",
              "heat step on Grid vs hand-written Sendrecv vs 1 rank; sample sort vs np.sort"),
     "farm": ("hpcpar.bench.farm",
-             "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; local_pool speedup"),
+             "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; "
+             "local_pool speedup"),
     "scale": ("hpcpar.bench.scale",
               "MPI calls and bytes per rank of each checked collective vs raw mpi4py, per rank count"),
 }
@@ -80,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     return run(module.main, args) or 0
 
 
-def timeit(ctx, fn: Callable[[], object], min_time: float = 0.2, repeats: int = 5,
+def timeit(ctx: Context, fn: Callable[[], object], min_time: float = 0.2, repeats: int = 5,
            max_calls: int = 100_000) -> float:
     """Seconds per call of ``fn``, the best of ``repeats`` timed batches. **Collective**.
 
@@ -106,6 +110,13 @@ def timeit(ctx, fn: Callable[[], object], min_time: float = 0.2, repeats: int = 
         dt = comm.allreduce(time.perf_counter() - t0, op=_max())
         best = min(best, dt / calls)
     return best
+
+
+def parse_size(text: str) -> int:
+    """``"16M"`` -> 16777216 (K, M, G are powers of 1024; a trailing B is allowed). **Local**."""
+    text = text.strip().upper().rstrip("B")
+    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    return int(float(text.rstrip("KMG")) * mult)
 
 
 def _max():

@@ -10,12 +10,15 @@ the whole (global) float64 array.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mpi4py import MPI
 
 from ..decomp import partition
-from . import format_table, size_label, timeit
+
+if TYPE_CHECKING:
+    from ..core.context import Context
+from . import format_table, parse_size, size_label, timeit
 
 __all__ = ["add_arguments", "main"]
 
@@ -28,12 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-time", type=float, default=0.1, help="seconds per timed batch")
 
 
-def _parse_size(text: str) -> int:
-    text = text.strip().upper().rstrip("B")
-    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-    return int(float(text.rstrip("KMG")) * mult)
-
-
 def _sizes(lo: int, hi: int) -> list[int]:
     out, s = [], lo
     while s <= hi:
@@ -42,7 +39,9 @@ def _sizes(lo: int, hi: int) -> list[int]:
     return out
 
 
-def _variants(ctx, op: str, nbytes: int):
+def _variants(ctx: Context, op: str, nbytes: int) -> dict[str, Any]:
+    from mpi4py import MPI
+
     """name -> zero-argument callable, for one op and size."""
     comm, rank, size = ctx.comm, ctx.rank, ctx.size
     n = nbytes // 8
@@ -103,8 +102,10 @@ def _variants(ctx, op: str, nbytes: int):
     }
 
 
-def main(ctx, args) -> None:
-    sizes = _sizes(_parse_size(args.min_size), _parse_size(args.max_size))
+def main(ctx: Context, args: argparse.Namespace) -> None:
+    from mpi4py import MPI
+
+    sizes = _sizes(parse_size(args.min_size), parse_size(args.max_size))
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     rows, overhead = [], {}
     for op in ops:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import time
-
-from mpi4py import MPI
+from typing import TYPE_CHECKING
 
 from . import format_table
 from .kernels import mandelbrot_rows
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["add_arguments", "main"]
 
@@ -39,12 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-tasks", type=int, default=16, help="CPU-bound tasks for the local_pool run")
 
 
-def tiny(x):
+def tiny(x: int) -> int:
     """The tiny task: a few hundred nanoseconds of work."""
     return x * x + 1
 
 
-def spin(n):
+def spin(n: int) -> int:
     """A CPU-bound pure-Python task."""
     s = 0
     for i in range(n):
@@ -69,6 +71,8 @@ def _best(fn, repeats: int) -> float:
 
 
 def _farm_rate(ctx, n, cs, repeats):
+    from mpi4py import MPI
+
     from ..tasks.farm import farm
 
     tasks = range(n) if ctx.is_root else None
@@ -118,6 +122,8 @@ def _pool_rate(pool, n, cs, repeats):
 
 def _mandelbrot(ctx, width, height, max_iter, repeats, per_task=8):
     """(T_serial whole image, T_serial by tasks, T_static, T_farm) on root; best of ``repeats``."""
+    from mpi4py import MPI
+
     from ..decomp import partition
     from ..tasks.farm import farm
 
@@ -151,7 +157,9 @@ def _mandelbrot(ctx, width, height, max_iter, repeats, per_task=8):
     return t_serial, t_tasks, times[0], times[1]
 
 
-def main(ctx, args) -> None:
+def main(ctx: Context, args: argparse.Namespace) -> None:
+    from mpi4py import MPI
+
     from ..tasks.local import WorkerContext as _Context
     from ..tasks.local import available_cpus, local_pool
 

@@ -30,8 +30,7 @@ import numpy as np
 from ..decomp import partition
 from ..io.checkpoint import fsync as fsync_path
 from ..io.output import Output, io_mode
-from . import format_table, size_label
-from .collectives import _parse_size
+from . import format_table, parse_size, size_label
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -70,7 +69,7 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
     import h5py
     from mpi4py import MPI
 
-    nbytes = _parse_size(args.size)
+    nbytes = parse_size(args.size)
     n = max(nbytes // 8, 1)
     nbytes = n * 8
     r = partition.block_range(n, ctx.size, ctx.rank)

@@ -17,9 +17,13 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
+
+if TYPE_CHECKING:
+    from .context import Context
 
 __all__ = ["STOP_SIGNALS", "install", "requested", "request", "reset", "should_stop"]
 
@@ -75,7 +79,7 @@ class _StopState:
         self.stopped = False
 
 
-def should_stop(ctx, every: int = 1) -> bool:
+def should_stop(ctx: Context, every: int = 1) -> bool:
     """True on every rank once any rank got a stop signal. **Collective**.
 
     Every rank of ``ctx`` calls it the same number of times (typically once per

@@ -12,7 +12,10 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ..core.context import Context
 
 __all__ = ["Region", "Timers", "REGISTRY", "timed", "summarize", "report", "format_report"]
 
@@ -130,7 +133,8 @@ def format_report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(ctx, stream=None, json_path: str | None = None, timers: Timers = REGISTRY) -> dict | None:
+def report(ctx: Context, stream: TextIO | None = None, json_path: str | None = None,
+           timers: Timers = REGISTRY) -> dict | None:
     """Gather every rank's regions; root prints the table and optionally writes JSON.
 
     **Collective** over ``ctx``. Returns the summary dict on root, None elsewhere.

@@ -11,7 +11,7 @@ BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 def programs():
     text = (ROOT / "README.md").read_text()
     found = []
-    for i, m in enumerate(BLOCK.finditer(text)):
+    for m in BLOCK.finditer(text):
         code = m.group(1)
         if "hpcpar.run(" in code:
             line = text[:m.start()].count("\n") + 1

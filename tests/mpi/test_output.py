@@ -276,7 +276,7 @@ def test_read_grid_refuses_a_dataset_of_another_shape(ctx, shared_dir):
     with Output(ctx, path) as out:
         out.write("x", np.zeros(3))
     grid = BlockGrid(ctx, (4, 4))
-    with pytest.raises(ValueError, match=r"has shape \[%d\], the grid \[4, 4\]" % (3 * ctx.size)):
+    with pytest.raises(ValueError, match=rf"has shape \[{3 * ctx.size}\], the grid \[4, 4\]"):
         read_grid(grid, path, "x")
 
 
