@@ -127,11 +127,12 @@ def _max():
 
 def size_label(nbytes: int) -> str:
     """``1 KB``, ``256 MB`` … (powers of 1024)."""
+    size: float = nbytes
     for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{nbytes:g} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
+        if size < 1024 or unit == "GB":
+            return f"{size:g} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import zlib
+from types import FrameType
 
 from .cache import BoundedCache
 
@@ -20,7 +21,7 @@ def caller_site() -> str:
     Walks up from the caller's caller (about a microsecond); ``"?"`` when every
     frame is inside hpcpar.
     """
-    f = sys._getframe(2)
+    f: FrameType | None = sys._getframe(2)
     while f is not None:
         code = f.f_code
         site = _NAMES.get(code)

@@ -123,7 +123,7 @@ def _code(dt: np.dtype | None) -> int:
 Head = tuple[int, ...]
 
 
-def pack(call: Call, root: Any, axis: Any, problem: bool, arr: np.ndarray | None,
+def pack(call: int, root: Any, axis: Any, problem: bool, arr: np.ndarray | None,
          out: np.ndarray | None, kind: int = 0, op: int = 0, site: int = 0) -> bytes:
     """One rank's header as bytes. **Local**; arrays have at most :data:`MAXDIM` dimensions."""
     ndim, shape = (arr.ndim, arr.shape) if arr is not None else (-1, ())

@@ -267,6 +267,7 @@ def _check() -> None:
         if notify:
             _S.notified = True
     if notify:
+        assert comm is not None  # notify requires it
         me = MPI.COMM_WORLD.Get_rank()
         for r in range(comm.Get_size()):
             if r != me:

@@ -65,11 +65,13 @@ class Grid:
         agree(ctx.comm, "hpcpar.Grid", problem, name_ranks=True)
         agree_equal(ctx.comm, "hpcpar.Grid", mine, "shape, dims, periodic and halo",
                     lambda m: f"shape={m[0]}, dims={m[1]}, periodic={m[2]}, halo={m[3]}")
+        assert mine is not None  # agree raised on every rank otherwise
         shape, dims, periodic, halo = mine
         layout, problem = attempt(partition.GridLayout, shape, dims, periodic, halo)
         raise_problems("hpcpar.Grid", [problem])  # the same on every rank: the arguments agree
+        assert layout is not None  # raise_problems raised otherwise
         self.ctx = ctx
-        self.layout = layout
+        self.layout: partition.GridLayout = layout
         self.shape: tuple[int, ...] = layout.shape
         self.ndim: int = layout.ndim
         self.dims: tuple[int, ...] = layout.dims
@@ -83,8 +85,8 @@ class Grid:
         self.halo_shape: tuple[int, ...] = layout.halo_shape(self.coords)
         self.global_slices: tuple[slice, ...] = layout.global_slices(self.coords)
         self.neighbors: tuple[tuple[int, int], ...] = tuple(
-            tuple(MPI.PROC_NULL if r is None else r for r in pair)
-            for pair in layout.neighbors(self.coords))
+            (MPI.PROC_NULL if lo is None else lo, MPI.PROC_NULL if hi is None else hi)
+            for lo, hi in layout.neighbors(self.coords))
         self._interior = tuple(slice(self.halo, self.halo + n) for n in self.local_shape)
         self._offsets = layout.offsets(corners=True)
         self._tag = {o: i for i, o in enumerate(self._offsets)}

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import Any, cast
 
 __all__ = [
     "block_counts",
@@ -206,7 +207,7 @@ class GridLayout:
         if len(dims) != len(shape):
             raise ValueError(f"dims {dims} must have one entry per axis of shape {shape}")
         try:
-            periodic = tuple(bool(p) for p in periodic)
+            periodic = tuple(bool(p) for p in cast(Iterable[Any], periodic))  # a bare bool raises
         except TypeError:  # one flag for every axis
             periodic = (bool(periodic),) * len(shape)
         else:

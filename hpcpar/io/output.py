@@ -452,8 +452,8 @@ class Output:
         ax = None
         if problem is None:
             problem, ax = check_block(local, axis)
-        payload = None if problem else (tuple(local.shape), local.dtype, ax)
-        heads = self._exchange(op, name, payload, problem)
+        block_payload = None if problem else (tuple(local.shape), local.dtype, ax)
+        heads = self._exchange(op, name, block_payload, problem)
         gshape, dtype, slabs = block_slabs(heads, f"hpcpar.Output.{op}({name!r})")
         return local, gshape, dtype, slabs
 

@@ -45,6 +45,7 @@ def _read_slab(ctx: Context, path: str | os.PathLike[str], name: str, where: str
     else:
         f, problem = attempt(h5py.File, path, "r")
     agree(ctx.comm, where, problem)
+    assert f is not None  # agree raised on every rank otherwise
     try:
         def locate():
             if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -53,7 +54,9 @@ def _read_slab(ctx: Context, path: str | os.PathLike[str], name: str, where: str
             return d, slab_of(d)
         found, problem = attempt(locate)
         agree(ctx.comm, where, problem)
+        assert found is not None  # agree raised on every rank otherwise
         dset, (start, count, shape) = found
+        block: np.ndarray | None
         if dset.size == 0:  # no storage to read (the same on every rank)
             block, problem = np.empty(dset.shape if start is None else count, dset.dtype), None
         elif start is None:  # the whole dataset, on every rank
@@ -62,6 +65,7 @@ def _read_slab(ctx: Context, path: str | os.PathLike[str], name: str, where: str
             dxpl = collective_dxpl() if mine == "mpio" else None
             block, problem = attempt(hyper_read, dset, start, count, dxpl)
         agree(ctx.comm, where, problem)
+        assert block is not None  # agree raised on every rank otherwise
         return block if shape is None else block.reshape(shape)
     finally:
         _, problem = attempt(f.close)

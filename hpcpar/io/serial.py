@@ -64,6 +64,7 @@ def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], b
     if math.prod(count):
         _, problem = attempt(hyper_write, dset, start, count, block)
     for i, r in enumerate(senders):
+        assert pending is not None  # post(i) with i < len(senders)
         buf, req = pending
         req.Wait()
         pending = post(i + 1)

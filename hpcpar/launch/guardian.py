@@ -65,14 +65,14 @@ def main(argv: list[str]) -> int:
         except InterruptedError:
             continue
     if code < 0:
-        sig = -code
+        signum = -code
         try:
-            name = signal.Signals(sig).name
+            name = signal.Signals(signum).name
         except ValueError:
-            name = f"signal {sig}"
+            name = f"signal {signum}"
         rank, size = _known(launched_rank()), _known(launched_size(slurm=True))
         sys.stderr.write(f"hpcpar: rank {rank} of {size} (pid {proc.pid}) "
-                         f"was killed by signal {sig} ({name}); the launcher ends the other ranks\n")
+                         f"was killed by signal {signum} ({name}); the launcher ends the other ranks\n")
         sys.stderr.flush()
         return 128 + sig
     return code

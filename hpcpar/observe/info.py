@@ -97,7 +97,9 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def _ranges(cpus: list[int]) -> str:
-    out, start, prev = [], None, None
+    out: list[str] = []
+    start: int | None = None
+    prev = 0  # meaningful only once start is set
     for c in cpus:
         if start is None:
             start = prev = c

@@ -40,7 +40,13 @@ def get_logger(name: str = "hpcpar", level: int | str | None = None) -> logging.
         logger.addHandler(handler)
         logger.propagate = False
         logger._hpcpar = True  # type: ignore[attr-defined]
-    chosen = level if level is not None else env.get(env.HPCPAR_LOG_LEVEL, "INFO")
+    chosen: int | str
+    if level is not None:
+        chosen = level
+    else:
+        from_env = env.get(env.HPCPAR_LOG_LEVEL, "INFO")
+        assert from_env is not None  # a default is given
+        chosen = from_env
     if isinstance(chosen, str):
         value = logging.getLevelName(chosen.upper())
         if not isinstance(value, int):

@@ -67,7 +67,9 @@ class Failure:
         """The exception object that takes the task's place with ``errors="collect"``."""
         exc = self.exc if self.exc is not None else self.error()
         try:
-            exc.task_index, exc.rank, exc.remote_traceback = self.index, self.rank, self.tb
+            for attr, value in (("task_index", self.index), ("rank", self.rank),
+                                ("remote_traceback", self.tb)):
+                setattr(exc, attr, value)
         except Exception:
             pass
         return exc
@@ -209,6 +211,7 @@ class Root:
                 else:
                     # Own share done: wait for the workers without spinning a core.
                     if helper is not None:
+                        assert stop is not None  # set together with helper
                         stop.set()
                         helper.join()
                         helper = None
@@ -226,6 +229,7 @@ class Root:
             raise
         finally:
             if helper is not None:
+                assert stop is not None  # set together with helper
                 stop.set()
                 helper.join()
             if self.bar is not None:

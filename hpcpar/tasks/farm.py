@@ -105,11 +105,13 @@ def farm_iter(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | Non
     """
     comm = ctx.comm
     problem: Problem | None = None
+    items: list[Any] = []
     if ctx.is_root:
         problem = _check_args(tasks, chunksize, errors)
         if problem is None:
+            assert tasks is not None  # _check_args rejects None
             try:
-                tasks = list(tasks)
+                items = list(tasks)
             except Exception as exc:
                 problem = (problem_of(exc)[0],
                            f"iterating root's tasks raised {type(exc).__name__}: {exc}")
@@ -121,9 +123,9 @@ def farm_iter(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | Non
     fcomm = comm.Dup()
     try:
         if ctx.is_root:
-            n = len(tasks)
+            n = len(items)
             cs = chunksize if chunksize is not None else default_chunksize(n, ctx.size)
-            yield from Root(fcomm, fn, tasks, cs, ordered, progress, errors).run()
+            yield from Root(fcomm, fn, items, cs, ordered, progress, errors).run()
         else:
             _work(fcomm, fn, ctx.root, errors)
     finally:

@@ -201,8 +201,10 @@ class LocalPool:
                              "memory; use pool.map on a list instead")
         if arr.ndim == 0:
             raise ValueError("hpcpar.local_pool.map_array: needs an array with at least one axis")
-        axis, problem = attempt(partition.normalize_axis, axis, arr.ndim)
+        norm_axis, problem = attempt(partition.normalize_axis, axis, arr.ndim)
         raise_problems("hpcpar.local_pool.map_array", [problem])  # a TypeError is a ValueError too
+        assert norm_axis is not None  # raise_problems raised otherwise
+        axis = norm_axis
         length = arr.shape[axis]
         nblocks = blocks if blocks is not None else min(self.workers, max(1, length))
         if nblocks < 1:

@@ -30,16 +30,16 @@ if TYPE_CHECKING:
 
 __all__ = ["assert_all", "assert_allclose_all", "assert_equal_all", "run_spmd"]
 
+_DEFAULT: Context | None = None
+
 
 def _context(ctx: Context | None) -> Context:
     if ctx is None:
         from ..core.context import Context
         global _DEFAULT
-        try:
-            return _DEFAULT
-        except NameError:
+        if _DEFAULT is None:
             _DEFAULT = Context()
-            return _DEFAULT
+        return _DEFAULT
     return ctx
 
 

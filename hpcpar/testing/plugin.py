@@ -206,7 +206,7 @@ class _SPMDRun:
         self.hard_kill = fh_timeout <= 0
         result = config.getoption("--mpi-result")
         self.result_path = result if self.rank == 0 else None
-        self.prefixed = None
+        self.prefixed: _Prefixed | None = None
         self.waiting: str | None = None     # the phase whose outcome this rank is exchanging
         # With a result file, outcomes, reports and captured output go there instead.
         self._set_terminal(config, "none" if result else config.getoption("--mpi-report"))
@@ -325,7 +325,8 @@ def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank
         first = failed[0]
         crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
         rep.outcome = "failed"
-        rep.longrepr = RankFailure("\n\n".join(parts), crash)
+        # pytest renders any object with toterminal(); its stubs list only its own types
+        rep.longrepr = RankFailure("\n\n".join(parts), crash)  # type: ignore[assignment]
         for r in failed:
             if r != rank:
                 rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
@@ -366,8 +367,13 @@ class _Prefixed:
 
 
 #: Frames of pytest's own machinery, left out of the stacks a timed-out test shows.
-_PLUMBING = tuple(os.path.dirname(importlib.util.find_spec(m).origin) + os.sep
-                  for m in ("pluggy", "_pytest"))
+def _package_dir(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None  # pytest's own packages are installed
+    return os.path.dirname(spec.origin) + os.sep
+
+
+_PLUMBING = tuple(_package_dir(m) for m in ("pluggy", "_pytest"))
 
 
 class _Watchdog:

@@ -49,6 +49,7 @@ class SerialRun:
                     reason=f"started by an MPI launcher ({launched} ranks) without --with-mpi; "
                            "add --with-mpi, or run plain pytest to have it launch the test"))
                 continue
+            assert item.parent is not None  # every collected item has one
             spawned = _SpawnedItem.from_parent(item.parent, name=item.name, original=item, ranks=n,
                                                limit=time_limit(item, self.timeout))
             take_over_timeout(spawned)

@@ -35,10 +35,12 @@ def _resolve(spec: dict):
         if not file:
             raise ImportError(f"cannot import module {name!r} of the function")
         load_as = name if name != "__main__" else "__hpcpar_spmd_main__"
-        loader = importlib.util.spec_from_file_location(load_as, file)
-        module = importlib.util.module_from_spec(loader)
+        mod_spec = importlib.util.spec_from_file_location(load_as, file)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ImportError(f"cannot load module {name!r} of the function from {file!r}")
+        module = importlib.util.module_from_spec(mod_spec)
         sys.modules[load_as] = module
-        loader.loader.exec_module(module)
+        mod_spec.loader.exec_module(module)
     obj = module
     for part in spec["qualname"].split("."):
         obj = getattr(obj, part)
