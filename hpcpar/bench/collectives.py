@@ -51,8 +51,8 @@ def _variants(ctx: Context, op: str, nbytes: int) -> dict[str, Any]:
     full = np.arange(n, dtype=np.float64) if (rank == 0 or op == "allgather") else None
     if op == "scatter":
         data = full if rank == 0 else None
-        chunks = [data[d:d + c] for c, d in zip(counts, displs)] if rank == 0 else None
-        buf = np.empty(mine)
+        chunks = [full[d:d + c] for c, d in zip(counts, displs)] if full is not None and rank == 0 else None
+        buf: np.ndarray | None = np.empty(mine)
         sendspec = [data, counts, displs, MPI.DOUBLE] if rank == 0 else None
 
         def raw():

@@ -109,8 +109,9 @@ def _executor_rate(ctx, n, cs, repeats):
         with MPICommExecutor(comm, root=0) as ex:
             if ex is None:
                 return None  # a worker: serves until root leaves the with-block
-            list(ex.map(tiny, range(min(n, 1000)), chunksize=cs))  # warm up
-            return n / _best(lambda: list(ex.map(tiny, range(n), chunksize=cs)), repeats)
+            run = ex.map  # type: ignore[attr-defined]  # mpi4py's stubs lack Executor.map
+            list(run(tiny, range(min(n, 1000)), chunksize=cs))  # warm up
+            return n / _best(lambda: list(run(tiny, range(n), chunksize=cs)), repeats)
     finally:
         comm.Free()
 
@@ -172,7 +173,8 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
         f"{MPI.Get_library_version().splitlines()[0].strip()}, thread level "
         f"{'MULTIPLE' if MPI.Query_thread() == MPI.THREAD_MULTIPLE else MPI.Query_thread()}")
 
-    rates = {"hpcpar.farm": {}, "MPICommExecutor": {}, "multiprocessing.Pool": {}}
+    rates: dict[str, dict[int, float]] = {"hpcpar.farm": {}, "MPICommExecutor": {},
+                                          "multiprocessing.Pool": {}}
     for cs in sizes:
         rates["hpcpar.farm"][cs] = _farm_rate(ctx, n, cs, reps)
         say(f"  hpcpar.farm          chunksize {cs:4d}: {rates['hpcpar.farm'][cs]:12,.0f} tasks/s")
@@ -199,9 +201,9 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
         workers = available_cpus()
         work = [200_000] * args.cpu_tasks
         t1 = _best(lambda: [spin(k) for k in work], 1)
-        with local_pool(workers) as pool:
-            list(pool.map(spin, [10] * workers))  # start the workers
-            tp = _best(lambda: list(pool.map(spin, work)), 2)
+        with local_pool(workers) as lpool:
+            list(lpool.map(spin, [10] * workers))  # start the workers
+            tp = _best(lambda: list(lpool.map(spin, work)), 2)
         speedup = t1 / tp
     _idle_barrier(ctx.comm)
     if not ctx.is_root:
@@ -209,7 +211,7 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
 
     def best(name):
         r = rates[name]
-        cs = max(r, key=r.get)
+        cs = max(r, key=lambda k: r[k])
         return r[cs], cs
 
     rows = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -111,9 +112,9 @@ def _hand_written(comm, dims, n0, n1):
     return cart, exchange
 
 
-def _on_root_alone(ctx, fn, min_time: float, repeats: int) -> float | None:
+def _on_root_alone(ctx: Context, fn: Callable[[], object], min_time: float, repeats: int) -> float:
     """Seconds per call of ``fn`` run on root only; the others sleep in an Ibarrier. **Collective**."""
-    best = None
+    best = 0.0
     if ctx.is_root:
         fn()
         t0 = time.perf_counter()
@@ -128,10 +129,10 @@ def _on_root_alone(ctx, fn, min_time: float, repeats: int) -> float | None:
     req = ctx.comm.Ibarrier()
     while not req.Test():
         time.sleep(0.005)
-    return ctx.comm.bcast(best, root=0)
+    return float(ctx.comm.bcast(best, root=0))
 
 
-def _heat(ctx, args) -> list[list[str]]:
+def _heat(ctx: Context, args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]]]:
     n = args.size
     dims = tuple(int(d) for d in args.dims.split("x")) if args.dims else None
     grid = Grid(ctx, (n, n), dims=dims)
@@ -164,19 +165,21 @@ def _heat(ctx, args) -> list[list[str]]:
     return rows, xrows
 
 
-def _sort(ctx, args) -> list[list[str]]:
+def _sort(ctx: Context, args: argparse.Namespace) -> list[list[str]]:
     n = int(args.sort_keys)
     rows = []
     for name in [d.strip() for d in args.sort_dtypes.split(",") if d.strip()]:
         dt = np.dtype(name)
         r = partition.block_range(n, ctx.size, ctx.rank)
         rng = np.random.default_rng([11, ctx.rank])
-        make = (lambda m: rng.standard_normal(m).astype(dt)) if dt.kind == "f" else (
-            lambda m: rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, m, dtype=dt))
-        keys = make(len(r))
+        if dt.kind == "f":
+            keys = rng.standard_normal(len(r)).astype(dt)
+        else:
+            keys = rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, len(r), dtype=dt)
         t_par = timeit(ctx, lambda: sample_sort(ctx, keys), min_time=0.0, repeats=args.repeats)
         everything = ctx.gather(keys)
-        t_np = _on_root_alone(ctx, lambda: np.sort(everything), 0.0, args.repeats)
+        t_np = _on_root_alone(ctx, lambda: np.sort(everything) if everything is not None else None,
+                              0.0, args.repeats)
         del everything, keys
         rows.append([name, f"{n:,}", f"{t_par:.3f}", f"{n / t_par / 1e6:,.1f}",
                      f"{t_np:.3f}", f"{n / t_np / 1e6:,.1f}", f"{t_np / t_par:.2f}"])

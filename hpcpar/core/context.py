@@ -203,14 +203,15 @@ class Context:
                 problem = _check_array(array, "the array on root")
                 if problem is None:
                     arr = array
-                    problem = attempt(partition.normalize_axis, axis, arr.ndim)[1]
+                    problem = attempt(partition.normalize_axis, axis, array.ndim)[1]  # type: ignore[union-attr]  # checked by _check_array
             problem = problem or _check_out(out)
             raw, heads = x.agree(_SCATTER, root, axis, problem, arr, out)
-            plan = x.plan(raw) or self._plan_scatter(raw, heads, root, arr, out)
+            plan = x.plan(raw) or self._plan_scatter(raw, heads or unpack(raw), root, arr, out)
             x.see(fkey)
         ax = plan.axis
         send = None
         if me == root:
+            assert arr is not None  # root's array was checked above, or the call raised
             send = [_contig(arr, ax), plan.bcounts, plan.bdispls, MPI.BYTE]
         recv, direct = _recv_buffer(plan.shapes[me], plan.dtype, ax, out)
         vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
@@ -229,6 +230,7 @@ class Context:
                  + "; every rank must pass root's axis")
         dtypes = self._x.dtypes(heads, arr, out)
         dtype = dtypes[root][0]
+        assert dtype is not None  # root passed an array, or the call raised on every rank
         plan = Plan.blocks(ax, dtype, partition.block_counts(shape[ax], self.size), shape)
         bad = [f"rank {r}: out {describe(shape_of(hr, True), dtypes[r][1])} does not fit "
                f"its block {describe(plan.shapes[r], dtype)}"
@@ -271,7 +273,9 @@ class Context:
         **Collective**. The same rules as :meth:`gather`; every rank receives the
         whole array (into its own ``out`` when given).
         """
-        return self._gather(_ALLGATHER, local, None, axis, out)
+        whole = self._gather(_ALLGATHER, local, None, axis, out)
+        assert whole is not None  # every rank receives the whole array
+        return whole
 
     def _gather(self, call: int, local: Any, root: int | None, axis: Any,
                 out: Any) -> np.ndarray | None:
@@ -294,7 +298,7 @@ class Context:
                 problem = attempt(partition.normalize_axis, axis, arr.ndim)[1]
             problem = problem or _check_out(out)
             raw, heads = x.agree(call, -1 if root is None else root, axis, problem, arr, out)
-            plan = x.plan(raw) or self._plan_gather(call, raw, heads, arr, out)
+            plan = x.plan(raw) or self._plan_gather(call, raw, heads or unpack(raw), arr, out)
             x.see(fkey)
         ax = plan.axis
         send = [_contig(arr, ax), plan.bcounts[self.rank], MPI.BYTE]
@@ -325,6 +329,7 @@ class Context:
                  + "; ".join(f"rank {r}: {describe(s, d[0])}"
                              for r, (s, d) in enumerate(zip(shapes, dtypes, strict=True))))
         dtype = dtypes[0][0]
+        assert dtype is not None  # every rank passed an array, or the call raised on every rank
         plan = Plan.blocks(ax, dtype, [s[ax] for s in shapes], shapes[0])
         bad = [f"rank {r}: out {describe(shape_of(h, True), dtypes[r][1])} does not fit the "
                f"gathered {describe(plan.gshape, dtype)}"
@@ -363,6 +368,7 @@ class Context:
             plan = Plan(kind=Kind.ARRAY, dtype=x.dtypes(heads, arr, None)[root][0], gshape=shape_of(h))
             x.remember(raw, heads, plan)
         if self.rank == root:
+            assert arr is not None  # root's array kind was agreed above
             self.comm.Bcast([_contig(arr, 0), MPI.BYTE], root=root)
             return obj
         recv = np.empty(plan.gshape, plan.dtype)
@@ -422,6 +428,7 @@ class Context:
             if root is None:
                 return self.comm.allreduce(value, op=mop)
             return self.comm.reduce(value, op=mop, root=root)
+        assert arr is not None  # every rank passes an array once the kind is ARRAY
         send = arr if arr.flags.c_contiguous else arr.copy()
         recv = np.empty_like(send) if root is None or self.rank == root else None
         if root is None:

@@ -145,6 +145,7 @@ def report(ctx: Context, stream: TextIO | None = None, json_path: str | None = N
     per_rank = ctx.comm.gather((timers.snapshot(), wall), root=ctx.root)
     if not ctx.is_root:
         return None
+    assert per_rank is not None  # root receives every rank's regions
     summary = summarize([p[0] for p in per_rank], [p[1] for p in per_rank])
     print(format_report(summary), file=stream or sys.stderr, flush=True)
     if json_path:
