@@ -127,6 +127,10 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
             _final_report(ctx)  # after finish(): every rank is here
             if ctx.is_root:
                 slurm_job.job_finished(ctx.rank, ctx.size)
+            if slurm_job.requeue_pending():
+                # The requeue's exit handler finalizes MPI before the watchdog's own
+                # handler would stop its thread, which must not probe after that.
+                watchdog.stop()
             return result
         finally:
             ctx.free()
@@ -157,3 +161,5 @@ def run_path(path: str, argv: list[str]) -> None:
     _guard(body)
     if world.Get_rank() == 0:
         slurm_job.job_finished(0, world.Get_size())
+    if slurm_job.requeue_pending():
+        watchdog.stop()  # before the requeue's exit handler finalizes MPI (see run)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["STATUS_DIR", "status_path", "write_status", "read_status", "job_started", "job_finished",
-           "failed_already", "restarts", "mark_requeued", "requeue_at_exit"]
+           "failed_already", "restarts", "mark_requeued", "requeue_at_exit",
+           "requeue_pending"]
 
 #: Directory, relative to the job's working directory, of the runner's status files.
 STATUS_DIR = ".hpcpar"
@@ -138,6 +139,15 @@ def requeue_at_exit(job_id: str) -> None:
     if not _JOB["atexit"]:
         atexit.register(_requeue_now, job_id)
         _JOB["atexit"] = True
+
+
+def requeue_pending() -> bool:
+    """True when :func:`requeue_at_exit` was called in this process. **Local**.
+
+    The requeue finalizes MPI in an exit handler that runs before those registered
+    earlier: the runner stops its watchdog thread first when this is true.
+    """
+    return bool(_JOB["atexit"])
 
 
 def _requeue_now(job_id: str) -> None:
