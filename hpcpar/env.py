@@ -11,7 +11,7 @@ import os
 __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
-    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
+    "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
     "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
     "get", "get_float",
 ]
@@ -54,6 +54,14 @@ HPCPAR_TIMEOUT = "HPCPAR_TIMEOUT"
 #: they call it from the same function (``Context(debug=True)`` does the same for
 #: one context). Default ``0``.
 HPCPAR_DEBUG = "HPCPAR_DEBUG"
+
+#: ``0`` turns off the agreement step of every collective (``Context(checks=False)``
+#: does the same for one context): calls go straight to MPI. Arguments that one rank
+#: can see are wrong still raise on that rank, and the watchdog still ends a hung
+#: job, but ranks that disagree (different calls, roots, shapes) are no longer
+#: caught before data moves. For production runs of code already tested with the
+#: checks on (the default, ``1``).
+HPCPAR_CHECKS = "HPCPAR_CHECKS"
 
 #: I/O path of :class:`hpcpar.Output`, :func:`hpcpar.read` and :class:`hpcpar.Checkpoint`:
 #: ``mpio`` (collective MPI-IO; needs h5py built with MPI), ``serial`` (the fallback
