@@ -1,13 +1,19 @@
 """The SPMD context: a private communicator plus NumPy-aware, buffer-based collectives.
 
-Every collective here is *checked*. Before any data moves, the ranks exchange a
-small fixed-size header (call, root, axis, dtype, shapes, local problems; see
-:mod:`hpcpar.core.protocol`). Each rank runs the same checks on the same headers,
-so a bad argument on any rank raises the same ``ValueError`` on **every** rank,
-instead of leaving the others blocked in a mismatched MPI call. Repeated calls
-with the same geometry reuse a cached plan, so a time-step loop pays only the
-header exchange. Array data always travels by buffer (the uppercase mpi4py
+Every collective here is *checked* by default. Before any data moves, the ranks
+agree on the call (call, root, op, dtype, shapes, local problems) with one
+``Allreduce`` of a fixed-size vector (:mod:`hpcpar.core.agreement`: O(log P),
+whatever the number of ranks). When anything disagrees, every rank sees it in the
+same result and raises the same error, naming what each rank passed
+(:mod:`hpcpar.core.protocol`), instead of leaving the others blocked in a
+mismatched MPI call. Array data always travels by buffer (the uppercase mpi4py
 calls, in bytes, so every dtype works); it is never pickled.
+
+With ``HPCPAR_CHECKS=0`` or ``Context(checks=False)`` the collectives are
+*unchecked*: they go straight to MPI. What one rank can see is still checked on
+that rank, but ranks that disagree are no longer caught before data moves (the
+watchdog still ends a job that hangs). Use it for production runs of code already
+tested with the checks on.
 
 Every collective also marks itself in :mod:`hpcpar.watchdog` while it runs, so a
 rank blocked too long in one is reported (``HPCPAR_TIMEOUT``). In debug mode
@@ -27,13 +33,15 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import env
-from ..decomp import partition
-from ..errors import CollectiveMismatchError, Problem, attempt, fail
+from ..errors import CollectiveMismatchError, Problem, fail
 from ..observe import timing
 from ..observe.progress import progress as _progress
-from . import preempt, watchdog
-from .largecount import LARGE_COUNT, vcall
-from .protocol import DTYPES, OPS, Call, Exchange, Field, Kind, Plan, describe, fast_key, shape_of, unpack
+from . import announce, preempt, watchdog
+from .agreement import Agreement, Slot, agrees, dtype_code, put, put_dims, vector
+from .blocks import Blocks, check_root, contig, raise_local
+from .callsite import caller_site, site_code
+from .largecount import LARGE_COUNT
+from .protocol import DTYPES, MAXDIM, OPS, Call, Field, Kind, Plan, describe, shape_of
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS", "LARGE_COUNT"]
 
@@ -49,8 +57,18 @@ def _array_index() -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _debug_default() -> bool:
-    return (env.get(env.HPCPAR_DEBUG, "0") or "0").lower() not in ("0", "false", "no", "off")
+def _flag(name: str, default: str) -> bool:
+    return (env.get(name, default) or default).lower() not in ("0", "false", "no", "off")
+
+
+def checks_default() -> bool:
+    """Whether new contexts check their collectives: ``HPCPAR_CHECKS`` (default on). **Local**."""
+    return _flag(env.HPCPAR_CHECKS, "1")
+
+
+#: The modes of the contexts created in this process: (checked, debug) -> count. The
+#: timing report and ``hpcpar info`` say which ran.
+MODES: dict[tuple[bool, bool], int] = {}
 
 
 class Context:
@@ -65,6 +83,9 @@ class Context:
         debug: also check, before every collective, that all ranks call it from
             the same function (costs a stack walk per call, about a microsecond);
             None reads ``HPCPAR_DEBUG``. Every rank should pass the same value.
+        checks: run the agreement step before every collective (the default);
+            False sends collectives straight to MPI. None reads ``HPCPAR_CHECKS``.
+            Every rank must pass the same value.
 
     Attributes:
         comm: the private ``mpi4py.MPI.Intracomm`` (use it for point-to-point calls).
@@ -73,12 +94,14 @@ class Context:
         root: the rank that does root-only work (0).
         is_root: ``rank == root``.
         debug: whether debug checks are on.
+        checks: whether collectives are checked (agreement before data).
         world_ranks: the ``COMM_WORLD`` rank of each rank of this context.
         array_index: this task's index in a Slurm job array (``SLURM_ARRAY_TASK_ID``),
             None outside job arrays.
     """
 
-    def __init__(self, comm: MPI.Intracomm | None = None, debug: bool | None = None):
+    def __init__(self, comm: MPI.Intracomm | None = None, debug: bool | None = None,
+                 checks: bool | None = None):
         base = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(base, MPI.Intracomm) or base == MPI.COMM_NULL:
             fail("hpcpar.Context", f"needs an mpi4py intracommunicator, got {comm!r}", TypeError)
@@ -87,7 +110,8 @@ class Context:
         self.size: int = self.comm.Get_size()
         self.root: int = 0
         self.is_root: bool = self.rank == self.root
-        self.debug: bool = _debug_default() if debug is None else bool(debug)
+        self.debug: bool = _flag(env.HPCPAR_DEBUG, "0") if debug is None else bool(debug)
+        self.checks: bool = checks_default() if checks is None else bool(checks)
         world = MPI.COMM_WORLD
         is_world = base == world or MPI.Comm.Compare(base, world) in (MPI.IDENT, MPI.CONGRUENT)
         if is_world:
@@ -99,7 +123,10 @@ class Context:
             wgroup.Free()
         watchdog.start(world=is_world)
         self.array_index: int | None = _array_index()
-        self._x = Exchange(self.comm, self.debug)
+        self._a = Agreement(self.comm, self.debug)
+        self._blocks = Blocks(self.comm, self._a, self.checks)
+        mode = (self.checks, self.debug)
+        MODES[mode] = MODES.get(mode, 0) + 1
 
     def free(self) -> None:
         """Release the private communicator. **Collective**; safe to call twice."""
@@ -113,7 +140,8 @@ class Context:
         self.free()
 
     def __repr__(self) -> str:
-        return f"<hpcpar.Context rank {self.rank} of {self.size}>"
+        mode = "" if self.checks else ", unchecked"
+        return f"<hpcpar.Context rank {self.rank} of {self.size}{mode}>"
 
     def timer(self, name: str) -> timing.Region:
         """The wall-time region ``name`` of this rank: ``with ctx.timer("halo"):``. **Local**.
@@ -139,9 +167,10 @@ class Context:
     @watchdog.marked("barrier")
     def barrier(self) -> None:
         """Return once every rank has called it. **Collective** and checked like the others."""
-        raw, heads = self._x.agree(_BARRIER, -1, 0, None, None, None)
-        if heads is not None:  # remember the agreed headers: the next barrier skips the checks
-            self._x.remember(raw, heads, Plan())
+        if not self.checks:
+            self.comm.Barrier()
+            return
+        self._simple(_BARRIER)  # the agreement's Allreduce is itself a barrier
 
     def finish(self) -> None:
         """Return once every rank has finished its work. **Collective**; the runner's final check.
@@ -151,16 +180,35 @@ class Context:
         on every rank ("rank 0: returned from main; rank 1: gather(...)"); while a
         rank waits here, the watchdog tells ranks blocked in collectives of other
         contexts that it has finished, and they end the job instead of hanging.
+        Unchecked, it is a barrier (the watchdog still reports a rank that never comes).
         """
         prev = watchdog.enter(watchdog.FINISH, self)
         completed = False
         try:
-            self._x.agree(_FINISH, -1, 0, None, None, None)
+            if self.checks:
+                self._simple(_FINISH)
+            else:
+                self.comm.Barrier()
             completed = self.size == MPI.COMM_WORLD.Get_size()
         finally:
             watchdog.leave_finish(prev, completed)
 
-    # ------------------------------------------------------------------ scatter
+    def _simple(self, call: int) -> None:
+        """The agreement of a call without arguments (barrier, finish)."""
+        site = caller_site() if self.debug else None
+        key = (call, site)
+        v = self._a.vectors.get(key)
+        if v is None:
+            v = vector()
+            put(v, Slot.CALL, call)
+            put(v, Slot.ROOT, -1)
+            if site is not None:
+                put(v, Slot.SITE, site_code(site))
+            self._a.vectors.put(key, v)
+        if not self._a.same(v):
+            self._a.detail.detail(call, -1, 0, None, None, None, site=site)
+
+    # ------------------------------------------------------------------ scatter/gather
     @watchdog.marked("scatter")
     def scatter(self, array: np.ndarray | None, root: int = 0, axis: int = 0,
                 out: np.ndarray | None = None) -> np.ndarray:
@@ -187,60 +235,8 @@ class Context:
                 ``axis`` or ``root`` is out of range, or some rank's ``out`` does not
                 match its block (a ``TypeError`` too when an argument has the wrong type).
         """
-        me, x = self.rank, self._x
-        mine = array if me == root else None
-        fkey = fast_key(_SCATTER, root, axis, mine, out, self.debug)
-        seen = x.repeat(fkey)
-        if seen is not None:  # a repeat of a call this rank has already validated
-            arr = mine
-            raw, plan = seen
-            if plan is None:
-                plan = self._plan_scatter(raw, x.check(_SCATTER, raw, None, None), root, arr, out)
-        else:
-            problem = self._check_root(root)
-            arr = None
-            if problem is None and me == root:
-                problem = _check_array(array, "the array on root")
-                if problem is None:
-                    arr = array
-                    problem = attempt(partition.normalize_axis, axis, array.ndim)[1]  # type: ignore[union-attr]  # checked by _check_array
-            problem = problem or _check_out(out)
-            raw, heads = x.agree(_SCATTER, root, axis, problem, arr, out)
-            plan = x.plan(raw) or self._plan_scatter(raw, heads or unpack(raw), root, arr, out)
-            x.see(fkey)
-        ax = plan.axis
-        send = None
-        if me == root:
-            assert arr is not None  # root's array was checked above, or the call raised
-            send = [_contig(arr, ax), plan.bcounts, plan.bdispls, MPI.BYTE]
-        recv, direct = _recv_buffer(plan.shapes[me], plan.dtype, ax, out)
-        vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
-        return _finish(recv, ax, out, direct)
+        return self._blocks.scatter(array, root, axis, out)
 
-    def _plan_scatter(self, raw: bytes, heads: list, root: int, arr: np.ndarray | None,
-                      out: np.ndarray | None) -> Plan:
-        h = heads[root]
-        shape = shape_of(h)
-        nd = len(shape)
-        ax = h[Field.AXIS] % nd
-        axes = [hr[Field.AXIS] % nd if -nd <= hr[Field.AXIS] < nd else hr[Field.AXIS] for hr in heads]
-        if any(a != ax for a in axes):
-            fail("hpcpar.scatter", "ranks passed different axes: "
-                 + "; ".join(f"rank {r}: axis={a}" for r, a in enumerate(axes))
-                 + "; every rank must pass root's axis")
-        dtypes = self._x.dtypes(heads, arr, out)
-        dtype = dtypes[root][0]
-        assert dtype is not None  # root passed an array, or the call raised on every rank
-        plan = Plan.blocks(ax, dtype, partition.block_counts(shape[ax], self.size), shape)
-        bad = [f"rank {r}: out {describe(shape_of(hr, True), dtypes[r][1])} does not fit "
-               f"its block {describe(plan.shapes[r], dtype)}"
-               for r, hr in enumerate(heads)
-               if hr[Field.ONDIM] >= 0 and (shape_of(hr, True) != plan.shapes[r] or dtypes[r][1] != dtype)]
-        if bad:
-            fail("hpcpar.scatter", "; ".join(bad))
-        return self._x.remember(raw, heads, plan)
-
-    # ------------------------------------------------------------------ gather
     @watchdog.marked("gather")
     def gather(self, local: np.ndarray, root: int = 0, axis: int = 0,
                out: np.ndarray | None = None) -> np.ndarray | None:
@@ -263,7 +259,7 @@ class Context:
             ValueError: on every rank, when a block is not an array, dtypes or
                 trailing shapes differ across ranks, or root's ``out`` does not fit.
         """
-        return self._gather(_GATHER, local, root, axis, out)
+        return self._blocks.gather(_GATHER, local, root, axis, out)
 
     @watchdog.marked("allgather")
     def allgather(self, local: np.ndarray, axis: int = 0,
@@ -273,71 +269,9 @@ class Context:
         **Collective**. The same rules as :meth:`gather`; every rank receives the
         whole array (into its own ``out`` when given).
         """
-        whole = self._gather(_ALLGATHER, local, None, axis, out)
+        whole = self._blocks.gather(_ALLGATHER, local, None, axis, out)
         assert whole is not None  # every rank receives the whole array
         return whole
-
-    def _gather(self, call: int, local: Any, root: int | None, axis: Any,
-                out: Any) -> np.ndarray | None:
-        x = self._x
-        takes_out = root is None or self.rank == root
-        if out is not None and not takes_out:
-            out = None  # only root receives; other ranks' out is ignored
-        fkey = fast_key(call, root, axis, local, out, self.debug)
-        seen = x.repeat(fkey)
-        if seen is not None:  # a repeat of a call this rank has already validated
-            arr = local
-            raw, plan = seen
-            if plan is None:
-                plan = self._plan_gather(call, raw, x.check(call, raw, None, None), arr, out)
-        else:
-            problem = self._check_root(root) if root is not None else None
-            problem = problem or _check_array(local, "the local block")
-            arr = local if problem is None else None
-            if arr is not None:
-                problem = attempt(partition.normalize_axis, axis, arr.ndim)[1]
-            problem = problem or _check_out(out)
-            raw, heads = x.agree(call, -1 if root is None else root, axis, problem, arr, out)
-            plan = x.plan(raw) or self._plan_gather(call, raw, heads or unpack(raw), arr, out)
-            x.see(fkey)
-        ax = plan.axis
-        send = [_contig(arr, ax), plan.bcounts[self.rank], MPI.BYTE]
-        if not takes_out:
-            vcall(self.comm.Gatherv, send, None, root=root)
-            return None
-        recv, direct = _recv_buffer(plan.gshape, plan.dtype, ax, out)
-        rspec = [recv, plan.bcounts, plan.bdispls, MPI.BYTE]
-        if root is None:
-            vcall(self.comm.Allgatherv, send, rspec)
-        else:
-            vcall(self.comm.Gatherv, send, rspec, root=root)
-        return _finish(recv, ax, out, direct)
-
-    def _plan_gather(self, call: int, raw: bytes, heads: list, arr: np.ndarray | None,
-                     out: np.ndarray | None) -> Plan:
-        where = f"hpcpar.{Call(call).label}"
-        dtypes = self._x.dtypes(heads, arr, out)
-        shapes = [shape_of(h) for h in heads]
-        ax = heads[0][Field.AXIS] % max(len(shapes[0]), 1)
-        axes = [h[Field.AXIS] % max(len(s), 1) for h, s in zip(heads, shapes, strict=True)]
-        if any(a != ax for a in axes):
-            fail(where, "ranks passed different axes: "
-                 + "; ".join(f"rank {r}: axis={a}" for r, a in enumerate(axes)))
-        rest = [s[:ax] + s[ax + 1:] if len(s) == len(shapes[0]) else None for s in shapes]
-        if any(r != rest[0] for r in rest) or any(d[0] != dtypes[0][0] for d in dtypes):
-            fail(where, f"blocks must agree in dtype and in every dimension but axis {ax}; got "
-                 + "; ".join(f"rank {r}: {describe(s, d[0])}"
-                             for r, (s, d) in enumerate(zip(shapes, dtypes, strict=True))))
-        dtype = dtypes[0][0]
-        assert dtype is not None  # every rank passed an array, or the call raised on every rank
-        plan = Plan.blocks(ax, dtype, [s[ax] for s in shapes], shapes[0])
-        bad = [f"rank {r}: out {describe(shape_of(h, True), dtypes[r][1])} does not fit the "
-               f"gathered {describe(plan.gshape, dtype)}"
-               for r, h in enumerate(heads)
-               if h[Field.ONDIM] >= 0 and (shape_of(h, True) != plan.gshape or dtypes[r][1] != dtype)]
-        if bad:
-            fail(where, "; ".join(bad))
-        return self._x.remember(raw, heads, plan)
 
     # ------------------------------------------------------------------ bcast
     @watchdog.marked("bcast")
@@ -350,28 +284,81 @@ class Context:
         Returns:
             Root's object: on root the object itself, elsewhere a copy.
         """
-        x = self._x
-        problem = self._check_root(root)
+        problem = check_root(root, self.size)
         arr, kind = None, Kind.NONE
         if problem is None and self.rank == root:
             if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
                 arr, kind = obj, Kind.ARRAY
+                if arr.ndim > MAXDIM:
+                    problem = ("ValueError", f"arrays of more than {MAXDIM} dimensions are not supported")
             else:
                 kind = Kind.OBJECT
-        raw, heads = x.agree(_BCAST, root, 0, problem, arr, None, kind=kind)
-        h = heads[root] if heads is not None else unpack(raw, root)
-        if h[Field.KIND] == Kind.OBJECT:
-            return self.comm.bcast(obj, root=root)
-        plan = x.plan(raw)
+        if not self.checks:
+            return self._bcast_unchecked(obj, root, problem, arr, kind)
+        site = caller_site() if self.debug else None
+        key = (root, kind, None if arr is None else (arr.shape, arr.dtype), site)
+        a = self._a
+        v = a.vectors.get(key) if problem is None else None
+        if v is None:
+            v = vector()
+            put(v, Slot.CALL, _BCAST)
+            put(v, Slot.ROOT, root if problem is None else -1)
+            if site is not None:
+                put(v, Slot.SITE, site_code(site))
+            if problem is not None:
+                v[Slot.PROBLEM] = 1
+            elif self.rank == root:
+                put(v, Slot.KIND, kind)
+                if arr is not None:
+                    put(v, Slot.DTYPE, dtype_code(arr.dtype))
+                    put(v, Slot.NDIM, arr.ndim)
+                    v[Slot.SHAPE:Slot.SHAPE + arr.ndim] = arr.shape
+            if problem is None:
+                a.vectors.put(key, v)
+        r = a.run(v)
+        rkey, plan = a.plan_for(r)
         if plan is None:
-            heads = heads or unpack(raw)
-            plan = Plan(kind=Kind.ARRAY, dtype=x.dtypes(heads, arr, None)[root][0], gshape=shape_of(h))
-            x.remember(raw, heads, plan)
+            if agrees(r):
+                plan = a.plans.put(rkey, self._bcast_plan(r, root, arr))
+            else:
+                heads = a.detail.detail(_BCAST, root, 0, problem, arr, None, kind=kind, site=site)
+                h = heads[root]
+                plan = Plan(kind=h[Field.KIND], gshape=shape_of(h),
+                            dtype=a.detail.dtypes(heads, arr, None)[root][0])
+        if plan.kind == Kind.OBJECT:
+            return self.comm.bcast(obj, root=root)
         if self.rank == root:
             assert arr is not None  # root's array kind was agreed above
-            self.comm.Bcast([_contig(arr, 0), MPI.BYTE], root=root)
+            self.comm.Bcast([contig(arr, 0), MPI.BYTE], root=root)
             return obj
         recv = np.empty(plan.gshape, plan.dtype)
+        self.comm.Bcast([recv, MPI.BYTE], root=root)
+        return recv
+
+    def _bcast_plan(self, r: np.ndarray, root: int, arr: np.ndarray | None) -> Plan:
+        """Root's kind, dtype and shape, from the agreed vector ``r``."""
+        kind = int(r[Slot.KIND])
+        if kind != Kind.ARRAY:
+            return Plan(kind=kind)
+        ndim = int(r[Slot.NDIM])
+        code = int(r[Slot.DTYPE])
+        dtype = DTYPES[code] if code >= 0 else self.comm.bcast(
+            arr.dtype if arr is not None else None, root=root)
+        return Plan(kind=kind, dtype=dtype, gshape=tuple(int(d) for d in r[Slot.SHAPE:Slot.SHAPE + ndim]))
+
+    def _bcast_unchecked(self, obj: Any, root: int, problem: Problem | None,
+                         arr: np.ndarray | None, kind: int) -> Any:
+        raise_local(problem, "bcast")
+        ann = announce.announce(self.comm, root, kind, arr)
+        if ann.kind == Kind.OBJECT:
+            return self.comm.bcast(obj, root=root)
+        if self.rank == root:
+            if not ann.inline:
+                self.comm.Bcast([contig(obj, 0), MPI.BYTE], root=root)
+            return obj
+        if ann.inline:
+            return ann.payload
+        recv = np.empty(ann.shape, ann.dtype)
         self.comm.Bcast([recv, MPI.BYTE], root=root)
         return recv
 
@@ -404,8 +391,7 @@ class Context:
         return self._reduce(_ALLREDUCE, x, op, None)
 
     def _reduce(self, call: int, value: Any, op: Any, root: int | None) -> Any:
-        x = self._x
-        problem = self._check_root(root) if root is not None else None
+        problem = check_root(root, self.size) if root is not None else None
         mop = OPS.get(op) if isinstance(op, str) else op
         if not isinstance(mop, MPI.Op):
             problem = problem or ("ValueError", f"op={op!r} is not one of {sorted(OPS)} or an MPI.Op")
@@ -418,13 +404,25 @@ class Context:
                 problem = problem or ("TypeError",
                                       f"cannot reduce dtype {arr.dtype}; it must be numeric or bool")
                 arr = None
-        opcode = mop.py2f() if mop != MPI.OP_NULL else -1
-        raw, heads = x.agree(call, -1 if root is None else root, 0, problem, arr, None,
-                             kind=kind, op=opcode)
-        plan = x.plan(raw)
-        if plan is None:
-            plan = self._plan_reduce(call, raw, heads or unpack(raw))
-        if plan.kind == Kind.OBJECT:
+            elif arr.ndim > MAXDIM:
+                problem = problem or ("ValueError",
+                                      f"arrays of more than {MAXDIM} dimensions are not supported")
+        if not self.checks:
+            raise_local(problem, Call(call).label)
+        else:
+            opcode = mop.py2f() if mop != MPI.OP_NULL else -1
+            site = caller_site() if self.debug else None
+            key = (call, root, opcode, kind, None if arr is None else (arr.shape, arr.dtype), site)
+            v = self._a.vectors.get(key) if problem is None else None
+            if v is None:
+                v = self._reduce_vector(call, root, opcode, kind, arr, problem, site)
+                if problem is None:
+                    self._a.vectors.put(key, v)
+            if not self._a.same(v):
+                heads = self._a.detail.detail(call, -1 if root is None else root, 0, problem, arr, None,
+                                              kind=kind, op=opcode, site=site)
+                kind = self._plan_reduce(call, heads)
+        if kind == Kind.OBJECT:
             if root is None:
                 return self.comm.allreduce(value, op=mop)
             return self.comm.reduce(value, op=mop, root=root)
@@ -439,7 +437,25 @@ class Context:
             return None
         return recv[()] if isinstance(value, np.generic) else recv
 
-    def _plan_reduce(self, call: int, raw: bytes, heads: list) -> Plan:
+    @staticmethod
+    def _reduce_vector(call: int, root: int | None, opcode: int, kind: int, arr: np.ndarray | None,
+                       problem: Problem | None, site: str | None) -> np.ndarray:
+        v = vector()
+        put(v, Slot.CALL, call)
+        put(v, Slot.ROOT, -1 if root is None else root if isinstance(root, (int, np.integer)) else -2)
+        put(v, Slot.OP, opcode)
+        put(v, Slot.KIND, kind)
+        if site is not None:
+            put(v, Slot.SITE, site_code(site))
+        if problem is not None:
+            v[Slot.PROBLEM] = 1
+        elif arr is not None:
+            put(v, Slot.DTYPE, dtype_code(arr.dtype))
+            put(v, Slot.NDIM, arr.ndim)
+            put_dims(v, arr.shape)
+        return v
+
+    def _plan_reduce(self, call: int, heads: list) -> int:
         kinds = {h[Field.KIND] for h in heads}
         shapes = [shape_of(h) for h in heads]
         codes = [h[Field.DTYPE] for h in heads]
@@ -450,59 +466,5 @@ class Context:
                  + "; ".join(f"rank {r}: " + (describe(s, DTYPES.get(c)) if h[Field.KIND] == Kind.ARRAY
                                               else "a Python object")
                              for r, (s, c, h) in enumerate(zip(shapes, codes, heads, strict=True))))
-        return self._x.remember(raw, heads, Plan(kind=kinds.pop()))
+        return kinds.pop()
 
-    # ------------------------------------------------------------------ checks
-    def _check_root(self, root: Any) -> Problem | None:
-        if isinstance(root, (int, np.integer)) and not isinstance(root, bool) and 0 <= root < self.size:
-            return None
-        kind = "ValueError" if isinstance(root, (int, np.integer)) else "TypeError"
-        return kind, f"root={root!r} is not a rank of this {self.size}-rank context"
-
-
-# ---- pure helpers -----------------------------------------------------------------
-def _contig(a: np.ndarray, ax: int) -> np.ndarray:
-    """``a`` with ``ax`` moved first, C-contiguous; ``a`` itself when it already is."""
-    if ax:
-        a = np.moveaxis(a, ax, 0)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-def _recv_buffer(shape: tuple, dtype: np.dtype, ax: int, out: Any) -> tuple[np.ndarray, bool]:
-    """The receive buffer; ``out`` itself when it can receive in place."""
-    if out is not None and ax == 0 and out.flags.c_contiguous:
-        return out, True
-    if ax:
-        shape = (shape[ax],) + shape[:ax] + shape[ax + 1:]
-    return np.empty(shape, dtype), False
-
-
-def _finish(recv: np.ndarray, ax: int, out: Any, direct: bool) -> np.ndarray:
-    if direct:
-        return out
-    res = np.moveaxis(recv, 0, ax) if ax else recv
-    if out is not None:
-        out[...] = res
-        return out
-    return np.ascontiguousarray(res) if ax else res
-
-
-def _check_array(a: Any, what: str) -> Problem | None:
-    if not isinstance(a, np.ndarray):
-        return "TypeError", f"{what} must be a NumPy array, got {type(a).__name__}"
-    if a.dtype.hasobject:
-        return ("TypeError",
-                f"{what} has dtype {a.dtype}, which holds Python objects and cannot travel as a buffer")
-    return None
-
-
-def _check_out(out: Any) -> Problem | None:
-    if out is None:
-        return None
-    if not isinstance(out, np.ndarray):
-        return "TypeError", f"out must be a NumPy array, got {type(out).__name__}"
-    if not out.flags.writeable:
-        return "ValueError", "out is read-only"
-    if out.dtype.hasobject:
-        return "TypeError", f"out has dtype {out.dtype}, which holds Python objects"
-    return None

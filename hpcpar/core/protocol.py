@@ -1,12 +1,14 @@
-"""The checked-call protocol: the header every rank sends before a collective moves data.
+"""The checked-call protocol: calls, payload kinds, plans, and the detailed header exchange.
 
-Before any data moves, the ranks of a :class:`~hpcpar.Context` exchange one fixed-size
-header each (:class:`Field` lists its slots) with one ``Allgather`` of a few hundred
-bytes, and every rank runs the same checks on the same headers (:meth:`Exchange.check`),
-so a bad argument on any rank raises the same error on **every** rank. Repeated calls
-with the same geometry reuse a cached :class:`Plan`. Everything about how ranks agree
-lives in this module: replacing the exchange (say, by a fixed-size ``Allreduce`` of
-values and their negations) touches only :class:`Exchange`.
+A checked collective first runs the fixed-size agreement of
+:mod:`hpcpar.core.agreement` (one ``Allreduce``, O(log P)). When that shows that the
+ranks disagree, or that some rank has a problem with its own arguments, every rank
+runs :class:`Exchange`: an ``Allgather`` of one full header per rank
+(:class:`Field` lists its slots, 592 bytes), and the same checks on the same
+headers (:meth:`Exchange.check`), so the same error, naming what each rank passed,
+is raised on **every** rank. That path is O(P) and taken only on the way to an error
+(or for the rare call that disagrees harmlessly, such as ``axis=-1`` on one rank
+and ``axis=1`` on another).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import numpy as np
 from mpi4py import MPI
 
 from ..errors import CollectiveMismatchError, Problem, raise_problems
-from .cache import BoundedCache
-from .callsite import caller_site, site_code
+from .callsite import site_code
 
 __all__ = ["Call", "Kind", "Field", "MAXDIM", "NO_ARRAY", "CUSTOM", "DTYPES", "OPS", "Plan",
-           "Exchange", "pack", "unpack", "shape_of", "call_desc", "fast_key"]
+           "Exchange", "pack", "unpack", "shape_of", "call_desc", "describe", "fast_key", "Head"]
 
 #: Reduction operations accepted by name in :meth:`Context.reduce` / :meth:`Context.allreduce`.
 OPS = {
@@ -234,30 +235,25 @@ class Plan:
 
 
 class Exchange:
-    """The header exchange of one context, its checks, and its caches. **Collective** calls.
+    """The detailed exchange: every rank's full header, and the checks that name each rank.
+
+    **Collective** calls; O(P) bytes per rank. Run only after the fixed-size
+    agreement (:mod:`hpcpar.core.agreement`) found that something disagrees, or that
+    some rank has a problem: then every rank runs it, and its messages name what
+    each rank passed.
 
     Args:
         comm: the context's private communicator.
-        debug: also send (a code of) the calling function, and check that it agrees.
+        debug: the headers also carry (a code of) the calling function.
     """
 
     def __init__(self, comm: MPI.Intracomm, debug: bool):
         self.comm, self.debug = comm, debug
-        self._all = bytearray(_HEADER.size * comm.Get_size())
-        # the arguments of a valid call -> its header
-        self._packed: BoundedCache[tuple, bytes] = BoundedCache(256)
-        # the fast key of a validated call -> its header
-        self._seen: BoundedCache[tuple, bytes] = BoundedCache(256)
-        # exchanged headers -> the call's plan
-        self._plans: BoundedCache[bytes, Plan] = BoundedCache(128)
-        self._last: bytes | None = None
-        #: ``plan(raw)``: the cached plan of the exchanged headers ``raw``, or None.
-        self.plan = self._plans.get
 
-    def agree(self, call: int, root: Any, axis: Any, problem: Problem | None,
-              arr: np.ndarray | None, out: Any, kind: int = 0,
-              op: int = 0) -> tuple[bytes, list[Head] | None]:
-        """Exchange this rank's header; raise on every rank if anything is wrong.
+    def detail(self, call: int, root: Any, axis: Any, problem: Problem | None,
+               arr: np.ndarray | None, out: Any, kind: int = 0, op: int = 0,
+               site: str | None = None) -> list[Head]:
+        """Exchange every rank's full header; raise on every rank if anything is wrong.
 
         Args:
             call: the :class:`Call`, as a plain int.
@@ -265,57 +261,20 @@ class Exchange:
             problem: what this rank found wrong with its own arguments, or None.
             arr, out: the data and output arrays (None for none).
             kind, op: the :class:`Kind` and reduction op code (bcast and reductions).
+            site: debug mode: this rank's calling function.
 
-        Returns the exchanged header bytes (the plan-cache key) and the unpacked
-        headers (None when a plan for these bytes is cached: nothing to check).
+        Returns every rank's header, for checks that depend on the call (the plan builders).
         """
-        isout = out.__class__ is np.ndarray or isinstance(out, np.ndarray)
+        isout = isinstance(out, np.ndarray)
         if problem is None and ((arr is not None and arr.ndim > MAXDIM) or (isout and out.ndim > MAXDIM)):
             problem = ("ValueError", f"arrays of more than {MAXDIM} dimensions are not supported")
         if problem is not None:
             arr, isout = None, False
-        site = caller_site() if self.debug else None
-        key = (call, root, axis, kind, op, None if arr is None else (arr.shape, arr.dtype),
-               (out.shape, out.dtype) if isout else None, site)
-        hdr = self._packed.get(key) if problem is None else None
-        if hdr is None:
-            hdr = pack(call, root, axis, problem is not None, arr, out if isout else None,
-                       kind, op, site_code(site))
-            if problem is None:
-                self._packed.put(key, hdr)
-        self._last = hdr if problem is None else None
-        self.comm.Allgather([hdr, MPI.BYTE], [self._all, MPI.BYTE])
-        raw = bytes(self._all)
-        if self.plan(raw) is not None:
-            return raw, None
-        return raw, self.check(call, raw, problem, site)
-
-    def repeat(self, fkey: tuple | None) -> tuple[bytes, Plan | None] | None:
-        """Exchange the header of a call this rank validated before under ``fkey``.
-
-        Returns (exchanged bytes, cached plan or None), or None when ``fkey`` is new
-        (the caller then checks its arguments and calls :meth:`agree`).
-        """
-        hdr = self._seen.get(fkey) if fkey is not None else None
-        if hdr is None:
-            return None
-        raw = self._exchange(hdr)
-        return raw, self.plan(raw)
-
-    def see(self, fkey: tuple | None) -> None:
-        """Remember the header of the call just validated under its fast key."""
-        if fkey is not None and self._last is not None:
-            self._seen.put(fkey, self._last)
-
-    def _exchange(self, hdr: bytes) -> bytes:
-        self.comm.Allgather([hdr, MPI.BYTE], [self._all, MPI.BYTE])
-        return bytes(self._all)
-
-    def remember(self, raw: bytes, heads: list[Head], plan: Plan) -> Plan:
-        """Cache ``plan`` for ``raw`` (unless a custom dtype needs a second exchange); return it."""
-        if all(h[Field.DTYPE] != CUSTOM and h[Field.ODTYPE] != CUSTOM for h in heads):
-            self._plans.put(raw, plan)
-        return plan
+        hdr = pack(call, root, axis, problem is not None, arr, out if isout else None,
+                   kind, op, site_code(site))
+        raw = bytearray(_HEADER.size * self.comm.Get_size())
+        self.comm.Allgather([hdr, MPI.BYTE], [raw, MPI.BYTE])
+        return self.check(call, bytes(raw), problem, site)
 
     def check(self, call: int, raw: bytes, problem: Problem | None,
               site: str | None) -> list[Head]:
