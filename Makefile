@@ -13,6 +13,19 @@ RANKS   ?= 1 2 3
 # Seconds an MPI test may run before every rank dumps its stack and the job is
 # aborted (hpcpar's pytest plugin; a test's @pytest.mark.timeout(N) overrides it).
 MPI_TIMEOUT ?= 60
+# The tests of the collectives and of what is built on them (Grid, farm, pipeline,
+# sort, Output, Checkpoint), run again in two more legs of `make test`:
+# - test-mpi-8: on 8 ranks, oversubscribed on a small machine (the MPICH wheel runs
+#   more ranks than cores as is; it busy-polls, yet the leg takes about a minute on
+#   2 cores): more ranks than rows, grids of 8 processes, deeper collective trees;
+# - test-mpi-unchecked: on 3 ranks with HPCPAR_CHECKS=0 (collectives without the
+#   agreement step); tests marked `checks` (of the agreement itself) are skipped there.
+COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py \
+	tests/mpi/test_context_fuzz.py tests/mpi/test_grid.py tests/mpi/test_grid_fuzz.py \
+	tests/mpi/test_farm.py tests/mpi/test_pipeline.py tests/mpi/test_sort.py \
+	tests/mpi/test_output.py tests/mpi/test_checkpoint.py
+MANY_RANKS      ?= 8
+UNCHECKED_RANKS ?= 3
 
 # The parallel-HDF5 leg: Debian's MPICH and hdf5-mpich, mpi4py and h5py built
 # against them (tests/env/parallel-hdf5.sh), launched with Debian's mpiexec.
@@ -23,7 +36,7 @@ PHDF5_MPIEXEC ?= /usr/bin/mpiexec
 OUTPUT_TESTS  := tests/mpi/test_output.py tests/mpi/test_checkpoint.py
 OUTPUT_JOBS   := tests/jobs/test_output_jobs.py tests/unit/test_output_paths.py tests/jobs/test_heat_restart.py tests/launch/test_faults_io.py
 
-.PHONY: all venv run lint test test-unit test-mpi test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
+.PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
 
 all: test
 
@@ -44,8 +57,9 @@ lint: venv
 	$(BIN)/ruff check hpcpar tests jobs
 	$(BIN)/mypy
 
-## test: pure logic with plain pytest, then everything that communicates at 1, 2 and 3 ranks
-test: test-unit test-mpi
+## test: pure logic with plain pytest, then everything that communicates at 1, 2 and 3 ranks,
+## then the collective tests at 8 ranks and without the agreement checks (any failing leg fails it)
+test: test-unit test-mpi test-mpi-8 test-mpi-unchecked
 	@bash tests/env/clean-shm.sh  # segments of ranks the fault tests killed on purpose
 
 test-unit: venv
@@ -57,6 +71,18 @@ test-mpi: venv
 	  $(TIMEOUT) 1200 $(MPIEXEC) -n $$n $(BIN)/python -m pytest -p no:cacheprovider --with-mpi \
 	    --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests; \
 	done
+
+## test-mpi-8: the collective, Grid, farm, pipeline, sort and output tests on 8 ranks (oversubscribed)
+test-mpi-8: venv
+	@echo "== collective tests on $(MANY_RANKS) ranks"
+	$(TIMEOUT) 900 $(MPIEXEC) -n $(MANY_RANKS) $(BIN)/python -m pytest -p no:cacheprovider --with-mpi \
+	  --mpi-timeout=$(MPI_TIMEOUT) -m mpi $(COLLECTIVE_TESTS)
+
+## test-mpi-unchecked: the same tests on 3 ranks with HPCPAR_CHECKS=0; tests marked `checks` are skipped
+test-mpi-unchecked: venv
+	@echo "== collective tests on $(UNCHECKED_RANKS) ranks, HPCPAR_CHECKS=0 (no agreement step)"
+	HPCPAR_CHECKS=0 $(TIMEOUT) 900 $(MPIEXEC) -n $(UNCHECKED_RANKS) $(BIN)/python -m pytest \
+	  -p no:cacheprovider --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi $(COLLECTIVE_TESTS)
 
 ## test-parallel-hdf5: the output tests with h5py built against MPI (driver="mpio"), at 1, 2 and 3 ranks
 $(PHDF5_VENV)/.installed: pyproject.toml setup.cfg tests/env/parallel-hdf5.sh

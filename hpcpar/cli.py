@@ -333,10 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpcpar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("info", help="show MPI library, h5py, CPUs and Slurm variables per rank",
+    p = sub.add_parser("info", help="show MPI library, h5py, collectives mode, CPUs and Slurm variables",
                        description="Show the MPI library and version, mpi4py, h5py (and whether it was "
-                       "built with MPI), the CPUs each rank may use, and Slurm variables. Run it under "
-                       "mpiexec to see every rank.")
+                       "built with MPI), whether the collectives are checked (HPCPAR_CHECKS) and in "
+                       "debug mode (HPCPAR_DEBUG), the CPUs each rank may use, and Slurm variables. "
+                       "Run it under mpiexec to see every rank.")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_info)
 

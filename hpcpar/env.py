@@ -13,7 +13,7 @@ __all__ = [
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
     "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
-    "get", "get_float",
+    "get", "get_float", "flag",
 ]
 
 #: Launcher used by ``hpcpar run`` (default: the ``mpiexec`` beside the running
@@ -101,3 +101,16 @@ def get_float(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+
+
+#: Values of an on/off variable that mean off (any case); anything else set means on.
+_OFF = ("0", "false", "no", "off")
+
+
+def flag(name: str, default: bool) -> bool:
+    """``name`` as an on/off switch: ``0``, ``false``, ``no``, ``off`` (any case) are off,
+    any other value is on; ``default`` if unset or empty."""
+    value = get(name)
+    if value is None:
+        return default
+    return value.lower() not in _OFF

@@ -8,10 +8,12 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from .. import env
+
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["collect", "format_info", "slurm_env", "affinity"]
+__all__ = ["collect", "format_info", "slurm_env", "affinity", "collectives_mode", "format_collectives"]
 
 
 def affinity() -> list[int]:
@@ -30,6 +32,38 @@ def slurm_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
+def collectives_mode(checks: bool | None = None, debug: bool | None = None) -> dict[str, Any]:
+    """How the collectives run: ``checks`` (the agreement step), ``debug`` (call sites
+    compared too), and the raw ``HPCPAR_CHECKS``/``HPCPAR_DEBUG`` values (None: unset).
+
+    ``checks`` and ``debug`` default to what the variables select (a context's own
+    ``ctx.checks``/``ctx.debug`` when given). **Local**; reads the environment only.
+    """
+    return {
+        "checks": env.flag(env.HPCPAR_CHECKS, True) if checks is None else bool(checks),
+        "debug": env.flag(env.HPCPAR_DEBUG, False) if debug is None else bool(debug),
+        env.HPCPAR_CHECKS: env.get(env.HPCPAR_CHECKS),
+        env.HPCPAR_DEBUG: env.get(env.HPCPAR_DEBUG),
+    }
+
+
+def format_collectives(mode: dict[str, Any]) -> str:
+    """``checked (HPCPAR_CHECKS unset)``, ``unchecked (HPCPAR_CHECKS=0)``, plus debug when on."""
+    def shown(name: str) -> str:
+        value = mode.get(name)
+        return f"{name} unset" if value is None else f"{name}={value}"
+
+    if mode["checks"]:
+        text = f"checked ({shown(env.HPCPAR_CHECKS)}): ranks agree on every call before data moves"
+    else:
+        text = f"unchecked ({shown(env.HPCPAR_CHECKS)}): straight to MPI, no agreement step"
+    if mode["debug"]:
+        text += f"; debug ({shown(env.HPCPAR_DEBUG)})"
+        if mode["checks"]:
+            text += ": ranks also compare the calling function"
+    return text
+
+
 def collect(ctx: Context) -> dict[str, Any] | None:
     """Everything ``hpcpar info`` reports. **Collective**: root gets the dict, others None."""
     import mpi4py
@@ -38,7 +72,9 @@ def collect(ctx: Context) -> dict[str, Any] | None:
 
     from .. import __version__
 
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "cpus": affinity()}
+    # ctx.checks once Context has it; until then the variable says what is asked for
+    mode = collectives_mode(getattr(ctx, "checks", None), ctx.debug)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "cpus": affinity(), "collectives": mode}
     ranks = ctx.comm.gather(me, root=0)
     if not ctx.is_root:
         return None
@@ -60,6 +96,7 @@ def collect(ctx: Context) -> dict[str, Any] | None:
                          MPI.THREAD_SERIALIZED: "serialized",
                          MPI.THREAD_MULTIPLE: "multiple"}[MPI.Query_thread()],
         "ranks": ctx.size,
+        "collectives": mode,
         "h5py": h5,
         "per_rank": ranks,
         "slurm": slurm_env(),
@@ -83,8 +120,14 @@ def format_info(info: dict[str, Any]) -> str:
         f"MPI library  {info['mpi_library']} (MPI {info['mpi_standard']}, "
         f"thread level {info['thread_level']})",
         f"h5py         {h5line}",
-        f"ranks        {info['ranks']}",
+        f"collectives  {format_collectives(info['collectives'])}",
     ]
+    mode = info["collectives"]
+    for r, d in enumerate(info["per_rank"]):
+        theirs = d.get("collectives", mode)
+        if (theirs["checks"], theirs["debug"]) != (mode["checks"], mode["debug"]):
+            lines.append(f"  rank {r:<4} differs from rank 0: {format_collectives(theirs)}")
+    lines.append(f"ranks        {info['ranks']}")
     for r, d in enumerate(info["per_rank"]):
         cpus = d["cpus"]
         lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} "

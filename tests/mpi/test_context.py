@@ -137,6 +137,9 @@ def test_reductions(ctx):
 
 
 # ---- bad input: the same clear ValueError on every rank, never a hang -------------------
+# Marked `checks`: ranks that disagree, or a bad argument only some ranks see (root's
+# array, one rank's out=), raise on every rank only through the agreement step.
+# Unmarked: every rank passes the same bad argument and raises by itself.
 def raises_everywhere(ctx, fn, match):
     try:
         fn()
@@ -150,6 +153,7 @@ def raises_everywhere(ctx, fn, match):
     return msg
 
 
+@pytest.mark.checks
 def test_gather_dtype_mismatch(ctx):
     if ctx.size == 1:
         pytest.skip("needs two ranks to disagree")
@@ -158,6 +162,7 @@ def test_gather_dtype_mismatch(ctx):
     assert_all(f"rank {ctx.size - 1}: float32" in msg, msg, ctx=ctx)
 
 
+@pytest.mark.checks
 def test_gather_trailing_shape_mismatch(ctx):
     shape = (2, 4) if ctx.rank == 0 else (2, 3 if ctx.size > 1 else 4)
     if ctx.size == 1:
@@ -165,11 +170,13 @@ def test_gather_trailing_shape_mismatch(ctx):
     raises_everywhere(ctx, lambda: ctx.allgather(np.zeros(shape)), "every dimension but axis")
 
 
+@pytest.mark.checks
 def test_scatter_non_array_on_root(ctx):
     raises_everywhere(ctx, lambda: ctx.scatter([1, 2, 3] if ctx.is_root else None),
                       "rank 0: the array on root must be a NumPy array, got list")
 
 
+@pytest.mark.checks
 def test_object_arrays_rejected(ctx):
     a = np.array([{}, None, 1], dtype=object)
     raises_everywhere(ctx, lambda: ctx.scatter(a if ctx.is_root else None), "Python objects")
@@ -184,6 +191,7 @@ def test_bad_root(ctx):
     raises_everywhere(ctx, lambda: ctx.gather(np.zeros(2), root=ctx.size), "not a rank")
 
 
+@pytest.mark.checks
 def test_bad_out_on_one_rank(ctx):
     n = 3 * ctx.size
     bad_rank = ctx.size - 1
@@ -191,12 +199,17 @@ def test_bad_out_on_one_rank(ctx):
     msg = raises_everywhere(ctx, lambda: ctx.scatter(np.arange(float(n)) if ctx.is_root else None,
                                                      out=out), "does not fit")
     assert_all(f"rank {bad_rank}: out" in msg, msg, ctx=ctx)
+
+
+def test_read_only_out_on_every_rank(ctx):
+    n = 3 * ctx.size
     ro = np.empty(3)
     ro.flags.writeable = False
     raises_everywhere(ctx, lambda: ctx.scatter(np.arange(float(n)) if ctx.is_root else None,
                                                out=ro), "read-only")
 
 
+@pytest.mark.checks
 def test_mismatched_collectives(ctx):
     if ctx.size == 1:
         pytest.skip("needs two ranks to disagree")
@@ -210,6 +223,7 @@ def test_mismatched_collectives(ctx):
     assert_all("rank 1: bcast(root=0)" in msg and "rank 0: gather(root=0, float64)" in msg, msg, ctx=ctx)
 
 
+@pytest.mark.checks
 def test_mismatched_reduce_ops(ctx):
     if ctx.size == 1:
         pytest.skip("needs two ranks to disagree")
@@ -217,6 +231,7 @@ def test_mismatched_reduce_ops(ctx):
                       "different collectives")
 
 
+@pytest.mark.checks
 def test_reduce_shape_mismatch(ctx):
     if ctx.size == 1:
         pytest.skip("needs two ranks to disagree")
@@ -258,6 +273,7 @@ def test_larger_than_2_gib(ctx):
     assert_all(ok, "allgather content", ctx=ctx)
 
 
+@pytest.mark.checks
 def test_repeated_calls_stay_checked(ctx):
     """Calls repeated with the same arguments skip the local checks, never the agreement."""
     if ctx.size == 1:

@@ -133,6 +133,7 @@ def test_root_stops_farm_iter_early(ctx):
     assert_all(ok, "breaking out of farm_iter ends the farm cleanly everywhere", ctx=ctx)
 
 
+@pytest.mark.checks  # root's tasks, and errors named "rank 0" by the agreement
 def test_bad_arguments_raise_on_every_rank(ctx):
     for kwargs in ({"tasks": None}, {"tasks": [1], "chunksize": 0}, {"tasks": [1], "errors": "ignore"}):
         tasks = kwargs.pop("tasks")

@@ -226,9 +226,6 @@ def test_resume_truncates_appended_steps_and_deletes(ctx, shared_dir, io, gather
             out.truncate("u", 9)
         with pytest.raises(ValueError, match="steps must be an int >= 0"):
             out.truncate("u", -1)
-        if ctx.size > 1:
-            with pytest.raises(ValueError, match="ranks pass different steps"):
-                out.truncate("u", ctx.rank)
         with pytest.raises(ValueError, match="'final' is not an extendible dataset"):
             out.truncate("final", 0)
         with pytest.raises(KeyError, match="has no dataset 'nothing'"):
@@ -243,6 +240,21 @@ def test_resume_truncates_appended_steps_and_deletes(ctx, shared_dir, io, gather
     got, final = whole(ctx, path, "u"), whole(ctx, path, "final")
     good = not ctx.is_root or (np.array_equal(got, expect) and np.array_equal(final, np.arange(n) * 2.0))
     assert_all(good, f"after resuming: {got}, {final}", ctx=ctx)
+
+
+@pytest.mark.checks
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_truncate_to_different_steps_fails_on_every_rank(ctx, shared_dir, io, gather):
+    if ctx.size == 1:
+        pytest.skip("needs two ranks to disagree")
+    path = shared_dir / "steps.h5"
+    with open_out(ctx, path, io, gather) as out:
+        for t in range(3):
+            out.append("u", np.full(2, float(t)))
+        with pytest.raises(ValueError, match="ranks pass different steps"):
+            out.truncate("u", ctx.rank)
+        steps = out.steps("u")
+    assert_all(steps == 3, f"a refused truncate left {steps} steps", ctx=ctx)
 
 
 @pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
@@ -298,6 +310,8 @@ def test_compression(ctx, shared_dir, io, gather):
 
 
 # ---------------------------------------------------------------- errors on every rank
+# A bad argument every rank passes alike; ranks that disagree are below, marked `checks`
+# (tests of the agreement, skipped under HPCPAR_CHECKS=0).
 def test_bad_arguments_raise_on_every_rank_and_the_file_stays_usable(ctx, shared_dir):
     path = shared_dir / "bad.h5"
     with Output(ctx, path) as out:
@@ -310,25 +324,34 @@ def test_bad_arguments_raise_on_every_rank_and_the_file_stays_usable(ctx, shared
         out.write("ok", np.full(2, ctx.rank))
         with pytest.raises(ValueError, match="'ok' already exists"):
             out.write("ok", np.full(2, ctx.rank))
-        if ctx.size > 1:
-            # one rank with another dtype / shape / call: the same error everywhere
-            bad = np.zeros(2, np.float32 if ctx.rank == 1 else np.float64)
-            with pytest.raises(ValueError, match="rank 1: float32"):
-                out.write("d", bad)
-            bad = np.zeros((2, 3 if ctx.rank == ctx.size - 1 else 2))
-            with pytest.raises(ValueError, match="blocks must agree"):
-                out.write("e", bad)
-            with pytest.raises(ValueError, match="ranks are in different calls"):
-                out.write("x" if ctx.rank else "y", np.zeros(1))
-            grid = BlockGrid(ctx, (4, 4))
-            with pytest.raises(ValueError, match=r"rank 0: write\(grid\)\('g'\); rank 1: write\('g'\)"):
-                out.write("g", *((grid, grid.zeros()) if ctx.is_root else (np.zeros(2),)))
         out.write("after", np.full(1, ctx.rank))  # still usable
     assert_equal_all(read(ctx, path, "after", axis=None), np.arange(ctx.size), ctx=ctx)
     with pytest.raises(KeyError, match="has no dataset 'missing'"):
         read(ctx, path, "missing")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read(ctx, shared_dir / "nope.h5", "x")
+
+
+@pytest.mark.checks
+def test_ranks_that_disagree_raise_on_every_rank_and_the_file_stays_usable(ctx, shared_dir):
+    if ctx.size == 1:
+        pytest.skip("needs two ranks to disagree")
+    path = shared_dir / "disagree.h5"
+    with Output(ctx, path) as out:
+        # one rank with another dtype / shape / call: the same error everywhere
+        bad = np.zeros(2, np.float32 if ctx.rank == 1 else np.float64)
+        with pytest.raises(ValueError, match="rank 1: float32"):
+            out.write("d", bad)
+        bad = np.zeros((2, 3 if ctx.rank == ctx.size - 1 else 2))
+        with pytest.raises(ValueError, match="blocks must agree"):
+            out.write("e", bad)
+        with pytest.raises(ValueError, match="ranks are in different calls"):
+            out.write("x" if ctx.rank else "y", np.zeros(1))
+        grid = BlockGrid(ctx, (4, 4))
+        with pytest.raises(ValueError, match=r"rank 0: write\(grid\)\('g'\); rank 1: write\('g'\)"):
+            out.write("g", *((grid, grid.zeros()) if ctx.is_root else (np.zeros(2),)))
+        out.write("after", np.full(1, ctx.rank))  # still usable
+    assert_equal_all(read(ctx, path, "after", axis=None), np.arange(ctx.size), ctx=ctx)
 
 
 def test_missing_directory_fails_everywhere_without_a_file(ctx, shared_dir):

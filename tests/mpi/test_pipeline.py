@@ -98,9 +98,13 @@ def test_exception_names_stage_and_rank_and_everyone_leaves(ctx, bad_stage):
                "context usable after a failed pipeline", ctx=ctx)
 
 
-def test_empty_input_and_bad_arguments(ctx):
+def test_empty_input(ctx):
     out = pipeline(ctx, stages_of(3), [] if ctx.is_root else None)
     assert_all(out == [] if ctx.is_root else out is None, "no items, no outputs", ctx=ctx)
+
+
+@pytest.mark.checks
+def test_no_stages_on_one_rank_fails_on_every_rank(ctx):
     try:
         pipeline(ctx, [] if ctx.rank == ctx.size - 1 else stages_of(2), [1] if ctx.is_root else None)
         raised = None

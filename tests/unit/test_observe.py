@@ -67,3 +67,58 @@ def test_progress_plain_lines_and_non_root(monkeypatch):
     assert progress(items, is_root=False, stream=out) is items and out.getvalue() == ""
     monkeypatch.setenv("HPCPAR_PROGRESS", "0")
     assert progress(items, stream=out) is items
+
+
+def test_env_flag_reads_on_off_switches(monkeypatch):
+    from hpcpar import env
+
+    monkeypatch.delenv("HPCPAR_CHECKS", raising=False)
+    assert env.flag("HPCPAR_CHECKS", True) and not env.flag("HPCPAR_CHECKS", False)
+    for off in ("0", "false", "No", " OFF "):
+        monkeypatch.setenv("HPCPAR_CHECKS", off)
+        assert not env.flag("HPCPAR_CHECKS", True), off
+    for on in ("1", "yes", "true"):
+        monkeypatch.setenv("HPCPAR_CHECKS", on)
+        assert env.flag("HPCPAR_CHECKS", False), on
+    monkeypatch.setenv("HPCPAR_CHECKS", " ")
+    assert env.flag("HPCPAR_CHECKS", True)  # empty: the default
+
+
+def test_info_says_which_collective_mode_is_set(monkeypatch):
+    from hpcpar.observe.info import collectives_mode, format_collectives
+
+    def line(**kw):
+        return format_collectives(collectives_mode(**kw))
+
+    monkeypatch.delenv("HPCPAR_CHECKS", raising=False)
+    monkeypatch.delenv("HPCPAR_DEBUG", raising=False)
+    assert line().startswith("checked (HPCPAR_CHECKS unset)") and "debug" not in line()
+    monkeypatch.setenv("HPCPAR_CHECKS", "1")
+    assert line().startswith("checked (HPCPAR_CHECKS=1)")
+    monkeypatch.setenv("HPCPAR_CHECKS", "0")
+    assert line().startswith("unchecked (HPCPAR_CHECKS=0)") and "debug" not in line()
+    mode = collectives_mode()
+    assert (mode["checks"], mode["debug"], mode["HPCPAR_CHECKS"], mode["HPCPAR_DEBUG"]) == (False, False, "0", None)
+    monkeypatch.setenv("HPCPAR_DEBUG", "1")
+    assert line().startswith("unchecked (HPCPAR_CHECKS=0)") and "; debug (HPCPAR_DEBUG=1)" in line()
+    monkeypatch.delenv("HPCPAR_CHECKS")
+    assert line().startswith("checked (HPCPAR_CHECKS unset)") and "debug (HPCPAR_DEBUG=1)" in line()
+    # a context's own flags win over the variables
+    assert line(checks=False, debug=False).startswith("unchecked") and "debug" not in line(debug=False)
+
+
+def test_format_info_shows_the_mode_and_ranks_that_differ():
+    from hpcpar.observe.info import format_info
+
+    checked = {"checks": True, "debug": False, "HPCPAR_CHECKS": None, "HPCPAR_DEBUG": None}
+    unchecked = {**checked, "checks": False, "HPCPAR_CHECKS": "0"}
+    rank = {"host": "n1", "pid": 1, "cpus": [0, 1], "collectives": checked}
+    info = {"hpcpar": "x", "python": "p", "numpy": "n", "mpi4py": "m", "mpi_library": "MPICH",
+            "mpi_standard": "4.1", "thread_level": "multiple", "ranks": 3,
+            "h5py": {"error": "none"}, "slurm": {}, "collectives": checked,
+            "per_rank": [rank, {**rank, "collectives": {**checked, "HPCPAR_CHECKS": "1"}},
+                         {**rank, "collectives": unchecked}]}
+    text = format_info(info)
+    assert "collectives  checked (HPCPAR_CHECKS unset)" in text
+    assert "rank 1" not in text.split("ranks        3")[0]  # the same mode, spelled another way
+    assert "rank 2    differs from rank 0: unchecked (HPCPAR_CHECKS=0)" in text
