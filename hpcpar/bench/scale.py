@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import counting, format_table
+from .kernels import hand_written_halo
 
 __all__ = ["add_arguments", "main", "measure", "fit", "PROJECT_TO"]
 
@@ -177,7 +178,8 @@ def _operations(ctx: Any, block: int, side: int):
     dims = partition.dims_create(size, 2)
     grid = Grid(ctx, (side * dims[0], side * dims[1]), dims=dims)
     u = grid.zeros()
-    cart, hand = _hand_written_halo(comm, dims, grid.local_shape)
+    # faces only, and four Sendrecv on every rank (MPI.PROC_NULL at the walls)
+    cart, hand = hand_written_halo(comm, dims, grid.local_shape, corners=False, skip_walls=False)
     v = np.zeros(grid.halo_shape)
 
     def cleanup() -> None:
@@ -186,31 +188,6 @@ def _operations(ctx: Any, block: int, side: int):
 
     yield (f"halo 2-D faces {side}x{side}/rank", lambda: grid.exchange(u, corners=False),
            lambda: hand(v), cleanup)
-
-
-def _hand_written_halo(comm: Any, dims: tuple[int, ...], local: tuple[int, ...]):
-    """A face halo exchange as one writes it with mpi4py: Sendrecv of rows and packed columns."""
-    from mpi4py import MPI
-
-    cart = comm.Create_cart(list(dims), [False, False], reorder=False)
-    up, down = cart.Shift(0, 1)
-    left, right = cart.Shift(1, 1)
-    n0, n1 = local
-    col_send, col_recv = np.empty(n0), np.empty(n0)
-
-    def exchange(u: np.ndarray) -> None:
-        cart.Sendrecv(u[n0, 1:-1], dest=down, recvbuf=u[0, 1:-1], source=up)
-        cart.Sendrecv(u[1, 1:-1], dest=up, recvbuf=u[n0 + 1, 1:-1], source=down)
-        col_send[:] = u[1:-1, n1]
-        cart.Sendrecv(col_send, dest=right, recvbuf=col_recv, source=left)
-        if left != MPI.PROC_NULL:
-            u[1:-1, 0] = col_recv
-        col_send[:] = u[1:-1, 1]
-        cart.Sendrecv(col_send, dest=left, recvbuf=col_recv, source=right)
-        if right != MPI.PROC_NULL:
-            u[1:-1, n1 + 1] = col_recv
-
-    return cart, exchange
 
 
 def _size(nbytes: int) -> str:
