@@ -45,3 +45,16 @@ def serial_heat(n: int, r: float, steps: int) -> np.ndarray:
         c = u[1:-1, 1:-1]
         u[1:-1, 1:-1] = c + r * (u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:] - 4.0 * c)
     return u[1:-1, 1:-1]
+
+
+def skip_before_unchecked_mode(r: subprocess.CompletedProcess) -> None:
+    """Skip the calling test if ``r`` failed only because ``Context`` takes no ``checks=`` yet.
+
+    The benchmarks' unchecked columns use ``Context(checks=False)``, which the core
+    rewrite adds; in a tree without it they fail with this TypeError and the test
+    is skipped rather than failed. In a tree with it this does nothing.
+    """
+    import pytest
+
+    if r.returncode != 0 and "unexpected keyword argument 'checks'" in r.stderr:
+        pytest.skip("Context(checks=False) is not in this tree yet")

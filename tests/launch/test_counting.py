@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import skip_before_unchecked_mode
 
 from hpcpar.bench import counting
 
@@ -100,6 +101,32 @@ def test_point_to_point_and_v_collectives_count_the_bytes_of_each_rank(tmp_path,
         assert snap["Allgatherv"] == [1, mine, 48], (rank, snap)
         assert snap["Scatterv"] == [1, 48 if rank == 0 else 0, mine], (rank, snap)
         assert snap["Sendrecv"] == [2, 32, 32], (rank, snap)
+
+
+def test_bench_scale_counts_raw_checked_and_unchecked_per_rank_count(tmp_path, lib):
+    out = tmp_path / "scale.json"
+    r = subprocess.run(["timeout", "170", sys.executable, "-m", "hpcpar", "bench", "scale", "--ranks", "2,3",
+                        "--repeat", "2", "--warmup", "1", "--side", "4", "--json", str(out)],
+                       capture_output=True, text=True)
+    skip_before_unchecked_mode(r)
+    assert r.returncode == 0, r.stdout + r.stderr
+    header = next(ln for ln in r.stdout.splitlines() if ln.startswith("| P |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "P", "operation", "raw", "checked", "unchecked", "checked - raw", "unchecked - raw", "checked MPI calls"]
+    data = json.loads(out.read_text())
+    ops = ["allreduce f64", "allreduce object", "bcast 1 KB", "scatter 1 KB/rank", "gather 1 KB/rank",
+           "allgather 1 KB/rank", "barrier", "halo 2-D faces 4x4/rank"]
+    assert [(row["ranks"], row["op"]) for row in data["rows"]] == [(p, op) for p in (2, 3) for op in ops]
+    for row in data["rows"]:
+        for mode in ("raw", "checked", "unchecked"):
+            assert set(row[mode]) == {"calls", "recv", "sent", "funcs"}, (row["op"], mode)
+            assert 1 <= row[mode]["calls"] <= sum(row[mode]["funcs"].values()), (row["op"], mode)
+        if row["op"] == "allreduce f64":
+            assert row["raw"] == {"calls": 1, "recv": 8, "sent": 8, "funcs": {"Allreduce_c": 1}}
+        if row["op"].startswith("halo"):  # faces only, four Sendrecv on every rank, walls included
+            assert row["raw"]["funcs"] == {"Sendrecv_c": 4}, row
+    assert [m["op"] for m in data["model"]] == ops  # the fit of the checked mode's extra bytes
+    assert all(set(m["projected"]) == {"1024", "8192", "65536"} for m in data["model"])
 
 
 def _check_bytes(tmp_path, lib, ranks: int) -> float:
