@@ -13,20 +13,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["BENCHMARKS", "configure", "main", "timeit", "format_table", "size_label", "parse_size"]
+__all__ = ["BENCHMARKS", "configure", "main", "timeit", "timeit_interleaved", "mode_contexts",
+           "format_table", "size_label", "parse_size"]
 
 #: name on the command line -> (module, one-line description)
 BENCHMARKS = {
     "collectives": ("hpcpar.bench.collectives",
                     "scatter/gather/allgather vs raw mpi4py buffer calls and pickle calls"),
     "checks": ("hpcpar.bench.checks",
-               "per-call cost of the collective checks, debug mode and the watchdog mark"),
+               "per-call cost of checked, unchecked and debug collectives vs raw mpi4py, "
+               "and of the watchdog mark"),
     "output": ("hpcpar.bench.output",
                "one shared HDF5 file: mpio / serial fallback vs one process writing with plain h5py"),
     "halo": ("hpcpar.bench.halo",
@@ -84,6 +86,24 @@ def main(args: argparse.Namespace) -> int:
     return run(module.main, args) or 0
 
 
+def mode_contexts(comm: Any, debug: bool = False) -> dict[str, Context]:
+    """Contexts over ``comm`` for each mode of the collectives: ``checked`` and ``unchecked``
+    (``Context(checks=False)``), and with ``debug`` also ``debug`` (checked, debug checks on).
+    **Collective**; free them when done.
+
+    Every mode is set explicitly, so ``HPCPAR_CHECKS`` and ``HPCPAR_DEBUG`` in the
+    environment do not change what a benchmark measures under each name.
+    """
+    from ..core.context import Context
+
+    # unused-ignore: the ignore is needed only before Context takes checks= (the core rewrite)
+    out = {"checked": Context(comm, debug=False, checks=True),
+           "unchecked": Context(comm, debug=False, checks=False)}
+    if debug:
+        out["debug"] = Context(comm, debug=True, checks=True)
+    return out
+
+
 def timeit(ctx: Context, fn: Callable[[], object], min_time: float = 0.2, repeats: int = 5,
            max_calls: int = 100_000) -> float:
     """Seconds per call of ``fn``, the best of ``repeats`` timed batches. **Collective**.
@@ -109,6 +129,45 @@ def timeit(ctx: Context, fn: Callable[[], object], min_time: float = 0.2, repeat
             fn()
         dt = comm.allreduce(time.perf_counter() - t0, op=_max())
         best = min(best, dt / calls)
+    return best
+
+
+def timeit_interleaved(ctx: Context, fns: Sequence[Callable[[], object]], min_time: float = 0.2,
+                       repeats: int = 5, max_calls: int = 100_000) -> list[float]:
+    """Seconds per call of each of ``fns``, timed in turns; the best batch of each. **Collective**.
+
+    Each of the ``repeats`` rounds times one batch of every function, in order, so
+    a burst of load on a shared machine slows the batches of all of them alike
+    instead of one function's whole measurement; the best of its batches is kept
+    for each. As in :func:`timeit`, the calls per batch (about ``min_time`` each)
+    are the same on every rank, every batch starts after a barrier and its time is
+    the slowest rank's, so the functions may be collective.
+    """
+    comm = ctx.comm
+    calls = []
+    for fn in fns:
+        fn()  # warm up (allocations, plan caches, connections)
+        n = 1
+        while True:  # grow the trial batch until it lasts a tenth of a batch: one call is too noisy
+            comm.Barrier()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            dt = comm.allreduce(time.perf_counter() - t0, op=_max())
+            if dt >= min_time / 10 or n >= max_calls:
+                break
+            n *= 4
+        calls.append(max(1, min(max_calls, int(n * min_time / max(dt, 1e-9)))))
+    calls = comm.bcast(calls, root=0)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, (fn, k) in enumerate(zip(fns, calls)):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            dt = comm.allreduce(time.perf_counter() - t0, op=_max())
+            best[i] = min(best[i], dt / k)
     return best
 
 

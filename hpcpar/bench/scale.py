@@ -1,4 +1,4 @@
-"""Benchmark: MPI calls and bytes per rank of each checked collective, next to raw mpi4py, per rank count.
+"""Benchmark: MPI calls and bytes per rank of each collective, checked and unchecked, vs raw mpi4py, per P.
 
 Counted, not timed: every rank runs under the PMPI counting library
 (:mod:`hpcpar.bench.counting`), so the figures are exact and do not depend on the
@@ -7,16 +7,18 @@ machine's load; oversubscribed jobs (32 ranks on 2 cores) measure the same.
 ``hpcpar bench scale --ranks 2,4,8,16,32`` (from a plain shell, one process) builds
 the library, starts one job per rank count with it preloaded, and prints one table:
 per operation the MPI calls, bytes received and bytes sent per call, the largest
-over the ranks, of hpcpar and of raw mpi4py doing the same job, their difference
-(the cost of hpcpar's checks), and a fit ``a + b*P`` of the extra bytes received
-per call, projected to large rank counts. ``mpiexec -n P env LD_PRELOAD=LIB hpcpar
+over the ranks, of raw mpi4py, of hpcpar checked (the default) and of hpcpar
+unchecked (``Context(checks=False)``) doing the same job, the difference of each
+mode to raw (the cost of hpcpar's checks, and what is left without them), and a
+fit ``a + b*P`` of the checked mode's extra bytes received per call, projected
+to large rank counts. ``mpiexec -n P env LD_PRELOAD=LIB hpcpar
 bench scale`` (LIB from ``python -m hpcpar.bench.counting``) measures one rank count.
 
 The operations, each averaged over ``--repeat`` calls after ``--warmup`` calls
 (so the one-off plan building of the first call is left out):
 
 =====================  =============================================  =====================================
-operation              hpcpar                                         raw mpi4py
+operation              hpcpar (on a checked and an unchecked ctx)     raw mpi4py
 =====================  =============================================  =====================================
 allreduce f64          ``ctx.allreduce(np.float64(x))``               ``Allreduce`` of 8 bytes
 allreduce object       ``ctx.allreduce(1.0)`` (pickled)               ``comm.allreduce(1.0)``
@@ -25,7 +27,7 @@ scatter 1 KB/rank      ``ctx.scatter(array)``                         ``Scatterv
 gather 1 KB/rank       ``ctx.gather(block)``                          ``Gatherv`` with counts
 allgather 1 KB/rank    ``ctx.allgather(block)``                       ``Allgatherv`` with counts
 barrier                ``ctx.barrier()``                              ``Barrier``
-halo 2-D faces         ``Grid.exchange(u, corners=False)``            ``Sendrecv`` of rows and packed columns
+halo 2-D faces         ``Grid.exchange(u, corners=False)``            four ``Sendrecv``: rows, packed columns
 =====================  =============================================  =====================================
 """
 
@@ -42,9 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from . import counting, format_table
+from . import counting, format_table, mode_contexts
+from .kernels import hand_written_halo
 
-__all__ = ["add_arguments", "main", "measure", "fit", "PROJECT_TO"]
+__all__ = ["add_arguments", "main", "measure", "fit", "MODES", "PROJECT_TO"]
+
+#: The columns of each operation: raw mpi4py, then hpcpar with and without the checks.
+MODES = ("raw", "checked", "unchecked")
 
 #: Rank counts the fitted model is projected to.
 PROJECT_TO = (1024, 8192, 65536)
@@ -81,6 +87,7 @@ def main(ctx: Any, args: argparse.Namespace) -> int:
         return 2
     rows = measure(ctx, args.repeat, args.warmup, args.block, args.side)
     if ctx.is_root:
+        print(_LEGEND)
         print(format_table(*_table(rows)))
         if args.json:
             with open(args.json, "w") as fh:
@@ -91,28 +98,36 @@ def main(ctx: Any, args: argparse.Namespace) -> int:
 # ---- inside one job ----------------------------------------------------------------
 def measure(ctx: Any, repeat: int = 50, warmup: int = 5, block: int = 1024,
             side: int = 64) -> list[dict[str, Any]]:
-    """Per operation, per-call MPI calls and bytes of hpcpar and raw mpi4py. **Collective**.
+    """Per operation, per-call MPI calls and bytes of raw mpi4py and hpcpar in each mode. **Collective**.
 
     Every rank runs every operation ``warmup`` times uncounted, then ``repeat``
     times counted. The counting library must be preloaded (see :mod:`counting`).
+    hpcpar runs on a checked and an unchecked context of its own over ``ctx.comm``
+    (:func:`hpcpar.bench.mode_contexts`), whatever ``HPCPAR_CHECKS`` says.
 
     Returns:
-        On root, one dict per operation: ``ranks``, ``op``, and for ``hpcpar`` and
-        ``raw`` the per-call ``calls``, ``recv``, ``sent`` (each the largest over
-        the ranks) and ``funcs`` (MPI function -> calls per call, the largest over
-        the ranks); the other ranks get an empty list.
+        On root, one dict per operation: ``ranks``, ``op``, and for each of
+        :data:`MODES` (``raw``, ``checked``, ``unchecked``) the per-call ``calls``,
+        ``recv``, ``sent`` (each the largest over the ranks) and ``funcs`` (MPI
+        function -> calls per call, the largest over the ranks); the other ranks
+        get an empty list.
     """
     counters = counting.Counters()
+    contexts = mode_contexts(ctx.comm)
     rows = []
-    for op, hp, raw, cleanup in _operations(ctx, block, side):
-        row: dict[str, Any] = {"ranks": ctx.size, "op": op}
-        for label, fn in (("hpcpar", hp), ("raw", raw)):
-            mine = _per_call(counters, fn, repeat, warmup)
-            everyone = ctx.comm.gather(mine, root=0)  # after the reading: not counted
-            if ctx.is_root:
-                row[label] = _largest(everyone)
-        cleanup()
-        rows.append(row)
+    try:
+        for op, fns, cleanup in _operations(ctx, contexts, block, side):
+            row: dict[str, Any] = {"ranks": ctx.size, "op": op}
+            for mode in MODES:
+                mine = _per_call(counters, fns[mode], repeat, warmup)
+                everyone = ctx.comm.gather(mine, root=0)  # after the reading: not counted
+                if ctx.is_root:
+                    row[mode] = _largest(everyone)
+            cleanup()
+            rows.append(row)
+    finally:
+        for c in contexts.values():
+            c.free()
     return rows if ctx.is_root else []
 
 
@@ -137,8 +152,8 @@ def _largest(everyone: list[dict[str, counting.Count]]) -> dict[str, Any]:
             "sent": max(t.sent for t in totals), "funcs": dict(sorted(funcs.items()))}
 
 
-def _operations(ctx: Any, block: int, side: int):
-    """(name, hpcpar call, raw call, cleanup) of each measured operation; every rank builds the same."""
+def _operations(ctx: Any, contexts: dict[str, Any], block: int, side: int):
+    """(name, {mode: call}, cleanup) of each measured operation; every rank builds the same."""
     from mpi4py import MPI
 
     from ..decomp import partition
@@ -156,61 +171,46 @@ def _operations(ctx: Any, block: int, side: int):
     counts = [n] * size
     displs = [n * r for r in range(size)]
     nothing = lambda: None  # noqa: E731
+    chk, unc = contexts["checked"], contexts["unchecked"]
+
+    def each(call: Callable[[Any], object], raw: Callable[[], object]) -> dict[str, Callable[[], object]]:
+        return {"raw": raw, "checked": lambda: call(chk), "unchecked": lambda: call(unc)}
 
     def raw_bcast() -> None:
         comm.Bcast(buf if root else recv, root=0)
 
-    yield "allreduce f64", lambda: ctx.allreduce(scalar), lambda: comm.Allreduce(one, res), nothing
-    yield "allreduce object", lambda: ctx.allreduce(1.0), lambda: comm.allreduce(1.0), nothing
-    yield (f"bcast {_size(block)}", lambda: ctx.bcast(buf if root else None, root=0), raw_bcast,
-           nothing)
-    yield (f"scatter {_size(block)}/rank", lambda: ctx.scatter(full, root=0),
-           lambda: comm.Scatterv([full, counts, displs, MPI.DOUBLE] if root else None, recv, root=0),
-           nothing)
-    yield (f"gather {_size(block)}/rank", lambda: ctx.gather(mine, root=0),
-           lambda: comm.Gatherv(mine, [full, counts, displs, MPI.DOUBLE] if root else None, root=0),
-           nothing)
-    yield (f"allgather {_size(block)}/rank", lambda: ctx.allgather(mine),
-           lambda: comm.Allgatherv(mine, [every, counts, displs, MPI.DOUBLE]), nothing)
-    yield "barrier", ctx.barrier, comm.Barrier, nothing
+    yield "allreduce f64", each(lambda c: c.allreduce(scalar), lambda: comm.Allreduce(one, res)), nothing
+    yield "allreduce object", each(lambda c: c.allreduce(1.0), lambda: comm.allreduce(1.0)), nothing
+    yield f"bcast {_size(block)}", each(lambda c: c.bcast(buf if root else None, root=0), raw_bcast), nothing
+    yield (f"scatter {_size(block)}/rank", each(
+        lambda c: c.scatter(full, root=0),
+        lambda: comm.Scatterv([full, counts, displs, MPI.DOUBLE] if root else None, recv, root=0)), nothing)
+    yield (f"gather {_size(block)}/rank", each(
+        lambda c: c.gather(mine, root=0),
+        lambda: comm.Gatherv(mine, [full, counts, displs, MPI.DOUBLE] if root else None, root=0)), nothing)
+    yield (f"allgather {_size(block)}/rank", each(
+        lambda c: c.allgather(mine), lambda: comm.Allgatherv(mine, [every, counts, displs, MPI.DOUBLE])),
+        nothing)
+    yield "barrier", each(lambda c: c.barrier(), comm.Barrier), nothing
 
     dims = partition.dims_create(size, 2)
-    grid = Grid(ctx, (side * dims[0], side * dims[1]), dims=dims)
-    u = grid.zeros()
-    cart, hand = _hand_written_halo(comm, dims, grid.local_shape)
-    v = np.zeros(grid.halo_shape)
+    grids = {label: Grid(c, (side * dims[0], side * dims[1]), dims=dims) for label, c in contexts.items()}
+    local = grids["checked"].local_shape
+    u = {label: g.zeros() for label, g in grids.items()}
+    # faces only, and four Sendrecv on every rank (MPI.PROC_NULL at the walls)
+    cart, hand = hand_written_halo(comm, dims, local, corners=False, skip_walls=False)
+    v = np.zeros(grids["checked"].halo_shape)
 
     def cleanup() -> None:
         cart.Free()
-        grid.free()
+        for g in grids.values():
+            g.free()
 
-    yield (f"halo 2-D faces {side}x{side}/rank", lambda: grid.exchange(u, corners=False),
-           lambda: hand(v), cleanup)
+    def faces(grid: Any, a: np.ndarray) -> Callable[[], object]:
+        return lambda: grid.exchange(a, corners=False)
 
-
-def _hand_written_halo(comm: Any, dims: tuple[int, ...], local: tuple[int, ...]):
-    """A face halo exchange as one writes it with mpi4py: Sendrecv of rows and packed columns."""
-    from mpi4py import MPI
-
-    cart = comm.Create_cart(list(dims), [False, False], reorder=False)
-    up, down = cart.Shift(0, 1)
-    left, right = cart.Shift(1, 1)
-    n0, n1 = local
-    col_send, col_recv = np.empty(n0), np.empty(n0)
-
-    def exchange(u: np.ndarray) -> None:
-        cart.Sendrecv(u[n0, 1:-1], dest=down, recvbuf=u[0, 1:-1], source=up)
-        cart.Sendrecv(u[1, 1:-1], dest=up, recvbuf=u[n0 + 1, 1:-1], source=down)
-        col_send[:] = u[1:-1, n1]
-        cart.Sendrecv(col_send, dest=right, recvbuf=col_recv, source=left)
-        if left != MPI.PROC_NULL:
-            u[1:-1, 0] = col_recv
-        col_send[:] = u[1:-1, 1]
-        cart.Sendrecv(col_send, dest=left, recvbuf=col_recv, source=right)
-        if right != MPI.PROC_NULL:
-            u[1:-1, n1 + 1] = col_recv
-
-    return cart, exchange
+    yield (f"halo 2-D faces {side}x{side}/rank",
+           {"raw": lambda: hand(v), **{label: faces(g, u[label]) for label, g in grids.items()}}, cleanup)
 
 
 def _size(nbytes: int) -> str:
@@ -254,6 +254,7 @@ def _drive(args: argparse.Namespace) -> int:
             with open(out) as fh:
                 rows += json.load(fh)["rows"]
             print(f"  {n:>4} ranks counted", file=sys.stderr, flush=True)
+    print(_LEGEND)
     print(format_table(*_table(rows)))
     model = fit(rows)
     print()
@@ -267,16 +268,16 @@ def _drive(args: argparse.Namespace) -> int:
 def fit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per operation, the least-squares line ``a + b*P`` of the extra bytes received per call. **Local**.
 
-    The extra bytes are hpcpar's minus raw mpi4py's (``recv``, the largest over
-    the ranks); the line is projected to :data:`PROJECT_TO`. Operations measured
+    The extra bytes are checked hpcpar's minus raw mpi4py's (``recv``, the largest
+    over the ranks); the line is projected to :data:`PROJECT_TO`. Operations measured
     at fewer than two rank counts get no line.
     """
     out = []
     for op in dict.fromkeys(r["op"] for r in rows):
         mine = [r for r in rows if r["op"] == op]
         ps = np.array([r["ranks"] for r in mine], dtype=float)
-        extra = np.array([r["hpcpar"]["recv"] - r["raw"]["recv"] for r in mine], dtype=float)
-        calls = [r["hpcpar"]["calls"] - r["raw"]["calls"] for r in mine]
+        extra = np.array([r["checked"]["recv"] - r["raw"]["recv"] for r in mine], dtype=float)
+        calls = [r["checked"]["calls"] - r["raw"]["calls"] for r in mine]
         if len(set(ps)) < 2:
             continue
         b, a = np.polyfit(ps, extra, 1)
@@ -295,20 +296,32 @@ def _funcs(funcs: dict[str, float]) -> str:
     return " ".join(f"{name}x{_num(c)}" if c != 1 else name for name, c in funcs.items())
 
 
+#: Printed above the table of :func:`_table`.
+_LEGEND = ("per call, the largest over the ranks: MPI calls / bytes received / bytes sent; "
+           "unchecked = Context(checks=False)")
+
+
+def _triple(calls: float, recv: float, sent: float, sign: bool = False) -> str:
+    fmt = (lambda x: ("+" if x > 0 else "") + _num(x)) if sign else _num
+    return f"{fmt(calls)} / {fmt(recv)} / {fmt(sent)}"
+
+
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["P", "operation", "hpcpar calls", "hpcpar recv B", "hpcpar sent B", "raw calls",
-              "raw recv B", "raw sent B", "extra calls", "extra recv B", "extra sent B", "hpcpar MPI calls"]
+    """One row per (P, operation): calls / recv B / sent B per call of each mode and of the differences."""
+    header = ["P", "operation", *MODES, "checked - raw",
+              "unchecked - raw", "checked MPI calls"]
     body = []
     for r in rows:
-        h, w = r["hpcpar"], r["raw"]
-        body.append([str(r["ranks"]), r["op"], _num(h["calls"]), _num(h["recv"]), _num(h["sent"]),
-                     _num(w["calls"]), _num(w["recv"]), _num(w["sent"]), _num(h["calls"] - w["calls"]),
-                     _num(h["recv"] - w["recv"]), _num(h["sent"] - w["sent"]), _funcs(h["funcs"])])
+        w = r["raw"]
+        cells = [_triple(r[m]["calls"], r[m]["recv"], r[m]["sent"]) for m in MODES]
+        diffs = [_triple(r[m]["calls"] - w["calls"], r[m]["recv"] - w["recv"], r[m]["sent"] - w["sent"],
+                         sign=True) for m in ("checked", "unchecked")]
+        body.append([str(r["ranks"]), r["op"], *cells, *diffs, _funcs(r["checked"]["funcs"])])
     return header, body
 
 
 def _model_table(model: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["operation", "extra calls", "extra recv B = a + b*P", "max residual",
+    header = ["operation", "checked extra calls", "extra recv B = a + b*P", "max residual",
               *(f"P={p}" for p in PROJECT_TO)]
     body = [[m["op"], ",".join(_num(c) for c in m["extra_calls"]), f"{m['a']:.1f} + {m['b']:.1f}*P",
              f"{m['max_residual']:.1f}", *(f"{m['projected'][str(p)]:.0f}" for p in PROJECT_TO)]

@@ -145,6 +145,30 @@ def _per_call(tmp_path, lib, ranks: int) -> dict[str, tuple[float, float]]:
         out[name] = (calls, recv)
     return out
 
+def test_bench_scale_counts_raw_checked_and_unchecked_per_rank_count(tmp_path, lib):
+    out = tmp_path / "scale.json"
+    r = subprocess.run(["timeout", "170", sys.executable, "-m", "hpcpar", "bench", "scale", "--ranks", "2,3",
+                        "--repeat", "2", "--warmup", "1", "--side", "4", "--json", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    header = next(ln for ln in r.stdout.splitlines() if ln.startswith("| P |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "P", "operation", "raw", "checked", "unchecked", "checked - raw", "unchecked - raw", "checked MPI calls"]
+    data = json.loads(out.read_text())
+    ops = ["allreduce f64", "allreduce object", "bcast 1 KB", "scatter 1 KB/rank", "gather 1 KB/rank",
+           "allgather 1 KB/rank", "barrier", "halo 2-D faces 4x4/rank"]
+    assert [(row["ranks"], row["op"]) for row in data["rows"]] == [(p, op) for p in (2, 3) for op in ops]
+    for row in data["rows"]:
+        for mode in ("raw", "checked", "unchecked"):
+            assert set(row[mode]) == {"calls", "recv", "sent", "funcs"}, (row["op"], mode)
+            assert 1 <= row[mode]["calls"] <= sum(row[mode]["funcs"].values()), (row["op"], mode)
+        if row["op"] == "allreduce f64":
+            assert row["raw"] == {"calls": 1, "recv": 8, "sent": 8, "funcs": {"Allreduce_c": 1}}
+        if row["op"].startswith("halo"):  # faces only, four Sendrecv on every rank, walls included
+            assert row["raw"]["funcs"] == {"Sendrecv_c": 4}, row
+    assert [m["op"] for m in data["model"]] == ops  # the fit of the checked mode's extra bytes
+    assert all(set(m["projected"]) == {"1024", "8192", "65536"} for m in data["model"])
+
 
 @pytest.mark.slow
 def test_the_check_traffic_of_checked_collectives_does_not_grow_with_the_ranks(tmp_path, lib):
