@@ -196,6 +196,8 @@ class Blocks:
             raise_local(check_array(array, "the array on root") or _too_many_dims(array, None), "scatter")
             rax, problem = attempt(partition.normalize_axis, axis, array.ndim)
             raise_local(problem, "scatter")
+        elif not hasattr(axis, "__index__"):  # a wrong type every rank can see
+            raise_local(attempt(partition.normalize_axis, axis, 1)[1], "scatter")
         raise_local(check_out(out), "scatter")
         ann = _announce.announce(self.comm, root, 1, array if me == root else None, rax or 0)
         ax, shape, dtype = ann.axis, ann.shape, ann.dtype
