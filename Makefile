@@ -20,7 +20,7 @@ MPI_TIMEOUT ?= 60
 #   2 cores): more ranks than rows, grids of 8 processes, deeper collective trees;
 # - test-mpi-unchecked: on 3 ranks with HPCPAR_CHECKS=0 (collectives without the
 #   agreement step); tests marked `checks` (of the agreement itself) are skipped there.
-COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py \
+COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py tests/mpi/test_agreement.py \
 	tests/mpi/test_context_fuzz.py tests/mpi/test_grid.py tests/mpi/test_grid_fuzz.py \
 	tests/mpi/test_farm.py tests/mpi/test_pipeline.py tests/mpi/test_sort.py \
 	tests/mpi/test_output.py tests/mpi/test_checkpoint.py
