@@ -12,6 +12,7 @@ second call. Structured dtypes travel pickled in one more ``Bcast``.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,8 @@ HEADER = 5 + MAXDIM
 #: The largest payload that travels inside the announcement.
 INLINE = SIZE - 8 * HEADER
 
-_KIND, _DTYPE, _NDIM, _AXIS, _NBYTES, _SHAPE = 0, 1, 2, 3, 4, 5
+_HEAD = struct.Struct(f"=5q{MAXDIM}q")
+_LEAD = [struct.Struct(f"=5q{n}q") for n in range(MAXDIM + 1)]  # the header up to ndim dimensions
 
 
 class Announcement:
@@ -52,42 +54,38 @@ def announce(comm: MPI.Intracomm, root: int, kind: int = 0, arr: np.ndarray | No
 
     Only root's arguments are read. With ``inline=False`` the payload never travels
     inside (the caller moves it itself). On root the announcement's payload is
-    ``arr``; elsewhere it is a read-only view of the received bytes (None when
-    the payload did not fit).
+    ``arr``; elsewhere it is a new array holding the received bytes (None when the
+    payload did not fit).
     """
-    buf = np.empty(SIZE, np.uint8)
-    head = buf[:8 * HEADER].view(np.int64)
-    head[:] = 0
-    is_root = comm.Get_rank() == root
-    custom = False
-    if is_root:
-        head[_KIND], head[_AXIS] = kind, axis
-        head[_NBYTES] = -1
-        if arr is not None:
+    buf = bytearray(SIZE)
+    if comm.Get_rank() == root:
+        if arr is None:
+            _LEAD[0].pack_into(buf, 0, kind, 0, -1, axis, -1)
+        else:
             dt = arr.dtype
             custom = not (dt.isbuiltin == 1 and DTYPES.get(dt.num) == dt)
-            head[_DTYPE] = -1 if custom else dt.num
-            head[_NDIM] = arr.ndim
-            head[_SHAPE:_SHAPE + arr.ndim] = arr.shape
-            if inline and arr.nbytes <= INLINE:
-                head[_NBYTES] = arr.nbytes
-                buf[8 * HEADER:8 * HEADER + arr.nbytes] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        else:
-            head[_NDIM] = -1
+            n = arr.nbytes if inline and arr.nbytes <= INLINE else -1
+            _LEAD[arr.ndim].pack_into(buf, 0, kind, -1 if custom else dt.num, arr.ndim, axis, n, *arr.shape)
+            if n > 0:
+                flat = arr if arr.flags.c_contiguous and arr.ndim else np.ascontiguousarray(arr).reshape(-1)
+                try:
+                    buf[_HEAD.size:_HEAD.size + n] = flat.data.cast("B")
+                except (TypeError, ValueError):  # formats memoryview cannot cast (structured dtypes)
+                    buf[_HEAD.size:_HEAD.size + n] = flat.view(np.uint8).tobytes()
+        comm.Bcast(buf, root=root)
+        if arr is not None and custom:
+            comm.bcast(dt, root=root)
+        return Announcement(kind, None if arr is None else arr.dtype, () if arr is None else arr.shape,
+                            axis, arr, arr is not None and n >= 0)
     comm.Bcast(buf, root=root)
-    ndim = int(head[_NDIM])
+    head = _HEAD.unpack_from(buf)
+    kind, code, ndim, axis, n = head[:5]
     if ndim < 0:
-        return Announcement(int(head[_KIND]), None, (), int(head[_AXIS]), None, False)
-    code = int(head[_DTYPE])
-    mine = arr.dtype if arr is not None and is_root else None
-    dtype: Any = mine if is_root else DTYPES.get(code)
-    if code < 0:
-        dtype = comm.bcast(mine, root=root)
-    shape = tuple(int(d) for d in head[_SHAPE:_SHAPE + ndim])
-    n = int(head[_NBYTES])
+        return Announcement(kind, None, (), axis, None, False)
+    dtype: Any = DTYPES.get(code) if code >= 0 else comm.bcast(None, root=root)
+    shape = head[5:5 + ndim]
     payload = None
-    if is_root:
-        payload = arr
-    elif n >= 0:
-        payload = buf[8 * HEADER:8 * HEADER + n].view(dtype).reshape(shape)
-    return Announcement(int(head[_KIND]), dtype, shape, int(head[_AXIS]), payload, n >= 0)
+    if n >= 0:
+        payload = np.frombuffer(buf, dtype, offset=_HEAD.size, count=n // dtype.itemsize if dtype.itemsize
+                                else 0).reshape(shape)
+    return Announcement(kind, dtype, shape, axis, payload, n >= 0)
