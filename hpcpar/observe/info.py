@@ -73,7 +73,7 @@ def collect(ctx: Context) -> dict[str, Any] | None:
     from .. import __version__
 
     # ctx.checks once Context has it; until then the variable says what is asked for
-    mode = collectives_mode(getattr(ctx, "checks", None), ctx.debug)
+    mode = collectives_mode(ctx.checks, ctx.debug)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "cpus": affinity(), "collectives": mode}
     ranks = ctx.comm.gather(me, root=0)
     if not ctx.is_root:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["Region", "Timers", "REGISTRY", "timed", "summarize", "report", "format_report"]
+__all__ = ["Region", "Timers", "REGISTRY", "timed", "summarize", "report", "format_report", "mode_label"]
 
 
 class Region:
@@ -118,9 +118,16 @@ def summarize(per_rank: list[dict[str, tuple[int, float]]], walls: list[float]) 
     return {"ranks": len(per_rank), "wall": wall, "regions": rows}
 
 
+def mode_label(ctx: Any) -> str:
+    """``"checked"``, ``"unchecked"`` (``HPCPAR_CHECKS=0``), with ``" + debug"`` in debug mode. **Local**."""
+    mode = "checked" if getattr(ctx, "checks", True) else "unchecked"
+    return mode + (" + debug" if getattr(ctx, "debug", False) else "")
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """The table root prints at the end of a job."""
-    head = f"hpcpar timing: {summary['ranks']} ranks, wall {summary['wall']:.3f} s (slowest rank)"
+    mode = f", collectives {summary['collectives']}" if summary.get("collectives") else ""
+    head = f"hpcpar timing: {summary['ranks']} ranks, wall {summary['wall']:.3f} s (slowest rank){mode}"
     if not summary["regions"]:
         return head + "\n  (no timed regions; use `with ctx.timer(\"name\"):`)"
     w = max(6, *(len(r["name"]) for r in summary["regions"]))
@@ -147,6 +154,7 @@ def report(ctx: Context, stream: TextIO | None = None, json_path: str | None = N
         return None
     assert per_rank is not None  # root receives every rank's regions
     summary = summarize([p[0] for p in per_rank], [p[1] for p in per_rank])
+    summary["collectives"] = mode_label(ctx)
     print(format_report(summary), file=stream or sys.stderr, flush=True)
     if json_path:
         with open(json_path, "w") as fh:

@@ -1,6 +1,7 @@
 """Timing report, logging and scaling on real MPI jobs (launched from plain pytest)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,9 @@ def test_timing_report_of_a_job(tmp_path):
     r = run_mpi(3, [str(JOBS / "pi.py"), "--samples", "3e6"], env={"HPCPAR_REPORT_JSON": str(report)})
     assert r.returncode == 0, r.stderr
     assert "hpcpar timing: 3 ranks" in r.stderr and r.stderr.count("hpcpar timing") == 1
+    assert "collectives checked" in r.stderr, r.stderr
     data = json.loads(report.read_text())
+    assert data["collectives"] == "checked"
     names = [x["name"] for x in data["regions"]]
     assert names == ["compute", "reduce"] and data["ranks"] == 3
     compute = data["regions"][0]
@@ -56,5 +59,6 @@ def test_hpcpar_run_report_flag(tmp_path):
     p = tmp_path / "plain.py"
     p.write_text("import hpcpar\nhpcpar.run(lambda ctx: None)\n")
     r = subprocess.run([sys.executable, "-m", "hpcpar", "run", "--report", "-n", "2", str(p)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "HPCPAR_CHECKS": "0"})
     assert r.returncode == 0 and "hpcpar timing: 2 ranks" in r.stderr and "no timed regions" in r.stderr
+    assert "collectives unchecked" in r.stderr, r.stderr
