@@ -288,6 +288,12 @@ def fit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _line(a: float, b: float) -> str:
+    """``a + b*P`` for the table, without the ``-0.0`` of a fit that came out flat."""
+    a, b = (0.0 if abs(v) < 0.05 else v for v in (a, b))
+    return f"{a:.1f} {'-' if b < 0 else '+'} {abs(b):.1f}*P"
+
+
 def _num(x: float) -> str:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:.2f}"
 
@@ -323,7 +329,7 @@ def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
 def _model_table(model: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["operation", "checked extra calls", "extra recv B = a + b*P", "max residual",
               *(f"P={p}" for p in PROJECT_TO)]
-    body = [[m["op"], ",".join(_num(c) for c in m["extra_calls"]), f"{m['a']:.1f} + {m['b']:.1f}*P",
+    body = [[m["op"], ",".join(_num(c) for c in m["extra_calls"]), _line(m["a"], m["b"]),
              f"{m['max_residual']:.1f}", *(f"{m['projected'][str(p)]:.0f}" for p in PROJECT_TO)]
             for m in model]
     return header, body
