@@ -2,10 +2,16 @@
 runner, the watchdog and stop requests. Importing a module of this layer loads MPI.
 
 ``context``
-    :class:`Context`: the private communicator and the checked collectives.
+    :class:`Context`: the private communicator, barrier, bcast and reductions.
+``blocks``
+    scatter, gather and allgather of blocks along an axis (checked or unchecked).
+``agreement``
+    the fixed-size ``Allreduce`` that every checked collective starts with.
 ``protocol``
-    the header every rank sends before a collective (:class:`~.protocol.Call`,
-    :class:`~.protocol.Field`, :class:`~.protocol.Plan`), its exchange and checks.
+    calls, payload kinds and plans (:class:`~.protocol.Call`, :class:`~.protocol.Plan`);
+    the per-rank headers and checks of the error path (:class:`~.protocol.Exchange`).
+``announce``
+    root's geometry and small payloads in one fixed-size ``Bcast`` (unchecked calls).
 ``largecount``, ``callsite``, ``cache``
     messages beyond ``2**31 - 1`` bytes; debug mode's call sites; the bounded cache.
 ``runner``, ``abort``, ``watchdog``, ``preempt``

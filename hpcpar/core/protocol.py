@@ -176,7 +176,7 @@ def fast_key(call: int, root: Any, axis: Any, arr: Any, out: Any, debug: bool) -
     must take the full checks (debug mode, or arguments that are not plain arrays).
 
     Validation depends only on what the key holds, so a key seen before with a
-    valid call needs no new local checks; the header exchange still runs.
+    valid call needs no new local checks; the agreement step still runs.
     """
     if debug:
         return None
