@@ -62,6 +62,25 @@ def _array_index() -> int | None:
 _SCALARS = frozenset(d.type for d in DTYPES.values() if d.kind in "biufc")
 
 
+#: The dtype kinds MPI defines each builtin reduction for (MPI-4.0, section 6.9.2).
+_OP_KINDS = {"sum": "iufc", "prod": "iufc", "max": "iuf", "min": "iuf", "land": "iub",
+             "lor": "iub", "lxor": "iub", "band": "iu", "bor": "iu", "bxor": "iu"}
+_OP_BY_CODE = {op.py2f(): name for name, op in OPS.items()}
+
+
+def _op_problem(op: Any, mop: MPI.Op, dtype: np.dtype) -> Problem | None:
+    """A problem when MPI does not define the builtin reduction ``op`` for ``dtype``. **Local**."""
+    name = op if isinstance(op, str) else _OP_BY_CODE.get(mop.py2f()) if mop in OPS.values() else None
+    kinds = _OP_KINDS.get(name) if name is not None else None
+    if kinds is None or dtype.kind in kinds:
+        return None
+    what = {"b": "bool", "c": "complex", "f": "floating-point"}.get(dtype.kind, dtype.kind)
+    fits = ", ".join(n for n, k in _OP_KINDS.items() if dtype.kind in k)
+    return ("TypeError", f"op={name!r} is not defined for {what} dtype {dtype} in MPI; "
+            f"for {dtype} use one of: {fits}" + (" (or convert, e.g. x.astype(np.int64))"
+                                                    if dtype.kind == "b" else ""))
+
+
 def _flag(name: str, default: str) -> bool:
     return (env.get(name, default) or default).lower() not in ("0", "false", "no", "off")
 
@@ -427,6 +446,8 @@ class Context:
             elif arr.ndim > MAXDIM:
                 problem = problem or ("ValueError",
                                       f"arrays of more than {MAXDIM} dimensions are not supported")
+            elif problem is None:
+                problem = _op_problem(op, mop, arr.dtype)
         v = None
         if not self.checks:
             raise_local(problem, Call(call).label)

@@ -260,3 +260,12 @@ def test_finish_is_a_barrier(ctx):
     ctx.finish()
     ctx.finish()
     assert_all(MPI.Is_initialized(), "finish returns on every rank", ctx=ctx)
+
+
+@pytest.mark.parametrize("op,dtype", [("sum", np.bool_), ("land", np.float64), ("max", np.complex128),
+                                      ("band", np.bool_)])
+def test_reduce_op_not_defined_for_the_dtype(ctx, op, dtype):
+    msg = raises_everywhere(ctx, lambda: ctx.allreduce(np.ones(2, dtype), op=op), f"op='{op}' is not defined",
+                            exc=TypeError)
+    assert_all("use one of" in msg, msg, ctx=ctx)
+    assert_equal_all(ctx.allreduce(np.ones(2, np.int32), op="band"), np.ones(2, np.int32), ctx=ctx)
