@@ -5,7 +5,9 @@ hpcpar call (agreement step + watchdog mark), the unchecked one
 (``Context(checks=False)``: straight to MPI, watchdog mark kept) and the checked
 one in debug mode (caller-function check). It also times the watchdog mark alone
 (entering and leaving a call, local). The ratios to raw are the per-call price of
-each mode, printed next to the project's targets (set for 2 ranks).
+each mode, printed next to the project's targets (set for 2 ranks). The floor
+column times the raw call plus one ``MPI_Allreduce`` of the agreement vector's
+size: the least a checked call can cost, whatever its Python.
 
 The comparison is like for like: the raw call allocates its result wherever
 hpcpar does, and hpcpar is called without ``out=``:
@@ -138,13 +140,21 @@ def measure(ctx: Context, repeats: int, min_time: float) -> list[dict[str, Any]]
     The three hpcpar variants run on contexts of their own (:func:`mode_contexts`),
     so ``HPCPAR_CHECKS`` and ``HPCPAR_DEBUG`` do not change them.
     """
+    from mpi4py import MPI
+
+    from ..core.agreement import SIZE
+
     contexts = mode_contexts(ctx.comm, debug=True)
+    vec, res = np.zeros(SIZE, np.int64), np.empty(SIZE, np.int64)
     rows = []
     try:
         for name, (raw, call) in _cases(ctx.comm).items():
-            fns: list[Callable[[], Any]] = [raw, *(partial(call, c) for c in contexts.values())]
+            def floor(raw: Callable[[], Any] = raw) -> None:  # raw + one agreement-sized Allreduce
+                ctx.comm.Allreduce(vec, res, MPI.MAX)
+                raw()
+            fns: list[Callable[[], Any]] = [raw, floor, *(partial(call, c) for c in contexts.values())]
             times = timeit_interleaved(ctx, fns, min_time=min_time, repeats=repeats)
-            rows.append({"call": name, **dict(zip(["raw", *contexts], times))})
+            rows.append({"call": name, **dict(zip(["raw", "floor", *contexts], times))})
     finally:
         for c in contexts.values():
             c.free()
@@ -170,14 +180,17 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
             targets += target is not None
             if miss:
                 misses.append(f"{mode} {r['call']}")
-        table.append([r["call"], f"{r['raw'] * 1e6:.2f}", *cells, f"{r['debug'] * 1e6:.2f}"])
+        table.append([r["call"], f"{r['raw'] * 1e6:.2f}", f"{r['floor'] / r['raw']:.2f}x", *cells,
+                      f"{r['debug'] * 1e6:.2f}"])
     print(f"hpcpar bench checks: {ctx.size} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
     print("us per call (best of interleaved batches, slowest rank); ratio = hpcpar / raw, "
           f"(<= t) the project's target at {TARGET_RANKS} ranks")
     print()
-    print(format_table(["call", "raw us", "checked us", "checked/raw", "unchecked us", "unchecked/raw",
-                        "debug us"], table))
+    print(format_table(["call", "raw us", "floor/raw", "checked us", "checked/raw", "unchecked us",
+                        "unchecked/raw", "debug us"], table))
     print()
+    print("floor: the raw call plus one MPI_Allreduce of the agreement's size, with no Python around it "
+          "(what any checked call costs at least)")
     print(f"watchdog mark (enter + leave, local): {mark * 1e9:.0f} ns per call")
     if not judged:
         print(f"targets not judged: they are set for {TARGET_RANKS} ranks, this job has {ctx.size}")
