@@ -38,8 +38,10 @@ asks the ranks whose report is still missing halfway through its wait directly,
 1 message each (the ranks below a silent rank of the tree): at most P-1 per
 origin, at most two origins. So never more than 8(P-1) in all, and a rank that
 hears nothing at all still ends the job after its wait, with what it knows.
-A silent rank of the tree also withholds the finished push from the ranks below
-it; those ranks still end at the timeout, if one is set.
+Finished notices have no backup: a silent coordinator withholds the push from
+every rank, a silent rank inside the tree from the ranks below it. Those ranks
+then end at the timeout, if one is set; a rank that never answers is a hang of
+its own, which only the timeout ends anyway.
 
 Everything here runs in the watchdog thread (and in :func:`hpcpar.core.watchdog.stop`
 once that thread has ended); nothing is thread-safe on its own.
