@@ -16,4 +16,6 @@ runner, the watchdog and stop requests. Importing a module of this layer loads M
     messages beyond ``2**31 - 1`` bytes; debug mode's call sites; the bounded cache.
 ``runner``, ``abort``, ``watchdog``, ``preempt``
     running ``main`` on every rank; ending the job; the hang watchdog; stop requests.
+``watchnet``
+    the watchdog's messages between ranks: a coordinator and a tree, O(P) per event.
 """

@@ -21,6 +21,22 @@ world :class:`~hpcpar.Context` is created, and only when the MPI library offers
 ``MPI_THREAD_MULTIPLE`` (mpi4py asks for it by default); otherwise the timeout
 still works, each rank reporting only for itself. A rank busy in C code that holds
 the GIL cannot run its watchdog; MPI calls made through mpi4py release it.
+
+Messages, for P ranks (O(P) per event, never O(P²); :mod:`hpcpar.core.watchnet`
+has the details): they go through a coordinator, world rank 0, and down a tree
+(4 children per rank, about log4(P) hops).
+
+* Finished notice, per final check: at most P-1 messages to the coordinator plus
+  P-1 down the tree for its one push (none when every rank finished), so at most
+  2(P-1); plus, for a rank blocked in a collective of a sub-communicator none of
+  whose ranks it knows to have finished, 1 question to the coordinator per
+  context and at most 1 answer.
+* Dump request, once per job: at most P-1 requests to the coordinator, P-1 down
+  the tree, P-1 reports to the rank that asked: 3(P-1). When ranks cannot answer
+  (the coordinator itself, or a rank inside the tree, busy holding the GIL), a
+  backup round from world rank 1 and direct questions to the missing ranks add
+  at most 5(P-1). A rank that timed out and hears nothing still ends the job
+  after its wait, naming the ranks that did not answer.
 """
 
 from __future__ import annotations
@@ -38,6 +54,7 @@ from mpi4py import MPI
 
 from .. import env
 from ..observe import stacks
+from . import watchnet
 from .abort import abort
 
 if TYPE_CHECKING:
@@ -46,7 +63,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["watching", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
-           "current", "format_stacks", "EXIT_HANG", "FINISH"]
+           "current", "messages", "format_stacks", "EXIT_HANG", "FINISH"]
 
 #: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out):
 #: :data:`hpcpar.observe.stacks.EXIT_TIMEOUT`.
@@ -60,9 +77,8 @@ FINISH = "finish"
 _FINISH_NOTICE = 1.0
 #: Seconds a rank may stay in a collective that includes a finished rank.
 _FINISHED_GRACE = 1.0
-#: Seconds the rank that fires waits for the other ranks' reports.
+#: Seconds the rank that fires waits for the other ranks' reports (plus the tree's hops).
 _COLLECT = 2.0
-_TAG_DUMP, _TAG_REPORT, _TAG_FINISHED = 9001, 9002, 9003
 
 _monotonic = time.monotonic
 
@@ -70,23 +86,24 @@ _monotonic = time.monotonic
 class _State:
     """What this process is doing: the current call as ``(name, since, context)``."""
 
-    __slots__ = ("now", "timeout", "thread", "stopping", "comm", "finished", "dumped",
-                 "fired", "notified", "sends", "explicit", "epoch", "lock")
+    __slots__ = ("now", "timeout", "thread", "stopping", "net", "finished", "ahead", "asked",
+                 "dumped", "fired", "notified", "explicit", "epoch", "lock")
 
     def __init__(self) -> None:
         self.now: tuple | None = None
         self.timeout: float | None = None
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
-        self.comm: MPI.Comm | None = None
-        self.finished: set[int] = set()
+        self.net: watchnet.Net | None = None
+        self.finished: set[int] = set()  # ranks waiting in this rank's current final check
+        self.ahead: dict[int, set[int]] = {}  # ranks waiting in later final checks, by epoch
+        self.asked: set[tuple[int, ...]] = set()  # contexts asked about in this final check
         self.dumped = False
         self.fired = False
         self.notified = False
-        self.sends: list = []
         self.explicit = False
         self.epoch = 0  # final checks (finish) this rank has completed
-        self.lock = threading.Lock()  # epoch, finished, notified and leaving a finish
+        self.lock = threading.Lock()  # epoch, finished, ahead, asked, notified and leaving a finish
 
 
 _S = _State()
@@ -161,6 +178,12 @@ def current() -> tuple[str, float] | None:
     return None if now is None else (now[0], _monotonic() - now[1])
 
 
+def messages() -> int:
+    """Messages this rank's watchdog has sent to other ranks so far. **Local**."""
+    net = _S.net
+    return 0 if net is None else net.sent
+
+
 # ---- configuration -----------------------------------------------------------------
 def set_timeout(seconds: float | None) -> None:
     """Set the hang timeout of this rank (None or 0: none) and start the thread. **Local**.
@@ -193,10 +216,10 @@ def start(world: bool = False) -> None:
     """
     if not _S.explicit:
         _S.timeout = _env_timeout()
-    if world and _S.comm is None and MPI.COMM_WORLD.Get_size() > 1 \
+    if world and _S.net is None and MPI.COMM_WORLD.Get_size() > 1 \
             and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
-        _S.comm = MPI.COMM_WORLD.Dup()
-    if (_S.thread is None or not _S.thread.is_alive()) and (_S.timeout or _S.comm is not None):
+        _S.net = watchnet.Net(MPI.COMM_WORLD.Dup(), _learn, _answer)
+    if (_S.thread is None or not _S.thread.is_alive()) and (_S.timeout or _S.net is not None):
         _S.stopping.clear()
         _S.thread = threading.Thread(target=_loop, name="hpcpar-watchdog", daemon=True)
         _S.thread.start()
@@ -209,15 +232,9 @@ def stop() -> None:
         _S.stopping.set()
         t.join(timeout=2.0)
     _S.thread = None
-    comm = _S.comm
-    if comm is not None and not MPI.Is_finalized():
-        _drain(comm)
-        for req in _S.sends:  # tiny messages: sent eagerly, complete already
-            try:
-                req.Test()
-            except Exception:
-                pass
-        _S.sends.clear()
+    net = _S.net
+    if net is not None and not MPI.Is_finalized():
+        net.close()
 
 
 def leave_finish(prev: tuple | None, completed: bool) -> None:
@@ -230,8 +247,21 @@ def leave_finish(prev: tuple | None, completed: bool) -> None:
         leave(prev)
         if completed:
             _S.epoch += 1
-            _S.finished.clear()
+            _S.finished = _S.ahead.pop(_S.epoch, set())
+            for old in [e for e in _S.ahead if e < _S.epoch]:
+                del _S.ahead[old]
+            _S.asked.clear()
             _S.notified = False
+
+
+def _learn(epoch: int, ranks: list[int]) -> None:
+    """The watchdog's messages say that ``ranks`` wait in final check ``epoch``."""
+    with _S.lock:
+        if epoch == _S.epoch:
+            _S.finished.update(ranks)
+        elif epoch > _S.epoch:  # a check this rank has yet to leave: keep for the next round
+            _S.ahead.setdefault(epoch, set()).update(ranks)
+        # else a notice from a round this rank has completed
 
 
 atexit.register(stop)
@@ -253,29 +283,32 @@ def _loop() -> None:
 
 
 def _check() -> None:
-    comm = _S.comm
-    if comm is not None:
-        _serve(comm)
+    net = _S.net
+    if net is not None:
+        net.serve(_S.epoch)
     with _S.lock:
         now, epoch, finished = _S.now, _S.epoch, set(_S.finished)
         if now is None:
             return
         name, since, ctx = now
         waited = _monotonic() - since
-        notify = (name == FINISH and comm is not None and not _S.notified
+        notify = (name == FINISH and net is not None and not _S.notified
                   and waited > _FINISH_NOTICE)
         if notify:
             _S.notified = True
     if notify:
-        assert comm is not None  # notify requires it
-        me = MPI.COMM_WORLD.Get_rank()
-        for r in range(comm.Get_size()):
-            if r != me:
-                _S.sends.append(comm.isend((me, epoch), dest=r, tag=_TAG_FINISHED))
+        assert net is not None  # notify requires it
+        net.notice(epoch)
     elif name != FINISH and finished and waited > _FINISHED_GRACE:
-        gone = sorted(finished & set(_world_ranks(ctx)))
+        ranks = tuple(_world_ranks(ctx))
+        gone = sorted(finished.intersection(ranks))
         if gone:
             _fire_finished(name, waited, gone)
+        elif net is not None and ranks not in _S.asked:
+            # some rank has finished, none of this context's that this rank knows of:
+            # ask the coordinator, which has heard of every one
+            _S.asked.add(ranks)
+            net.ask(epoch, ranks)
     timeout = _S.timeout
     if timeout is not None and waited > timeout and not _S.fired:
         _fire(name, waited, timeout)
@@ -287,37 +320,15 @@ def _world_ranks(ctx: Any) -> list[int]:
     return list(range(MPI.COMM_WORLD.Get_size())) if ranks is None else ranks
 
 
-def _serve(comm: MPI.Comm) -> None:
-    """Answer the other ranks' messages: dump requests and finish notices."""
-    status = MPI.Status()
-    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-        src, tag = status.Get_source(), status.Get_tag()
-        msg = comm.recv(source=src, tag=tag)
-        if tag == _TAG_FINISHED:
-            with _S.lock:
-                if msg[1] == _S.epoch:  # else a notice from a round this rank has completed
-                    _S.finished.add(msg[0])
-        elif tag == _TAG_DUMP:
-            _S.fired = True  # one rank reports for the job; this one only answers
-            if not _S.dumped:
-                _S.dumped = True
-                _write(f"[rank {MPI.COMM_WORLD.Get_rank()}] hpcpar watchdog: rank {msg} asked for "
-                       f"this rank's stacks; this rank is {_doing()}\n" + format_stacks())
-            _S.sends.append(comm.isend((MPI.COMM_WORLD.Get_rank(), _doing()), dest=src, tag=_TAG_REPORT))
-        elif tag == _TAG_REPORT:
-            _reports.append(msg)
-
-
-_reports: list = []
-
-
-def _drain(comm: MPI.Comm) -> None:
-    status = MPI.Status()
-    try:
-        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-            comm.recv(source=status.Get_source(), tag=status.Get_tag())
-    except Exception:
-        pass
+def _answer(origin: int) -> str:
+    """A dump round from ``origin`` reached this rank: dump the stacks once, say what it does."""
+    _S.fired = True  # one rank reports for the job; this one only answers
+    doing = _doing()
+    if not _S.dumped:
+        _S.dumped = True
+        _write(f"[rank {MPI.COMM_WORLD.Get_rank()}] hpcpar watchdog: rank {origin} asked for "
+               f"this rank's stacks; this rank is {doing}\n" + format_stacks())
+    return doing
 
 
 def _doing() -> str:
@@ -333,7 +344,7 @@ def _doing() -> str:
 def _fire(name: str, waited: float, timeout: float) -> None:
     """The timeout expired: dump stacks here and on every rank, then end the job."""
     _S.fired = True
-    comm, me = _S.comm, MPI.COMM_WORLD.Get_rank()
+    net, me = _S.net, MPI.COMM_WORLD.Get_rank()
     size = MPI.COMM_WORLD.Get_size()
     head = (f"hpcpar watchdog: rank {me} of {size} blocked {waited:.1f} s in {name} "
             f"(timeout {timeout:g} s, set by {env.HPCPAR_TIMEOUT} or run(timeout=))")
@@ -341,17 +352,8 @@ def _fire(name: str, waited: float, timeout: float) -> None:
         _S.dumped = True
         _write(f"[rank {me}] {head}; stacks of every thread:\n" + format_stacks())
     lines = {me: _doing()}
-    if comm is not None:
-        for r in range(size):
-            if r != me:
-                _S.sends.append(comm.isend(me, dest=r, tag=_TAG_DUMP))
-        deadline = _monotonic() + _COLLECT
-        while len(lines) < size and _monotonic() < deadline:
-            _serve(comm)
-            while _reports:
-                r, what = _reports.pop()
-                lines[r] = what
-            time.sleep(0.02)
+    if net is not None:
+        _collect(net, lines)
     groups: dict[str, list[int]] = {}
     for r in range(size):
         what = lines.get(r, "no answer (exited, or busy in C code holding the GIL)")
@@ -361,6 +363,37 @@ def _fire(name: str, waited: float, timeout: float) -> None:
     abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
            "is not in a call, usually mean a collective that only some ranks make (inside "
            "`if ctx.rank == ...:` or a loop whose length differs between ranks).", EXIT_HANG)
+
+
+def _collect(net: watchnet.Net, lines: dict[int, str]) -> None:
+    """Ask for a dump round and gather the reports into ``lines`` (rank -> what it does).
+
+    A phase is the time a round takes to reach every rank through the tree. After
+    one phase with no sign of a round (the coordinator cannot answer) the request
+    goes to the backup coordinator; after two, an origin asks the ranks still
+    missing (the ones below a rank that cannot answer) directly; after two phases
+    and ``_COLLECT / 2`` it stops waiting. A rank that learned that the round
+    answers to another rank waits ``_COLLECT`` longer: that rank reports for the job.
+    """
+    size = net.size
+    phase = _COLLECT / 4 + (watchnet.depth(size) + 1) * (_tick() + 0.05)
+    start = _monotonic()
+    net.request(watchnet.COORDINATOR)
+    backup = repaired = False
+    while len(lines) < size:
+        net.serve(_S.epoch)
+        lines.update(net.reports)
+        t = _monotonic() - start
+        origin = net.origin()
+        if t > phase and not backup and not net.heard():
+            backup = True
+            net.request(watchnet.BACKUP)
+        if t > 2 * phase and not repaired and origin:
+            repaired = True
+            net.repair([r for r in range(size) if r not in lines])
+        if t > 2 * phase + _COLLECT / 2 + (0 if origin else _COLLECT):
+            break
+        time.sleep(0.02)
 
 
 def _fire_finished(name: str, waited: float, gone: list[int]) -> None:
