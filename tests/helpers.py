@@ -22,9 +22,14 @@ def mpiexec() -> str:
 
 def run_mpi(n: int, args: list[str], timeout: float = 60, env: dict | None = None,
             **kw) -> subprocess.CompletedProcess:
-    """Run ``mpiexec -n n python ARGS`` and capture its output; a hang fails the test."""
+    """Run ``mpiexec -n n python ARGS`` and capture its output; a hang fails the test.
+
+    The command comes from :func:`hpcpar.launch.launch_argv` (Open MPI's launcher gets
+    what it needs on this machine: --allow-run-as-root, --oversubscribe)."""
+    from hpcpar.launch import launch_argv
+
     full_env = {**os.environ, **(env or {})}
-    cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+    cmd = launch_argv(n, [sys.executable, *args])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..core import watchdog
 from ..core.context import Context
+from ..observe.info import mpi_library
 from . import format_table, mode_contexts, timeit_interleaved
 
 __all__ = ["add_arguments", "main", "TARGETS", "TARGET_RANKS"]
@@ -182,7 +183,7 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
                 misses.append(f"{mode} {r['call']}")
         table.append([r["call"], f"{r['raw'] * 1e6:.2f}", f"{r['floor'] / r['raw']:.2f}x", *cells,
                       f"{r['debug'] * 1e6:.2f}"])
-    print(f"hpcpar bench checks: {ctx.size} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
+    print(f"hpcpar bench checks: {ctx.size} ranks, {mpi_library()}")
     print("us per call (best of interleaved batches, slowest rank); ratio = hpcpar / raw, "
           f"(<= t) the project's target at {TARGET_RANKS} ranks")
     print()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..decomp import partition
+from ..observe.info import mpi_library
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -103,8 +104,6 @@ def _variants(ctx: Context, op: str, nbytes: int) -> dict[str, Any]:
 
 
 def main(ctx: Context, args: argparse.Namespace) -> None:
-    from mpi4py import MPI
-
     sizes = _sizes(parse_size(args.min_size), parse_size(args.max_size))
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     rows, overhead = [], {}
@@ -129,7 +128,7 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
     if not ctx.is_root:
         return
     print()
-    print(f"hpcpar bench collectives: {ctx.size} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
+    print(f"hpcpar bench collectives: {ctx.size} ranks, {mpi_library()}")
     print("times are microseconds per call (best of batches, slowest rank); "
           "ratio = baseline time / hpcpar time (>1 means hpcpar is faster)")
     print()

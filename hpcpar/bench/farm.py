@@ -23,6 +23,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
+from ..observe.info import mpi_library
 from . import format_table
 from .kernels import mandelbrot_rows
 
@@ -170,7 +171,7 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
         sizes.insert(0, 1)
     say = (lambda *a: print(*a, flush=True)) if ctx.is_root else (lambda *a: None)
     say(f"hpcpar bench farm: {ctx.size} ranks, {n:,} tiny tasks, "
-        f"{MPI.Get_library_version().splitlines()[0].strip()}, thread level "
+        f"{mpi_library()}, thread level "
         f"{'MULTIPLE' if MPI.Query_thread() == MPI.THREAD_MULTIPLE else MPI.Query_thread()}")
 
     rates: dict[str, dict[int, float]] = {"hpcpar.farm": {}, "MPICommExecutor": {},

@@ -27,6 +27,7 @@ import numpy as np
 from ..decomp import partition
 from ..decomp.grid import Grid
 from ..decomp.sort import sample_sort
+from ..observe.info import mpi_library
 from . import format_table, timeit
 from .kernels import hand_written_halo, heat_stencil
 
@@ -161,15 +162,13 @@ def _sort(ctx: Context, args: argparse.Namespace) -> list[list[str]]:
 
 
 def main(ctx: Context, args: argparse.Namespace) -> None:
-    from mpi4py import MPI
-
     if args.size < 3:
         raise ValueError(f"--size must be at least 3, got {args.size}")
     heat_rows, exchange_rows = _heat(ctx, args)
     sort_rows = _sort(ctx, args) if args.sort_keys >= 1 else []
     if not ctx.is_root:
         return
-    print(f"hpcpar bench halo: {ctx.size} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
+    print(f"hpcpar bench halo: {ctx.size} ranks, {mpi_library()}")
     print(f"heat step (5-point stencil, Dirichlet walls) on {args.size} x {args.size} float64; "
           "best of batches, slowest rank")
     print("vs hand-written = hand-written time / variant time (>= 1: at least as fast); "

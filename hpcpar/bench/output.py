@@ -30,6 +30,7 @@ import numpy as np
 from ..decomp import partition
 from ..io.checkpoint import fsync as fsync_path
 from ..io.output import Output, io_mode
+from ..observe.info import mpi_library
 from . import format_table, parse_size, size_label
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ def _timed(ctx, fn, path: str, fsync: bool, repeats: int) -> float:
 
 def main(ctx: Context, args: argparse.Namespace) -> None:
     import h5py
-    from mpi4py import MPI
 
     nbytes = parse_size(args.size)
     n = max(nbytes // 8, 1)
@@ -113,7 +113,7 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
     print()
     print(f"hpcpar bench output: {size_label(nbytes)} float64 from {ctx.size} ranks, "
           f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}, MPI: {h5py.get_config().mpi}), "
-          f"{MPI.Get_library_version().splitlines()[0].strip()}"
+          f"{mpi_library()}"
           + (", with fsync" if args.fsync else ""))
     print("time = open + write + close, best of runs, slowest rank; "
           "ratio = one-process time / path time (>= 1: as fast as one process)")

@@ -94,9 +94,9 @@ def provenance(ctx: Context, io: str, decomposition: Any) -> dict[str, Any]:
         ``utc_time``, ``hostname`` and, under Slurm, ``slurm_job_id``.
     """
     import h5py
-    from mpi4py import MPI
 
     from .. import __version__
+    from ..observe.info import mpi_library
 
     info = None
     if ctx.is_root:
@@ -105,7 +105,7 @@ def provenance(ctx: Context, io: str, decomposition: Any) -> dict[str, Any]:
             "h5py_version": h5py.__version__,
             "hdf5_version": h5py.version.hdf5_version,
             "io_mode": io,
-            "mpi_library": MPI.Get_library_version().strip().splitlines()[0].strip(),
+            "mpi_library": mpi_library(),
             "mpi_ranks": ctx.size,
             "decomposition": "" if decomposition is None else str(decomposition),
             "command_line": shlex.join(sys.argv) if sys.argv and sys.argv[0] else sys.executable,

