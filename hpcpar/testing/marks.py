@@ -6,12 +6,13 @@ spawned from a plain run (:mod:`hpcpar.testing.spawned`). No MPI.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-__all__ = ["ranks_wanted", "time_limit", "take_over_timeout", "format_ranks", "RankFailure"]
+__all__ = ["ranks_wanted", "session_limit", "time_limit", "take_over_timeout", "format_ranks", "RankFailure"]
 
 
 def ranks_wanted(item: pytest.Item) -> int | None:
@@ -25,13 +26,38 @@ def ranks_wanted(item: pytest.Item) -> int | None:
     return None
 
 
-def time_limit(item: pytest.Item, default: float) -> float:
-    """The test's timeout: its ``timeout`` marker if it has one, else ``default`` (0: none)."""
+def session_limit(config: pytest.Config) -> tuple[float, str]:
+    """The session's per-test limit in seconds (0: none) and where it comes from.
+
+    In order: an explicit ``--mpi-timeout``; pytest-timeout's ``--timeout``, its
+    ``PYTEST_TIMEOUT`` environment variable, its ``timeout`` ini option; else none,
+    as with pytest-timeout when nothing is configured.
+    """
+    explicit = config.getoption("--mpi-timeout", default=None)
+    if explicit is not None:
+        return max(float(explicit), 0.0), "--mpi-timeout"
+    candidates: list[tuple[Any, str]] = [(config.getoption("timeout", default=None), "--timeout"),
+                                         (os.environ.get("PYTEST_TIMEOUT") or None, "PYTEST_TIMEOUT")]
+    try:
+        candidates.append((config.getini("timeout") or None, "ini timeout"))
+    except ValueError:      # pytest-timeout not active: no such ini option
+        pass
+    for value, source in candidates:
+        if value is not None:
+            try:
+                return max(float(value), 0.0), source
+            except ValueError:
+                raise pytest.UsageError(f"invalid timeout {value!r} from {source}") from None
+    return 0.0, "no timeout configured"
+
+
+def time_limit(item: pytest.Item, default: tuple[float, str]) -> tuple[float, str]:
+    """The test's limit and its source: its ``timeout`` marker if it has one, else ``default``."""
     mark = item.get_closest_marker("timeout")
     if mark is not None:
         value = mark.args[0] if mark.args else mark.kwargs.get("timeout")
         if value is not None:
-            return max(float(value), 0.0)
+            return max(float(value), 0.0), "timeout marker"
     return default
 
 

@@ -9,11 +9,14 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
   teardown) the ranks exchange their outcome with one small collective on a
   communicator of their own, so a test that fails on some ranks fails on all, and
   rank 0's report shows the failing ranks' tracebacks and captured output;
-- a test still running after ``--mpi-timeout`` seconds (default 60, or the test's
-  own ``@pytest.mark.timeout(N)``) makes every rank print the test's node id and
-  its Python stacks with ``[rank R]`` prefixes, then the job is aborted with
-  status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run (pytest-timeout is
-  held back in such runs, as one rank ending alone leaves no stacks of the others);
+- a test still running after its limit makes every rank print the test's node id
+  and its Python stacks with ``[rank R]`` prefixes; rank 0 then reports the test
+  as failed and writes the session's summary (the tests run so far), and the job
+  is aborted with status :data:`EXIT_TIMEOUT`. The limit is pytest-timeout's: the
+  test's ``@pytest.mark.timeout(N)``, else ``--mpi-timeout`` when given, else
+  ``--timeout``, ``PYTEST_TIMEOUT``, the ``timeout`` ini option; with none of them
+  there is no limit, as with pytest-timeout (pytest-timeout itself is held back in
+  such runs, as one rank ending alone leaves no stacks of the others);
 - a ``--basetemp`` given to all ranks is rank 0's; rank R uses ``BASETEMP-rankR``
   (pytest empties its base directory at start: a shared one would lose files);
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
@@ -48,13 +51,13 @@ import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from ..launch.variables import launched_rank
 from ..observe import stacks
-from .marks import RankFailure, format_ranks, ranks_wanted, take_over_timeout, time_limit
+from .marks import RankFailure, format_ranks, ranks_wanted, session_limit, take_over_timeout, time_limit
 from .spawned import STARTUP_ALLOWANCE, SerialRun
 
 if TYPE_CHECKING:
@@ -62,8 +65,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_TIMEOUT", "ABORT_GRACE", "STARTUP_ALLOWANCE", "HpcparFixtures"]
 
-#: Seconds a test may run under MPI before the job is aborted (``--mpi-timeout``).
-DEFAULT_TIMEOUT = 60.0
+#: Seconds a test may run under MPI when neither ``--mpi-timeout`` nor pytest-timeout's
+#: ``--timeout``, ``PYTEST_TIMEOUT``, ``timeout`` ini option or marker sets a limit: none (0).
+DEFAULT_TIMEOUT = 0.0
 
 #: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``):
 #: :data:`hpcpar.observe.stacks.EXIT_TIMEOUT`.
@@ -73,11 +77,14 @@ EXIT_TIMEOUT = stacks.EXIT_TIMEOUT
 #: the other ranks, whose timers fire at about the same moment, dump theirs too.
 ABORT_GRACE = 1.5
 
+# Seconds rank 0 gets, after the stacks, to write the session's summary before the job ends.
+_SUMMARY_GRACE = 5.0
+
 # Extra seconds after which faulthandler ends a rank whose watchdog thread could
 # not run (a C call holding the GIL).
 _HARD_KILL_AFTER = 15.0
 
-_LIMIT = pytest.StashKey[float]()
+_LIMIT = pytest.StashKey[tuple[float, str]]()
 
 #: pytest-mpi's plugin name (its ``pytest11`` entry point).
 _PYTEST_MPI = "pytest_mpi"
@@ -89,10 +96,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     if importlib.util.find_spec("pytest_mpi") is None:
         group.addoption("--with-mpi", action="store_true", default=False,
                         help="run the tests under MPI (start pytest with mpiexec -n N)")
-    group.addoption("--mpi-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    group.addoption("--mpi-timeout", type=float, default=None, metavar="SECONDS",
                     help="under --with-mpi, a test still running after SECONDS makes every rank "
                          "dump its stacks and aborts the job; a test's @pytest.mark.timeout(N) "
-                         f"overrides it; 0 turns it off (default {DEFAULT_TIMEOUT:g})")
+                         "overrides it; 0 turns it off (default: pytest-timeout's --timeout, "
+                         "PYTEST_TIMEOUT or timeout ini option, else no limit)")
     group.addoption("--mpi-report", choices=("root", "all"), default="root",
                     help="under --with-mpi, which ranks write the terminal report: rank 0 only "
                          "(default) or all, each line prefixed [rank R]")
@@ -195,7 +203,9 @@ class _SPMDRun:
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         self.sync = self.world.Dup()         # the outcome exchange, apart from any test traffic
-        self.timeout = float(config.getoption("--mpi-timeout"))
+        self.config = config
+        self.limit = session_limit(config)
+        self.phase: Literal["setup", "call", "teardown"] = "setup"   # the phase this rank runs
         # The real stderr, for the watchdog: fd 2 is redirected while pytest captures a test.
         self.err = os.fdopen(os.dup(2), "w")
         # faulthandler keeps one pending dump per process: leave it to pytest's own if set.
@@ -225,10 +235,11 @@ class _SPMDRun:
         reporter._tw = create_terminal_writer(config, stream)
 
     def pytest_report_header(self, config: pytest.Config) -> str:
-        limit = f"{self.timeout:g} s" if self.timeout > 0 else "no limit"
+        seconds, source = self.limit
+        limit = f"{seconds:g} s ({source})" if seconds > 0 else f"none ({source})"
         who = "every rank" if config.getoption("--mpi-report") == "all" else "rank 0"
-        return (f"hpcpar: {self.size} MPI ranks in lockstep; per-test limit {limit} (--mpi-timeout "
-                f"or the test's timeout marker; replaces pytest-timeout); report of {who}")
+        return (f"hpcpar: {self.size} MPI ranks in lockstep; per-test limit {limit}, a test's "
+                f"timeout marker overrides it (in place of pytest-timeout); report of {who}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.prefixed is not None:
@@ -249,7 +260,7 @@ class _SPMDRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         for item in items:
-            item.stash[_LIMIT] = time_limit(item, self.timeout)
+            item.stash[_LIMIT] = time_limit(item, self.limit)
             take_over_timeout(item)
             n = ranks_wanted(item)
             if n is not None and n != self.size:
@@ -259,12 +270,24 @@ class _SPMDRun:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None
                                 ) -> Generator[None, object, object]:
-        dog = _Watchdog(self, item.nodeid, item.stash.get(_LIMIT, self.timeout))
+        dog = _Watchdog(self, item, *item.stash.get(_LIMIT, self.limit))
         dog.start()
         try:
             return (yield)
         finally:
             dog.cancel()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.phase = "setup"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        self.phase = "call"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        self.phase = "teardown"
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo
@@ -379,10 +402,11 @@ _PLUMBING = tuple(_package_dir(m) for m in ("pluggy", "_pytest"))
 class _Watchdog:
     """Ends the job when one test runs too long, after every rank has shown where it is."""
 
-    def __init__(self, run: _SPMDRun, nodeid: str, limit: float):
+    def __init__(self, run: _SPMDRun, item: pytest.Item, limit: float, source: str):
         self.run = run
-        self.nodeid = nodeid
+        self.item = item
         self.limit = limit
+        self.source = source
         self._timer: threading.Timer | None = None
 
     def start(self) -> None:
@@ -404,8 +428,8 @@ class _Watchdog:
         run = self.run
         tag = f"[rank {run.rank}] "
         dump = stacks.format_stacks(prefix=tag, hide=_PLUMBING)
-        text = (f"\n{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
-                f"(--mpi-timeout); every rank dumps its stack, then the job is aborted.\n"
+        text = (f"\n{tag}hpcpar: test {self.item.nodeid} still running after {self.limit:g} s "
+                f"({self.source}); every rank dumps its stack, then the job is aborted.\n"
                 f"{tag}A collective that only some ranks reach (e.g. inside `if ctx.rank == 0:`) "
                 "blocks the others forever.\n"
                 + (f"{tag}This rank has finished the test's {run.waiting} and waits for the other ranks.\n"
@@ -414,8 +438,36 @@ class _Watchdog:
         try:
             run.err.write(text)
             run.err.flush()
-        finally:
             time.sleep(ABORT_GRACE)
+            backstop = threading.Timer(_SUMMARY_GRACE, run.world.Abort, (EXIT_TIMEOUT,))
+            backstop.daemon = True
+            backstop.start()
+            self._summarise(text)
+            if run.rank != 0:       # let rank 0 finish its summary: the first Abort ends every rank
+                time.sleep(_SUMMARY_GRACE)
+        finally:
             run.world.Abort(EXIT_TIMEOUT)
+
+    def _summarise(self, text: str) -> None:
+        """Report the test as failed and write the session's summary, as at the end of a run."""
+        item, config, when = self.item, self.item.config, self.run.phase
+        sections = []
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is not None:      # the terminal is fd 1 again, and the test's output is read
+            capman.suspend_global_capture(in_=True)
+            out, err = capman.read_global_capture()
+            sections = [(f"Captured {name} {when}", content)
+                        for name, content in (("stdout", out), ("stderr", err)) if content]
+        crash = f"timed out after {self.limit:g} s ({self.source})"
+        rep = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                                RankFailure(text.strip("\n"), crash),  # type: ignore[arg-type]
+                                when, sections, self.limit)
+        config.hook.pytest_runtest_logreport(report=rep)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            config.hook.pytest_terminal_summary(terminalreporter=reporter, exitstatus=EXIT_TIMEOUT,
+                                                config=config)
+            reporter.summary_stats()
 
 

@@ -23,9 +23,9 @@ addopts = -p no:cacheprovider --strict-markers -rfEs
 """
 
 
-def mpi_pytest(pytester, n, *args, timeout=60):
+def mpi_pytest(pytester, n, *args, timeout=60, ini=INI):
     """``mpiexec -n n python -m pytest --with-mpi ARGS`` in pytester's folder."""
-    pytester.makeini(INI)
+    pytester.makeini(ini)
     job = run_job(mpiexec_argv(n, [sys.executable, "-m", "pytest", "--with-mpi", *args]),
                   timeout=timeout, cwd=str(pytester.path))
     assert job.returncode is not None, f"pytest under mpiexec hung; output:\n{job.output}"
@@ -136,6 +136,52 @@ def test_a_rank_that_skips_a_collective_ends_the_run_with_every_stack(pytester):
                            f"[[]rank {rank}[]]     ctx.barrier()"])
     out.fnmatch_lines(["[[]rank 2[]] This rank has finished the test's call and waits for the other ranks."])
     assert "test_never_reached" not in job.output
+
+
+def test_limit_from_pytest_timeout_and_a_summary_after_the_abort(pytester):
+    """The per-test limit is pytest-timeout's (marker, then --timeout, then the ini
+    option) unless --mpi-timeout is given; a test past it ends the job with every
+    stack, then the failure and the summary of the tests run so far."""
+    pytester.makepyfile(test_limits="""
+        import time
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_fails(ctx):
+            assert ctx.rank == 5, "wrong rank"
+
+        @pytest.mark.timeout(30)
+        def test_slow_with_its_own_limit(ctx):
+            time.sleep(4)       # over the ini option's 3 s: the marker wins
+            ctx.barrier()
+
+        def test_hang(ctx):
+            print("output of the hanging test")
+            if ctx.rank != 1:
+                ctx.barrier()
+
+        def test_never_reached(ctx):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2, ini=INI + "timeout = 3\n")
+    assert job.returncode == EXIT_TIMEOUT, job.output
+    out.fnmatch_lines(["hpcpar: 2 MPI ranks in lockstep; per-test limit 3 s (ini timeout)*"])
+    out.fnmatch_lines(["[[]rank 1[]] hpcpar: test test_limits.py::test_hang still running after 3 s "
+                       "(ini timeout)*"])
+    out.fnmatch_lines(["*Captured stdout call*", "output of the hanging test",
+                       "*short test summary info*",
+                       "FAILED test_limits.py::test_fails - *",
+                       "FAILED test_limits.py::test_hang - timed out after 3 s (ini timeout)",
+                       "*= 2 failed, 1 passed in *"])
+    assert "test_never_reached" not in job.output
+    # --timeout beats the ini option; an explicit --mpi-timeout beats both; nothing set: no limit
+    for args, source in ((["--timeout=2"], "--timeout"), (["--timeout=50", "--mpi-timeout=2"], "--mpi-timeout")):
+        job, out = mpi_pytest(pytester, 2, "-k", "hang", *args, ini=INI + "timeout = 50\n")
+        assert job.returncode == EXIT_TIMEOUT, job.output
+        out.fnmatch_lines([f"FAILED test_limits.py::test_hang - timed out after 2 s ({source})"])
+    job, out = mpi_pytest(pytester, 2, "-k", "fails")
+    assert job.returncode == 1, job.output
+    out.fnmatch_lines(["*per-test limit none (no timeout configured)*"])
 
 
 def test_ranks_that_collect_different_tests_stop_at_once(pytester):
