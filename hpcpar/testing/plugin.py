@@ -18,7 +18,8 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
   there is no limit, as with pytest-timeout (pytest-timeout itself is held back in
   such runs, as one rank ending alone leaves no stacks of the others);
 - a ``--basetemp`` given to all ranks is rank 0's; rank R uses ``BASETEMP-rankR``
-  (pytest empties its base directory at start: a shared one would lose files);
+  (pytest empties its base directory at start: a shared one would lose files),
+  also in runs under mpiexec without ``--with-mpi``;
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
   each line prefixed ``[rank R]``);
 - ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
@@ -111,16 +112,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Under ``--with-mpi`` with a ``--basetemp``, give every rank but 0 a base of its own.
+    """Under an MPI launcher with a ``--basetemp``, give every rank but 0 a base of its own.
 
-    pytest empties a given base directory when it first uses it; ranks sharing one
-    delete each other's temporary files (and race to recreate it). Rank 0 keeps
-    ``BASETEMP``; rank R uses ``BASETEMP-rankR``. Ranks are told apart by the
-    launcher's variables, before MPI starts.
+    pytest empties a given base directory and creates it again when it first uses
+    it; ranks sharing one delete each other's temporary files and race to recreate
+    it (``FileExistsError``), with ``--with-mpi`` or without (``mpiexec -n 2 pytest``,
+    as pytester's ``runpytest_subprocess`` gives its runs one ``--basetemp``). Rank 0
+    keeps ``BASETEMP``; rank R uses ``BASETEMP-rankR``. Ranks are told apart by the
+    launcher's variables, before MPI starts. Without ``--basetemp`` each process
+    gets a numbered directory of its own (pytest retries a number taken by another).
     """
     basetemp = config.option.basetemp
     rank = launched_rank()
-    if basetemp and rank and _mpi_mode(config):
+    if basetemp and rank:
         config.option.basetemp = f"{os.fspath(basetemp).rstrip(os.sep)}-rank{rank}"
 
 

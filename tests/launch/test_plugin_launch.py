@@ -184,6 +184,38 @@ def test_limit_from_pytest_timeout_and_a_summary_after_the_abort(pytester):
     out.fnmatch_lines(["*per-test limit none (no timeout configured)*"])
 
 
+LOCKSTEP_TMP = """
+    import time
+
+    pytest_plugins = ["pytester"]
+
+    def test_temporary_directories_of_lockstep_ranks(pytester, tmp_path):
+        (tmp_path / "mine.txt").write_text("kept")
+        pytester.makepyfile(test_inner="def test_inner(tmp_path):\\n    assert tmp_path.is_dir()\\n")
+        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        time.sleep(0.5)
+        assert (tmp_path / "mine.txt").read_text() == "kept"
+"""
+
+
+@pytest.mark.parametrize("mode", ["--with-mpi", "plain"])
+def test_lockstep_ranks_have_temporary_directories_of_their_own(pytester, mode):
+    """Ranks started together with one --basetemp (pytester's runpytest_subprocess
+    gives its runs one): each rank uses a base of its own, with or without --with-mpi,
+    and pytester's in-process and subprocess runs inside work on every rank."""
+    pytester.makepyfile(test_tmp=textwrap.dedent(LOCKSTEP_TMP))
+    pytester.makeini(INI)
+    base = pytester.path / "base"
+    args = [sys.executable, "-m", "pytest", f"--basetemp={base}", "test_tmp.py"]
+    job = run_job(mpiexec_argv(3, args + (["--with-mpi"] if mode != "plain" else [])),
+                  timeout=90, cwd=str(pytester.path))
+    assert job.returncode == 0, job.output
+    runs = 1 if mode != "plain" else 3      # without --with-mpi every rank reports
+    assert job.output.count("1 passed") == runs, job.output
+    assert sorted(p.name for p in pytester.path.glob("base*")) == ["base", "base-rank1", "base-rank2"]
+
+
 def test_ranks_that_collect_different_tests_stop_at_once(pytester):
     pytester.makepyfile(test_uneven="""
         import pytest
