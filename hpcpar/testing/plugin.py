@@ -7,8 +7,14 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
 
 - every test runs in lockstep on all ranks; after each phase (setup, call,
   teardown) the ranks exchange their outcome with one small collective on a
-  communicator of their own, so a test that fails on some ranks fails on all, and
-  rank 0's report shows the failing ranks' tracebacks and captured output;
+  communicator of their own, and every rank reports the combined outcome: the
+  first of ``failed, xpassed, passed, xfailed, skipped`` that some rank had
+  (an xpass under ``strict`` is a failure). A test that fails on some ranks fails
+  on all, and rank 0's report shows the failing ranks' tracebacks and captured
+  output; one that passes on some ranks and skips on others passes. In setup, a
+  skip (or xfail) on some ranks skips the test on all, as its call needs every
+  rank. Differing outcomes are named in the report (a section) and listed, with
+  the skip and xfail reasons, under "hpcpar: outcomes that differ between ranks";
 - a test still running after its limit makes every rank print the test's node id
   and its Python stacks with ``[rank R]`` prefixes; rank 0 then reports the test
   as failed and writes the session's summary (the tests run so far), and the job
@@ -221,6 +227,7 @@ class _SPMDRun:
         result = config.getoption("--mpi-result")
         self.result_path = result if self.rank == 0 else None
         self.prefixed: _Prefixed | None = None
+        self.mixed: list[str] = []          # tests whose ranks had different outcomes
         self.waiting: str | None = None     # the phase whose outcome this rank is exchanging
         # With a result file, outcomes, reports and captured output go there instead.
         self._set_terminal(config, "none" if result else config.getoption("--mpi-report"))
@@ -300,8 +307,16 @@ class _SPMDRun:
         self.waiting = rep.when
         every = self.sync.allgather(_summary(rep))
         self.waiting = None
-        _combine(rep, item, every, self.rank)
+        mixed = _combine(rep, item, every, self.rank)
+        if mixed:
+            self.mixed.append(f"{item.nodeid} ({rep.when}): {mixed}")
         return rep
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.mixed:
+            terminalreporter.section("hpcpar: outcomes that differ between ranks")
+            for line in self.mixed:
+                terminalreporter.line(line)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.result_path is None:
@@ -321,49 +336,87 @@ def _skip_reason(rep: pytest.TestReport) -> str:
     return getattr(rep, "wasxfail", "") or ""
 
 
+#: The order in which the ranks' outcomes of a phase combine: the first that some
+#: rank had is the test's. In setup any rank that did not pass stops the test on all
+#: (its call needs every rank); in call and teardown a pass outranks a skip.
+_ORDER = {"setup": ("failed", "xfailed", "skipped", "xpassed", "passed"),
+          "call": ("failed", "xpassed", "passed", "xfailed", "skipped"),
+          "teardown": ("failed", "xpassed", "passed", "xfailed", "skipped")}
+
+
+def _kind(rep: pytest.TestReport) -> str:
+    if hasattr(rep, "wasxfail") and not rep.failed:
+        return "xpassed" if rep.passed else "xfailed"
+    return rep.outcome
+
+
 def _summary(rep: pytest.TestReport) -> tuple:
     """What this rank tells the others about one phase: outcome, text, crash line, output."""
-    if rep.passed:
-        return ("passed", "", "", [])
-    if rep.skipped:
-        return ("skipped", _skip_reason(rep), "", [])
+    kind = _kind(rep)
+    if kind != "failed":
+        return (kind, _skip_reason(rep) if kind != "passed" else "", "", [])
     crash = getattr(getattr(rep.longrepr, "reprcrash", None), "message", "") or ""
     return ("failed", rep.longreprtext, crash, [tuple(s) for s in rep.sections])
 
 
-def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> None:
-    """Make this rank's report of a phase the same outcome as every other rank's."""
+def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> str:
+    """Make this rank's report of a phase the combined outcome of every rank's (``_ORDER``).
+
+    Returns a line naming the ranks' outcomes where they differ, else "".
+    """
+    size = len(every)
+    kinds = {e[0] for e in every}
+    kind = next(k for k in _ORDER[rep.when] if k in kinds)
+    by_kind: dict[str, list[int]] = {}
+    for r, e in enumerate(every):
+        by_kind.setdefault(e[0], []).append(r)
+    mixed = "; ".join(f"{k} on {format_ranks(ranks)}" + (f": {every[ranks[0]][1]}" if every[ranks[0]][1]
+                                                          and k != "failed" else "")
+                      for k, ranks in by_kind.items()) if len(by_kind) > 1 else ""
+    if mixed:
+        rep.sections.append((f"hpcpar: outcomes of the {rep.when} on the {size} ranks", mixed))
+    if kind == "failed":
+        _combine_failures(rep, every, rank)
+    elif kind != _kind(rep):
+        reason = every[by_kind[kind][0]][1]
+        if kind in ("passed", "xpassed"):
+            rep.outcome, rep.longrepr = "passed", None
+        else:
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), (item.location[1] or 0) + 1,
+                            f"Skipped: {kind} on {format_ranks(by_kind[kind])} of {size}: {reason}")
+        if kind.startswith("x"):
+            rep.wasxfail = reason
+        elif hasattr(rep, "wasxfail"):
+            del rep.wasxfail
+    return mixed
+
+
+def _combine_failures(rep: pytest.TestReport, every: list[tuple], rank: int) -> None:
     size = len(every)
     failed = [r for r, e in enumerate(every) if e[0] == "failed"]
-    skipped = [r for r, e in enumerate(every) if e[0] == "skipped"]
-    if failed:
-        texts: dict[str, list[int]] = {}
-        for r in failed:
-            texts.setdefault(every[r][1], []).append(r)
-        if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
-            return      # one error on every rank (a collective assertion): this rank's report says it all
-        others = [r for r in range(size) if r not in failed]
-        head = f"{rep.when} failed on {format_ranks(failed)} of {size}"
-        if others:
-            head += f"; passed or skipped on {format_ranks(others)}"
-        parts = [head]
-        for text, ranks in texts.items():
-            parts.append(f"{'=' * 24} {format_ranks(ranks)} {'=' * 24}\n{text}")
-        first = failed[0]
-        crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
-        rep.outcome = "failed"
-        # pytest renders any object with toterminal(); its stubs list only its own types
-        rep.longrepr = RankFailure("\n\n".join(parts), crash)  # type: ignore[assignment]
-        for r in failed:
-            if r != rank:
-                rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
-        return
-    if skipped and len(skipped) < size:
-        reason = every[skipped[0]][1]
-        rep.outcome = "skipped"
-        lineno = item.location[1]
-        rep.longrepr = (str(item.path), (lineno or 0) + 1,
-                        f"Skipped: skipped on {format_ranks(skipped)} of {size}: {reason}")
+    texts: dict[str, list[int]] = {}
+    for r in failed:
+        texts.setdefault(every[r][1], []).append(r)
+    if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
+        return      # one error on every rank (a collective assertion): this rank's report says it all
+    others = [r for r in range(size) if r not in failed]
+    head = f"{rep.when} failed on {format_ranks(failed)} of {size}"
+    if others:
+        head += f"; passed or skipped on {format_ranks(others)}"
+    parts = [head]
+    for text, ranks in texts.items():
+        parts.append(f"{'=' * 24} {format_ranks(ranks)} {'=' * 24}\n{text}")
+    first = failed[0]
+    crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
+    rep.outcome = "failed"
+    if hasattr(rep, "wasxfail"):
+        del rep.wasxfail
+    # pytest renders any object with toterminal(); its stubs list only its own types
+    rep.longrepr = RankFailure("\n\n".join(parts), crash)  # type: ignore[assignment]
+    for r in failed:
+        if r != rank:
+            rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
 
 
 class _Prefixed:

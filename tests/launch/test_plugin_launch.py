@@ -88,13 +88,64 @@ def test_failure_on_some_ranks_fails_every_rank_and_rank0_reports_it(pytester):
                        "*= rank 1 =*", "*AssertionError: plain assert on rank 1 of 3"])
     out.fnmatch_lines(["setup failed on rank 2 of 3; *", "*= rank 2 =*",
                        "*RuntimeError: fixture broke on rank 2"])
-    out.fnmatch_lines(["SKIPPED * skipped on rank 0 of 3: no device on rank 0",
-                       "SKIPPED * needs exactly 2 MPI ranks (mpi(n=2)), this job has 3"])
+    out.fnmatch_lines(["*= hpcpar: outcomes that differ between ranks =*",
+                       "test_failing.py::test_skips_on_rank0_only (call): skipped on rank 0: "
+                       "no device on rank 0; passed on ranks 1, 2"])
+    out.fnmatch_lines(["SKIPPED * needs exactly 2 MPI ranks (mpi(n=2)), this job has 3"])
     out.fnmatch_lines(["FAILED test_failing.py::test_rank1_fails_assert_all - AssertionError*",
                        "FAILED test_failing.py::test_plain_assert_on_rank1 - [[]rank 1[]] Assert*",
                        "ERROR test_failing.py::test_setup_fails_on_rank2 - [[]rank 2[]] RuntimeError*"])
     # every rank agrees on every outcome, and only rank 0 writes the report
-    assert job.output.count("2 failed, 2 passed, 2 skipped, 1 error") == 1, job.output
+    assert job.output.count("2 failed, 3 passed, 1 skipped, 1 error") == 1, job.output
+
+
+def test_combined_outcomes_hide_neither_a_pass_nor_a_failure(pytester):
+    """failed > xpassed > passed > xfailed > skipped in call; in setup a skip on some
+    ranks skips the test on all (its call needs every rank); differing outcomes are listed."""
+    pytester.makepyfile(test_mixed="""
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_skips_on_rank0(ctx):
+            if ctx.rank == 0:
+                pytest.skip("no device on rank 0")
+
+        @pytest.mark.xfail(reason="fails on rank 0")
+        def test_xpasses_on_rank1(ctx):
+            assert ctx.rank != 0
+
+        @pytest.mark.xfail(reason="strict one", strict=True)
+        def test_strict_xpasses_on_rank1(ctx):
+            assert ctx.rank != 0
+
+        @pytest.mark.xfail(reason="everywhere")
+        def test_xfails_everywhere(ctx):
+            assert False
+
+        @pytest.fixture
+        def absent_on_rank1(ctx):
+            if ctx.rank == 1:
+                pytest.skip("no file on rank 1")
+
+        def test_setup_skips_on_rank1(absent_on_rank1, ctx):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2, "-rfEspPxX")
+    assert job.returncode == 1, job.output
+    out.fnmatch_lines(["*= hpcpar: outcomes that differ between ranks =*",
+                       "test_mixed.py::test_skips_on_rank0 (call): skipped on rank 0: no device on rank 0; "
+                       "passed on rank 1",
+                       "test_mixed.py::test_xpasses_on_rank1 (call): xfailed on rank 0: *; xpassed on rank 1*",
+                       "test_mixed.py::test_strict_xpasses_on_rank1 (call): xfailed on rank 0: *; failed on rank 1",
+                       "test_mixed.py::test_setup_skips_on_rank1 (setup): passed on rank 0; skipped on rank 1: "
+                       "no file on rank 1"])
+    for line in ("PASSED test_mixed.py::test_skips_on_rank0",
+                 "SKIPPED * skipped on rank 1 of 2: no file on rank 1",
+                 "XFAIL test_mixed.py::test_xfails_everywhere - everywhere",
+                 "XPASS test_mixed.py::test_xpasses_on_rank1 - fails on rank 0",
+                 "FAILED test_mixed.py::test_strict_xpasses_on_rank1 - *"):
+        out.fnmatch_lines([line])
+    assert job.output.count("1 failed, 1 passed, 1 skipped, 1 xfailed, 1 xpassed") == 1, job.output
 
 
 def test_report_of_every_rank_on_request(pytester):
