@@ -12,18 +12,48 @@ from typing import Any
 
 import pytest
 
-__all__ = ["ranks_wanted", "session_limit", "time_limit", "take_over_timeout", "format_ranks", "RankFailure"]
+__all__ = ["RANKS_PARAM", "ranks_wanted", "parametrize_ranks", "session_limit", "time_limit",
+           "take_over_timeout", "format_ranks", "RankFailure"]
+
+
+#: The parameter that ``mpi(n=[K1, K2])`` adds: the rank count of each copy of the test.
+RANKS_PARAM = "_hpcpar_mpi_n"
+
+
+def _rank_counts(item_id: str, n: object) -> list[int]:
+    given = list(n) if isinstance(n, (list, tuple)) else [n]
+    ns = [k for k in given if isinstance(k, int) and not isinstance(k, bool) and k >= 1]
+    if not ns or len(ns) != len(given):
+        raise pytest.UsageError(f"{item_id}: mpi(n=...) needs a positive int or a list of them, got {n!r}")
+    return ns
 
 
 def ranks_wanted(item: pytest.Item) -> int | None:
-    """K of the closest ``mpi(n=K)`` marker, or None."""
+    """K of the closest ``mpi(n=K)`` marker (this copy's K for ``n=[K1, K2]``), or None."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and RANKS_PARAM in callspec.params:
+        return int(callspec.params[RANKS_PARAM])
     for mark in item.iter_markers("mpi"):
         if "n" in mark.kwargs:
-            n = mark.kwargs["n"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise pytest.UsageError(f"{item.nodeid}: mpi(n=...) needs a positive int, got {n!r}")
-            return n
+            ns = _rank_counts(item.nodeid, mark.kwargs["n"])
+            if len(ns) > 1 or not isinstance(mark.kwargs["n"], int):
+                raise pytest.UsageError(f"{item.nodeid}: mpi(n={mark.kwargs['n']!r}) on a test that "
+                                        "pytest did not parametrize (not a test function?)")
+            return ns[0]
     return None
+
+
+def parametrize_ranks(metafunc: pytest.Metafunc) -> None:
+    """``mpi(n=[K1, K2, ...])``: one copy of the test per rank count, ids ``nK1``, ``nK2``.
+
+    Each copy is then run or skipped as one marked ``mpi(n=K)``.
+    """
+    mark = next((m for m in metafunc.definition.iter_markers("mpi") if "n" in m.kwargs), None)
+    if mark is None or isinstance(mark.kwargs["n"], int):
+        return
+    ns = _rank_counts(metafunc.definition.nodeid, mark.kwargs["n"])
+    metafunc.fixturenames.append(RANKS_PARAM)    # a parameter the test function does not take
+    metafunc.parametrize(RANKS_PARAM, ns, ids=[f"n{k}" for k in ns])
 
 
 def session_limit(config: pytest.Config) -> tuple[float, str]:

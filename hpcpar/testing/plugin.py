@@ -29,7 +29,9 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
   each line prefixed ``[rank R]``);
 - ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
-  skipped with a reason otherwise (pytest-mpi's ``min_size=K`` means "at least").
+  skipped with a reason otherwise (pytest-mpi's ``min_size=K`` means "at least");
+  ``mpi(n=[K1, K2])`` makes one copy of the test per rank count (ids ``nK1``,
+  ``nK2``), each marked as ``mpi(n=K)``.
 
 In a plain ``pytest`` run (no ``--with-mpi``), a test marked ``mpi(n=K)`` runs in a
 fresh ``mpiexec -n K python -m pytest --with-mpi NODEID`` job, and its outcome,
@@ -137,7 +139,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     if not any(re.match(r"\s*mpi\b", line) for line in config.getini("markers")):
-        config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K ranks")
+        config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K "
+                                "ranks; n=[K1, K2]: once for each")
     config.pluginmanager.register(HpcparFixtures(), "hpcpar-fixtures")
     if not config.pluginmanager.has_plugin(_PYTEST_MPI):
         config.pluginmanager.register(TmpPathFixture(), "hpcpar-mpi-tmp-path")
@@ -145,6 +148,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
     else:
         config.pluginmanager.register(SerialRun(config), "hpcpar-serial")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``mpi(n=[K1, K2])``: one copy of the test per rank count (ids ``nK1``, ``nK2``)."""
+    from .marks import parametrize_ranks
+
+    parametrize_ranks(metafunc)
 
 
 def _mpi_mode(config: pytest.Config) -> bool:

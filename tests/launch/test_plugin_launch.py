@@ -309,6 +309,31 @@ def test_mpi_n_from_plain_pytest_runs_in_a_fresh_job(pytester):
                                  "[[]mpiexec -n 3[]] Assert*"])
 
 
+def test_mpi_n_list_makes_one_test_per_rank_count(pytester):
+    """mpi(n=[1, 2]): copies nK run in fresh jobs from plain pytest, in place under mpiexec -n K."""
+    pytester.makepyfile(test_counts="""
+        import pytest
+        from hpcpar.testing import assert_all
+
+        @pytest.mark.mpi(n=[1, 2])
+        @pytest.mark.parametrize("x", [7])
+        def test_counts(ctx, x):
+            print(f"on {ctx.size} ranks")
+            assert_all(ctx.size in (1, 2) and x == 7, f"size {ctx.size}", ctx=ctx)
+    """)
+    pytester.makeini(INI)
+    result = pytester.runpytest_subprocess("-rA", timeout=120)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["PASSED test_counts.py::test_counts[[]n1-7[]]",
+                                 "PASSED test_counts.py::test_counts[[]n2-7[]]"])
+    result.stdout.fnmatch_lines(["*Captured stdout call (in mpiexec -n 2)*", "on 2 ranks"])
+    job, out = mpi_pytest(pytester, 2, "-rA")
+    assert job.returncode == 0, job.output
+    out.fnmatch_lines(["PASSED test_counts.py::test_counts[[]n2-7[]]",
+                       "SKIPPED * needs exactly 1 MPI ranks (mpi(n=1)), this job has 2",
+                       "*1 passed, 1 skipped*"])
+
+
 def spmd_sum(ctx, scale):
     """Each rank's share of a sum, and the sum (the job imports this by name)."""
     total = ctx.allreduce(scale * ctx.rank)
