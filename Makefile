@@ -11,7 +11,8 @@ PYTEST  := $(BIN)/python -m pytest -p no:cacheprovider
 # Rank counts the MPI tests run at: 1, 2 and an odd 3 (uneven splits).
 RANKS   ?= 1 2 3
 # Seconds an MPI test may run before every rank dumps its stack and the job is
-# aborted (hpcpar's pytest plugin; a test's @pytest.mark.timeout(N) overrides it).
+# aborted (hpcpar's pytest plugin; given explicitly, it replaces setup.cfg's `timeout`;
+# a test's @pytest.mark.timeout(N) overrides it).
 MPI_TIMEOUT ?= 60
 # The tests of the collectives and of what is built on them (Grid, farm, pipeline,
 # sort, Output, Checkpoint), run again in two more legs of `make test`:

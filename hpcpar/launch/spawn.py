@@ -39,9 +39,9 @@ def mpiexec_argv(ranks: int, argv: list[str]) -> list[str]:
     return launch_argv(ranks, argv)
 
 
-def run_job(argv: list[str], timeout: float, cwd: str | None = None,
+def run_job(argv: list[str], timeout: float | None, cwd: str | None = None,
             env: dict[str, str] | None = None) -> JobResult:
-    """Run ``argv`` (a launcher command) and wait at most ``timeout`` seconds. **Local**.
+    """Run ``argv`` (a launcher command) and wait at most ``timeout`` seconds (None: no limit). **Local**.
 
     The job gets its own process group; when it runs too long, or on Ctrl-C, the
     whole group (launcher and ranks) is killed, so nothing is left behind.

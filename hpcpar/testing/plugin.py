@@ -7,19 +7,31 @@ Under ``mpiexec -n N python -m pytest --with-mpi``:
 
 - every test runs in lockstep on all ranks; after each phase (setup, call,
   teardown) the ranks exchange their outcome with one small collective on a
-  communicator of their own, so a test that fails on some ranks fails on all, and
-  rank 0's report shows the failing ranks' tracebacks and captured output;
-- a test still running after ``--mpi-timeout`` seconds (default 60, or the test's
-  own ``@pytest.mark.timeout(N)``) makes every rank print the test's node id and
-  its Python stacks with ``[rank R]`` prefixes, then the job is aborted with
-  status :data:`EXIT_TIMEOUT`: a deadlock never hangs the run (pytest-timeout is
-  held back in such runs, as one rank ending alone leaves no stacks of the others);
+  communicator of their own, and every rank reports the combined outcome: the
+  first of ``failed, xpassed, passed, xfailed, skipped`` that some rank had
+  (an xpass under ``strict`` is a failure). A test that fails on some ranks fails
+  on all, and rank 0's report shows the failing ranks' tracebacks and captured
+  output; one that passes on some ranks and skips on others passes. In setup, a
+  skip (or xfail) on some ranks skips the test on all, as its call needs every
+  rank. Differing outcomes are named in the report (a section) and listed, with
+  the skip and xfail reasons, under "hpcpar: outcomes that differ between ranks";
+- a test still running after its limit makes every rank print the test's node id
+  and its Python stacks with ``[rank R]`` prefixes; rank 0 then reports the test
+  as failed and writes the session's summary (the tests run so far), and the job
+  is aborted with status :data:`EXIT_TIMEOUT`. The limit is pytest-timeout's: the
+  test's ``@pytest.mark.timeout(N)``, else ``--mpi-timeout`` when given, else
+  ``--timeout``, ``PYTEST_TIMEOUT``, the ``timeout`` ini option; with none of them
+  there is no limit, as with pytest-timeout (pytest-timeout itself is held back in
+  such runs, as one rank ending alone leaves no stacks of the others);
 - a ``--basetemp`` given to all ranks is rank 0's; rank R uses ``BASETEMP-rankR``
-  (pytest empties its base directory at start: a shared one would lose files);
+  (pytest empties its base directory at start: a shared one would lose files),
+  also in runs under mpiexec without ``--with-mpi``;
 - only rank 0 writes the terminal report (``--mpi-report=all`` shows every rank,
   each line prefixed ``[rank R]``);
 - ``@pytest.mark.mpi(n=K)`` runs in place when the job has exactly K ranks and is
-  skipped with a reason otherwise (pytest-mpi's ``min_size=K`` means "at least").
+  skipped with a reason otherwise (pytest-mpi's ``min_size=K`` means "at least");
+  ``mpi(n=[K1, K2])`` makes one copy of the test per rank count (ids ``nK1``,
+  ``nK2``), each marked as ``mpi(n=K)``.
 
 In a plain ``pytest`` run (no ``--with-mpi``), a test marked ``mpi(n=K)`` runs in a
 fresh ``mpiexec -n K python -m pytest --with-mpi NODEID`` job, and its outcome,
@@ -48,13 +60,13 @@ import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from ..launch.variables import launched_rank
 from ..observe import stacks
-from .marks import RankFailure, format_ranks, ranks_wanted, take_over_timeout, time_limit
+from .marks import RankFailure, format_ranks, ranks_wanted, session_limit, take_over_timeout, time_limit
 from .spawned import STARTUP_ALLOWANCE, SerialRun
 
 if TYPE_CHECKING:
@@ -62,8 +74,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_TIMEOUT", "ABORT_GRACE", "STARTUP_ALLOWANCE", "HpcparFixtures"]
 
-#: Seconds a test may run under MPI before the job is aborted (``--mpi-timeout``).
-DEFAULT_TIMEOUT = 60.0
+#: Seconds a test may run under MPI when neither ``--mpi-timeout`` nor pytest-timeout's
+#: ``--timeout``, ``PYTEST_TIMEOUT``, ``timeout`` ini option or marker sets a limit: none (0).
+DEFAULT_TIMEOUT = 0.0
 
 #: Exit status of a job aborted because a test ran past its timeout (as GNU ``timeout``):
 #: :data:`hpcpar.observe.stacks.EXIT_TIMEOUT`.
@@ -73,11 +86,14 @@ EXIT_TIMEOUT = stacks.EXIT_TIMEOUT
 #: the other ranks, whose timers fire at about the same moment, dump theirs too.
 ABORT_GRACE = 1.5
 
+# Seconds rank 0 gets, after the stacks, to write the session's summary before the job ends.
+_SUMMARY_GRACE = 5.0
+
 # Extra seconds after which faulthandler ends a rank whose watchdog thread could
 # not run (a C call holding the GIL).
 _HARD_KILL_AFTER = 15.0
 
-_LIMIT = pytest.StashKey[float]()
+_LIMIT = pytest.StashKey[tuple[float, str]]()
 
 #: pytest-mpi's plugin name (its ``pytest11`` entry point).
 _PYTEST_MPI = "pytest_mpi"
@@ -89,10 +105,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     if importlib.util.find_spec("pytest_mpi") is None:
         group.addoption("--with-mpi", action="store_true", default=False,
                         help="run the tests under MPI (start pytest with mpiexec -n N)")
-    group.addoption("--mpi-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    group.addoption("--mpi-timeout", type=float, default=None, metavar="SECONDS",
                     help="under --with-mpi, a test still running after SECONDS makes every rank "
                          "dump its stacks and aborts the job; a test's @pytest.mark.timeout(N) "
-                         f"overrides it; 0 turns it off (default {DEFAULT_TIMEOUT:g})")
+                         "overrides it; 0 turns it off (default: pytest-timeout's --timeout, "
+                         "PYTEST_TIMEOUT or timeout ini option, else no limit)")
     group.addoption("--mpi-report", choices=("root", "all"), default="root",
                     help="under --with-mpi, which ranks write the terminal report: rank 0 only "
                          "(default) or all, each line prefixed [rank R]")
@@ -103,23 +120,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Under ``--with-mpi`` with a ``--basetemp``, give every rank but 0 a base of its own.
+    """Under an MPI launcher with a ``--basetemp``, give every rank but 0 a base of its own.
 
-    pytest empties a given base directory when it first uses it; ranks sharing one
-    delete each other's temporary files (and race to recreate it). Rank 0 keeps
-    ``BASETEMP``; rank R uses ``BASETEMP-rankR``. Ranks are told apart by the
-    launcher's variables, before MPI starts.
+    pytest empties a given base directory and creates it again when it first uses
+    it; ranks sharing one delete each other's temporary files and race to recreate
+    it (``FileExistsError``), with ``--with-mpi`` or without (``mpiexec -n 2 pytest``,
+    as pytester's ``runpytest_subprocess`` gives its runs one ``--basetemp``). Rank 0
+    keeps ``BASETEMP``; rank R uses ``BASETEMP-rankR``. Ranks are told apart by the
+    launcher's variables, before MPI starts. Without ``--basetemp`` each process
+    gets a numbered directory of its own (pytest retries a number taken by another).
     """
     basetemp = config.option.basetemp
     rank = launched_rank()
-    if basetemp and rank and _mpi_mode(config):
+    if basetemp and rank:
         config.option.basetemp = f"{os.fspath(basetemp).rstrip(os.sep)}-rank{rank}"
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     if not any(re.match(r"\s*mpi\b", line) for line in config.getini("markers")):
-        config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K ranks")
+        config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K "
+                                "ranks; n=[K1, K2]: once for each")
     config.pluginmanager.register(HpcparFixtures(), "hpcpar-fixtures")
     if not config.pluginmanager.has_plugin(_PYTEST_MPI):
         config.pluginmanager.register(TmpPathFixture(), "hpcpar-mpi-tmp-path")
@@ -127,6 +148,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
     else:
         config.pluginmanager.register(SerialRun(config), "hpcpar-serial")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``mpi(n=[K1, K2])``: one copy of the test per rank count (ids ``nK1``, ``nK2``)."""
+    from .marks import parametrize_ranks
+
+    parametrize_ranks(metafunc)
 
 
 def _mpi_mode(config: pytest.Config) -> bool:
@@ -195,7 +223,9 @@ class _SPMDRun:
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         self.sync = self.world.Dup()         # the outcome exchange, apart from any test traffic
-        self.timeout = float(config.getoption("--mpi-timeout"))
+        self.config = config
+        self.limit = session_limit(config)
+        self.phase: Literal["setup", "call", "teardown"] = "setup"   # the phase this rank runs
         # The real stderr, for the watchdog: fd 2 is redirected while pytest captures a test.
         self.err = os.fdopen(os.dup(2), "w")
         # faulthandler keeps one pending dump per process: leave it to pytest's own if set.
@@ -207,6 +237,7 @@ class _SPMDRun:
         result = config.getoption("--mpi-result")
         self.result_path = result if self.rank == 0 else None
         self.prefixed: _Prefixed | None = None
+        self.mixed: list[str] = []          # tests whose ranks had different outcomes
         self.waiting: str | None = None     # the phase whose outcome this rank is exchanging
         # With a result file, outcomes, reports and captured output go there instead.
         self._set_terminal(config, "none" if result else config.getoption("--mpi-report"))
@@ -225,10 +256,11 @@ class _SPMDRun:
         reporter._tw = create_terminal_writer(config, stream)
 
     def pytest_report_header(self, config: pytest.Config) -> str:
-        limit = f"{self.timeout:g} s" if self.timeout > 0 else "no limit"
+        seconds, source = self.limit
+        limit = f"{seconds:g} s ({source})" if seconds > 0 else f"none ({source})"
         who = "every rank" if config.getoption("--mpi-report") == "all" else "rank 0"
-        return (f"hpcpar: {self.size} MPI ranks in lockstep; per-test limit {limit} (--mpi-timeout "
-                f"or the test's timeout marker; replaces pytest-timeout); report of {who}")
+        return (f"hpcpar: {self.size} MPI ranks in lockstep; per-test limit {limit}, a test's "
+                f"timeout marker overrides it (in place of pytest-timeout); report of {who}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.prefixed is not None:
@@ -249,7 +281,7 @@ class _SPMDRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         for item in items:
-            item.stash[_LIMIT] = time_limit(item, self.timeout)
+            item.stash[_LIMIT] = time_limit(item, self.limit)
             take_over_timeout(item)
             n = ranks_wanted(item)
             if n is not None and n != self.size:
@@ -259,12 +291,24 @@ class _SPMDRun:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None
                                 ) -> Generator[None, object, object]:
-        dog = _Watchdog(self, item.nodeid, item.stash.get(_LIMIT, self.timeout))
+        dog = _Watchdog(self, item, *item.stash.get(_LIMIT, self.limit))
         dog.start()
         try:
             return (yield)
         finally:
             dog.cancel()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.phase = "setup"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        self.phase = "call"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        self.phase = "teardown"
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo
@@ -273,8 +317,16 @@ class _SPMDRun:
         self.waiting = rep.when
         every = self.sync.allgather(_summary(rep))
         self.waiting = None
-        _combine(rep, item, every, self.rank)
+        mixed = _combine(rep, item, every, self.rank)
+        if mixed:
+            self.mixed.append(f"{item.nodeid} ({rep.when}): {mixed}")
         return rep
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.mixed:
+            terminalreporter.section("hpcpar: outcomes that differ between ranks")
+            for line in self.mixed:
+                terminalreporter.line(line)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.result_path is None:
@@ -294,49 +346,87 @@ def _skip_reason(rep: pytest.TestReport) -> str:
     return getattr(rep, "wasxfail", "") or ""
 
 
+#: The order in which the ranks' outcomes of a phase combine: the first that some
+#: rank had is the test's. In setup any rank that did not pass stops the test on all
+#: (its call needs every rank); in call and teardown a pass outranks a skip.
+_ORDER = {"setup": ("failed", "xfailed", "skipped", "xpassed", "passed"),
+          "call": ("failed", "xpassed", "passed", "xfailed", "skipped"),
+          "teardown": ("failed", "xpassed", "passed", "xfailed", "skipped")}
+
+
+def _kind(rep: pytest.TestReport) -> str:
+    if hasattr(rep, "wasxfail") and not rep.failed:
+        return "xpassed" if rep.passed else "xfailed"
+    return rep.outcome
+
+
 def _summary(rep: pytest.TestReport) -> tuple:
     """What this rank tells the others about one phase: outcome, text, crash line, output."""
-    if rep.passed:
-        return ("passed", "", "", [])
-    if rep.skipped:
-        return ("skipped", _skip_reason(rep), "", [])
+    kind = _kind(rep)
+    if kind != "failed":
+        return (kind, _skip_reason(rep) if kind != "passed" else "", "", [])
     crash = getattr(getattr(rep.longrepr, "reprcrash", None), "message", "") or ""
     return ("failed", rep.longreprtext, crash, [tuple(s) for s in rep.sections])
 
 
-def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> None:
-    """Make this rank's report of a phase the same outcome as every other rank's."""
+def _combine(rep: pytest.TestReport, item: pytest.Item, every: list[tuple], rank: int) -> str:
+    """Make this rank's report of a phase the combined outcome of every rank's (``_ORDER``).
+
+    Returns a line naming the ranks' outcomes where they differ, else "".
+    """
+    size = len(every)
+    kinds = {e[0] for e in every}
+    kind = next(k for k in _ORDER[rep.when] if k in kinds)
+    by_kind: dict[str, list[int]] = {}
+    for r, e in enumerate(every):
+        by_kind.setdefault(e[0], []).append(r)
+    mixed = "; ".join(f"{k} on {format_ranks(ranks)}" + (f": {every[ranks[0]][1]}" if every[ranks[0]][1]
+                                                          and k != "failed" else "")
+                      for k, ranks in by_kind.items()) if len(by_kind) > 1 else ""
+    if mixed:
+        rep.sections.append((f"hpcpar: outcomes of the {rep.when} on the {size} ranks", mixed))
+    if kind == "failed":
+        _combine_failures(rep, every, rank)
+    elif kind != _kind(rep):
+        reason = every[by_kind[kind][0]][1]
+        if kind in ("passed", "xpassed"):
+            rep.outcome, rep.longrepr = "passed", None
+        else:
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), (item.location[1] or 0) + 1,
+                            f"Skipped: {kind} on {format_ranks(by_kind[kind])} of {size}: {reason}")
+        if kind.startswith("x"):
+            rep.wasxfail = reason
+        elif hasattr(rep, "wasxfail"):
+            del rep.wasxfail
+    return mixed
+
+
+def _combine_failures(rep: pytest.TestReport, every: list[tuple], rank: int) -> None:
     size = len(every)
     failed = [r for r, e in enumerate(every) if e[0] == "failed"]
-    skipped = [r for r, e in enumerate(every) if e[0] == "skipped"]
-    if failed:
-        texts: dict[str, list[int]] = {}
-        for r in failed:
-            texts.setdefault(every[r][1], []).append(r)
-        if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
-            return      # one error on every rank (a collective assertion): this rank's report says it all
-        others = [r for r in range(size) if r not in failed]
-        head = f"{rep.when} failed on {format_ranks(failed)} of {size}"
-        if others:
-            head += f"; passed or skipped on {format_ranks(others)}"
-        parts = [head]
-        for text, ranks in texts.items():
-            parts.append(f"{'=' * 24} {format_ranks(ranks)} {'=' * 24}\n{text}")
-        first = failed[0]
-        crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
-        rep.outcome = "failed"
-        # pytest renders any object with toterminal(); its stubs list only its own types
-        rep.longrepr = RankFailure("\n\n".join(parts), crash)  # type: ignore[assignment]
-        for r in failed:
-            if r != rank:
-                rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
-        return
-    if skipped and len(skipped) < size:
-        reason = every[skipped[0]][1]
-        rep.outcome = "skipped"
-        lineno = item.location[1]
-        rep.longrepr = (str(item.path), (lineno or 0) + 1,
-                        f"Skipped: skipped on {format_ranks(skipped)} of {size}: {reason}")
+    texts: dict[str, list[int]] = {}
+    for r in failed:
+        texts.setdefault(every[r][1], []).append(r)
+    if len(failed) == size and (len(texts) == 1 or len({e[2] for e in every}) == 1):
+        return      # one error on every rank (a collective assertion): this rank's report says it all
+    others = [r for r in range(size) if r not in failed]
+    head = f"{rep.when} failed on {format_ranks(failed)} of {size}"
+    if others:
+        head += f"; passed or skipped on {format_ranks(others)}"
+    parts = [head]
+    for text, ranks in texts.items():
+        parts.append(f"{'=' * 24} {format_ranks(ranks)} {'=' * 24}\n{text}")
+    first = failed[0]
+    crash = f"[rank {first}] {every[first][2]}" if every[first][2] else head
+    rep.outcome = "failed"
+    if hasattr(rep, "wasxfail"):
+        del rep.wasxfail
+    # pytest renders any object with toterminal(); its stubs list only its own types
+    rep.longrepr = RankFailure("\n\n".join(parts), crash)  # type: ignore[assignment]
+    for r in failed:
+        if r != rank:
+            rep.sections.extend((f"{title} [rank {r}]", content) for title, content in every[r][3])
 
 
 class _Prefixed:
@@ -379,10 +469,11 @@ _PLUMBING = tuple(_package_dir(m) for m in ("pluggy", "_pytest"))
 class _Watchdog:
     """Ends the job when one test runs too long, after every rank has shown where it is."""
 
-    def __init__(self, run: _SPMDRun, nodeid: str, limit: float):
+    def __init__(self, run: _SPMDRun, item: pytest.Item, limit: float, source: str):
         self.run = run
-        self.nodeid = nodeid
+        self.item = item
         self.limit = limit
+        self.source = source
         self._timer: threading.Timer | None = None
 
     def start(self) -> None:
@@ -404,8 +495,8 @@ class _Watchdog:
         run = self.run
         tag = f"[rank {run.rank}] "
         dump = stacks.format_stacks(prefix=tag, hide=_PLUMBING)
-        text = (f"\n{tag}hpcpar: test {self.nodeid} still running after {self.limit:g} s "
-                f"(--mpi-timeout); every rank dumps its stack, then the job is aborted.\n"
+        text = (f"\n{tag}hpcpar: test {self.item.nodeid} still running after {self.limit:g} s "
+                f"({self.source}); every rank dumps its stack, then the job is aborted.\n"
                 f"{tag}A collective that only some ranks reach (e.g. inside `if ctx.rank == 0:`) "
                 "blocks the others forever.\n"
                 + (f"{tag}This rank has finished the test's {run.waiting} and waits for the other ranks.\n"
@@ -414,8 +505,36 @@ class _Watchdog:
         try:
             run.err.write(text)
             run.err.flush()
-        finally:
             time.sleep(ABORT_GRACE)
+            backstop = threading.Timer(_SUMMARY_GRACE, run.world.Abort, (EXIT_TIMEOUT,))
+            backstop.daemon = True
+            backstop.start()
+            self._summarise(text)
+            if run.rank != 0:       # let rank 0 finish its summary: the first Abort ends every rank
+                time.sleep(_SUMMARY_GRACE)
+        finally:
             run.world.Abort(EXIT_TIMEOUT)
+
+    def _summarise(self, text: str) -> None:
+        """Report the test as failed and write the session's summary, as at the end of a run."""
+        item, config, when = self.item, self.item.config, self.run.phase
+        sections = []
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is not None:      # the terminal is fd 1 again, and the test's output is read
+            capman.suspend_global_capture(in_=True)
+            out, err = capman.read_global_capture()
+            sections = [(f"Captured {name} {when}", content)
+                        for name, content in (("stdout", out), ("stderr", err)) if content]
+        crash = f"timed out after {self.limit:g} s ({self.source})"
+        rep = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                                RankFailure(text.strip("\n"), crash),  # type: ignore[arg-type]
+                                when, sections, self.limit)
+        config.hook.pytest_runtest_logreport(report=rep)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            config.hook.pytest_terminal_summary(terminalreporter=reporter, exitstatus=EXIT_TIMEOUT,
+                                                config=config)
+            reporter.summary_stats()
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ..launch.variables import launched_size
-from .marks import RankFailure, ranks_wanted, take_over_timeout, time_limit
+from .marks import RankFailure, ranks_wanted, session_limit, take_over_timeout, time_limit
 
 __all__ = ["SerialRun", "STARTUP_ALLOWANCE"]
 
@@ -35,7 +35,7 @@ class SerialRun:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.timeout = float(config.getoption("--mpi-timeout"))
+        self.limit = session_limit(config)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,7 +51,7 @@ class SerialRun:
                 continue
             assert item.parent is not None  # every collected item has one
             spawned = _SpawnedItem.from_parent(item.parent, name=item.name, original=item, ranks=n,
-                                               limit=time_limit(item, self.timeout))
+                                               limit=time_limit(item, self.limit)[0])
             take_over_timeout(spawned)
             items[i] = spawned
 
@@ -98,7 +98,7 @@ class _SpawnedItem(pytest.Item):
             args += [f"--mpi-timeout={self.limit:g}", f"--mpi-report={config.getoption('--mpi-report')}",
                      f"--mpi-result={result}", self.nodeid]
             wall = self.limit + STARTUP_ALLOWANCE if self.limit > 0 else None
-            job = run_job(mpiexec_argv(self.ranks, args), timeout=wall or 1e9, cwd=str(config.rootpath))
+            job = run_job(mpiexec_argv(self.ranks, args), timeout=wall, cwd=str(config.rootpath))
             records = []
             if os.path.exists(result):
                 with open(result) as f:

@@ -23,9 +23,9 @@ addopts = -p no:cacheprovider --strict-markers -rfEs
 """
 
 
-def mpi_pytest(pytester, n, *args, timeout=60):
+def mpi_pytest(pytester, n, *args, timeout=60, ini=INI):
     """``mpiexec -n n python -m pytest --with-mpi ARGS`` in pytester's folder."""
-    pytester.makeini(INI)
+    pytester.makeini(ini)
     job = run_job(mpiexec_argv(n, [sys.executable, "-m", "pytest", "--with-mpi", *args]),
                   timeout=timeout, cwd=str(pytester.path))
     assert job.returncode is not None, f"pytest under mpiexec hung; output:\n{job.output}"
@@ -88,13 +88,64 @@ def test_failure_on_some_ranks_fails_every_rank_and_rank0_reports_it(pytester):
                        "*= rank 1 =*", "*AssertionError: plain assert on rank 1 of 3"])
     out.fnmatch_lines(["setup failed on rank 2 of 3; *", "*= rank 2 =*",
                        "*RuntimeError: fixture broke on rank 2"])
-    out.fnmatch_lines(["SKIPPED * skipped on rank 0 of 3: no device on rank 0",
-                       "SKIPPED * needs exactly 2 MPI ranks (mpi(n=2)), this job has 3"])
+    out.fnmatch_lines(["*= hpcpar: outcomes that differ between ranks =*",
+                       "test_failing.py::test_skips_on_rank0_only (call): skipped on rank 0: "
+                       "no device on rank 0; passed on ranks 1, 2"])
+    out.fnmatch_lines(["SKIPPED * needs exactly 2 MPI ranks (mpi(n=2)), this job has 3"])
     out.fnmatch_lines(["FAILED test_failing.py::test_rank1_fails_assert_all - AssertionError*",
                        "FAILED test_failing.py::test_plain_assert_on_rank1 - [[]rank 1[]] Assert*",
                        "ERROR test_failing.py::test_setup_fails_on_rank2 - [[]rank 2[]] RuntimeError*"])
     # every rank agrees on every outcome, and only rank 0 writes the report
-    assert job.output.count("2 failed, 2 passed, 2 skipped, 1 error") == 1, job.output
+    assert job.output.count("2 failed, 3 passed, 1 skipped, 1 error") == 1, job.output
+
+
+def test_combined_outcomes_hide_neither_a_pass_nor_a_failure(pytester):
+    """failed > xpassed > passed > xfailed > skipped in call; in setup a skip on some
+    ranks skips the test on all (its call needs every rank); differing outcomes are listed."""
+    pytester.makepyfile(test_mixed="""
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_skips_on_rank0(ctx):
+            if ctx.rank == 0:
+                pytest.skip("no device on rank 0")
+
+        @pytest.mark.xfail(reason="fails on rank 0")
+        def test_xpasses_on_rank1(ctx):
+            assert ctx.rank != 0
+
+        @pytest.mark.xfail(reason="strict one", strict=True)
+        def test_strict_xpasses_on_rank1(ctx):
+            assert ctx.rank != 0
+
+        @pytest.mark.xfail(reason="everywhere")
+        def test_xfails_everywhere(ctx):
+            assert False
+
+        @pytest.fixture
+        def absent_on_rank1(ctx):
+            if ctx.rank == 1:
+                pytest.skip("no file on rank 1")
+
+        def test_setup_skips_on_rank1(absent_on_rank1, ctx):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2, "-rfEspPxX")
+    assert job.returncode == 1, job.output
+    out.fnmatch_lines(["*= hpcpar: outcomes that differ between ranks =*",
+                       "test_mixed.py::test_skips_on_rank0 (call): skipped on rank 0: no device on rank 0; "
+                       "passed on rank 1",
+                       "test_mixed.py::test_xpasses_on_rank1 (call): xfailed on rank 0: *; xpassed on rank 1*",
+                       "test_mixed.py::test_strict_xpasses_on_rank1 (call): xfailed on rank 0: *; failed on rank 1",
+                       "test_mixed.py::test_setup_skips_on_rank1 (setup): passed on rank 0; skipped on rank 1: "
+                       "no file on rank 1"])
+    for line in ("PASSED test_mixed.py::test_skips_on_rank0",
+                 "SKIPPED * skipped on rank 1 of 2: no file on rank 1",
+                 "XFAIL test_mixed.py::test_xfails_everywhere - everywhere",
+                 "XPASS test_mixed.py::test_xpasses_on_rank1 - fails on rank 0",
+                 "FAILED test_mixed.py::test_strict_xpasses_on_rank1 - *"):
+        out.fnmatch_lines([line])
+    assert job.output.count("1 failed, 1 passed, 1 skipped, 1 xfailed, 1 xpassed") == 1, job.output
 
 
 def test_report_of_every_rank_on_request(pytester):
@@ -138,6 +189,84 @@ def test_a_rank_that_skips_a_collective_ends_the_run_with_every_stack(pytester):
     assert "test_never_reached" not in job.output
 
 
+def test_limit_from_pytest_timeout_and_a_summary_after_the_abort(pytester):
+    """The per-test limit is pytest-timeout's (marker, then --timeout, then the ini
+    option) unless --mpi-timeout is given; a test past it ends the job with every
+    stack, then the failure and the summary of the tests run so far."""
+    pytester.makepyfile(test_limits="""
+        import time
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_fails(ctx):
+            assert ctx.rank == 5, "wrong rank"
+
+        @pytest.mark.timeout(30)
+        def test_slow_with_its_own_limit(ctx):
+            time.sleep(4)       # over the ini option's 3 s: the marker wins
+            ctx.barrier()
+
+        def test_hang(ctx):
+            print("output of the hanging test")
+            if ctx.rank != 1:
+                ctx.barrier()
+
+        def test_never_reached(ctx):
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2, ini=INI + "timeout = 3\n")
+    assert job.returncode == EXIT_TIMEOUT, job.output
+    out.fnmatch_lines(["hpcpar: 2 MPI ranks in lockstep; per-test limit 3 s (ini timeout)*"])
+    out.fnmatch_lines(["[[]rank 1[]] hpcpar: test test_limits.py::test_hang still running after 3 s "
+                       "(ini timeout)*"])
+    out.fnmatch_lines(["*Captured stdout call*", "output of the hanging test",
+                       "*short test summary info*",
+                       "FAILED test_limits.py::test_fails - *",
+                       "FAILED test_limits.py::test_hang - timed out after 3 s (ini timeout)",
+                       "*= 2 failed, 1 passed in *"])
+    assert "test_never_reached" not in job.output
+    # --timeout beats the ini option; an explicit --mpi-timeout beats both; nothing set: no limit
+    for args, source in ((["--timeout=2"], "--timeout"), (["--timeout=50", "--mpi-timeout=2"], "--mpi-timeout")):
+        job, out = mpi_pytest(pytester, 2, "-k", "hang", *args, ini=INI + "timeout = 50\n")
+        assert job.returncode == EXIT_TIMEOUT, job.output
+        out.fnmatch_lines([f"FAILED test_limits.py::test_hang - timed out after 2 s ({source})"])
+    job, out = mpi_pytest(pytester, 2, "-k", "fails")
+    assert job.returncode == 1, job.output
+    out.fnmatch_lines(["*per-test limit none (no timeout configured)*"])
+
+
+LOCKSTEP_TMP = """
+    import time
+
+    pytest_plugins = ["pytester"]
+
+    def test_temporary_directories_of_lockstep_ranks(pytester, tmp_path):
+        (tmp_path / "mine.txt").write_text("kept")
+        pytester.makepyfile(test_inner="def test_inner(tmp_path):\\n    assert tmp_path.is_dir()\\n")
+        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+        time.sleep(0.5)
+        assert (tmp_path / "mine.txt").read_text() == "kept"
+"""
+
+
+@pytest.mark.parametrize("mode", ["--with-mpi", "plain"])
+def test_lockstep_ranks_have_temporary_directories_of_their_own(pytester, mode):
+    """Ranks started together with one --basetemp (pytester's runpytest_subprocess
+    gives its runs one): each rank uses a base of its own, with or without --with-mpi,
+    and pytester's in-process and subprocess runs inside work on every rank."""
+    pytester.makepyfile(test_tmp=textwrap.dedent(LOCKSTEP_TMP))
+    pytester.makeini(INI)
+    base = pytester.path / "base"
+    args = [sys.executable, "-m", "pytest", f"--basetemp={base}", "test_tmp.py"]
+    job = run_job(mpiexec_argv(3, args + (["--with-mpi"] if mode != "plain" else [])),
+                  timeout=90, cwd=str(pytester.path))
+    assert job.returncode == 0, job.output
+    runs = 1 if mode != "plain" else 3      # without --with-mpi every rank reports
+    assert job.output.count("1 passed") == runs, job.output
+    assert sorted(p.name for p in pytester.path.glob("base*")) == ["base", "base-rank1", "base-rank2"]
+
+
 def test_ranks_that_collect_different_tests_stop_at_once(pytester):
     pytester.makepyfile(test_uneven="""
         import pytest
@@ -178,6 +307,31 @@ def test_mpi_n_from_plain_pytest_runs_in_a_fresh_job(pytester):
                                  "*AssertionError: failed on 1 of 3 ranks: rank 2: rank 2 disagrees"])
     result.stdout.fnmatch_lines(["FAILED test_spawned.py::test_three_ranks_failing - "
                                  "[[]mpiexec -n 3[]] Assert*"])
+
+
+def test_mpi_n_list_makes_one_test_per_rank_count(pytester):
+    """mpi(n=[1, 2]): copies nK run in fresh jobs from plain pytest, in place under mpiexec -n K."""
+    pytester.makepyfile(test_counts="""
+        import pytest
+        from hpcpar.testing import assert_all
+
+        @pytest.mark.mpi(n=[1, 2])
+        @pytest.mark.parametrize("x", [7])
+        def test_counts(ctx, x):
+            print(f"on {ctx.size} ranks")
+            assert_all(ctx.size in (1, 2) and x == 7, f"size {ctx.size}", ctx=ctx)
+    """)
+    pytester.makeini(INI)
+    result = pytester.runpytest_subprocess("-rA", timeout=120)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["PASSED test_counts.py::test_counts[[]n1-7[]]",
+                                 "PASSED test_counts.py::test_counts[[]n2-7[]]"])
+    result.stdout.fnmatch_lines(["*Captured stdout call (in mpiexec -n 2)*", "on 2 ranks"])
+    job, out = mpi_pytest(pytester, 2, "-rA")
+    assert job.returncode == 0, job.output
+    out.fnmatch_lines(["PASSED test_counts.py::test_counts[[]n2-7[]]",
+                       "SKIPPED * needs exactly 1 MPI ranks (mpi(n=1)), this job has 2",
+                       "*1 passed, 1 skipped*"])
 
 
 def spmd_sum(ctx, scale):

@@ -38,6 +38,12 @@ def test_mpi_n_runs_only_on_exactly_that_many_ranks(ctx):
     assert_all(ctx.allreduce(1) == 2, "both ranks take part", ctx=ctx)
 
 
+@pytest.mark.mpi(n=[2, 3])
+def test_mpi_n_list_runs_the_copy_of_the_jobs_size(ctx, request):
+    assert_all(request.node.name == f"test_mpi_n_list_runs_the_copy_of_the_jobs_size[n{ctx.size}]",
+               request.node.name, ctx=ctx)
+
+
 def rank_and_sum(ctx):
     return ctx.rank, ctx.allreduce(ctx.rank)
 
