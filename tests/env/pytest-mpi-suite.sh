@@ -5,7 +5,7 @@
 # Fetches the pytest-mpi sdist, makes two venvs with the same pytest, mpi4py and MPICH
 # as .venv (one without hpcpar, one with this checkout installed), and runs the suite
 # the way its tox.ini does (`pytest -p pytester --runpytest=subprocess`; its tests start
-# `mpirun -n 2 pytest --with-mpi` themselves), serially and under `mpiexec -n 2`.
+# `mpirun -n 2 pytest --with-mpi` themselves), serially and under `mpiexec -n 2` and `-n 3`.
 # Exits non-zero when a run with hpcpar has a failure that the run without it has not.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,18 +26,18 @@ for leg in plain hpcpar; do
 done
 status=0
 for leg in plain hpcpar; do
-  for mode in serial mpi2; do
+  for mode in serial mpi2 mpi3; do
     rm -rf "run-$leg-$mode" && cp -r "$src" "run-$leg-$mode" && cd "run-$leg-$mode"
     cmd=("$WORK/venv-$leg/bin/python" -m pytest -p pytester -p no:cacheprovider --runpytest=subprocess -q -rf)
-    [ "$mode" = mpi2 ] && cmd=("$WORK/venv-$leg/bin/mpiexec" -n 2 "${cmd[@]}" --with-mpi)
+    [ "$mode" != serial ] && cmd=("$WORK/venv-$leg/bin/mpiexec" -n "${mode#mpi}" "${cmd[@]}" --with-mpi)
     PATH="$WORK/venv-$leg/bin:$PATH" timeout "$T" "${cmd[@]}" > "../$leg-$mode.log" 2>&1 || true
     cd "$WORK"
-    # the failing tests, once (under mpiexec -n 2 both ranks print the summary)
+    # the failing tests, once (under mpiexec every rank prints the summary)
     grep -E '^FAILED|^ERROR' "$leg-$mode.log" | sed 's/ - .*//' | sort -u > "$leg-$mode.failed" || true
     echo "$leg $mode: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$leg-$mode.log" | tail -1)"
   done
 done
-for mode in serial mpi2; do
+for mode in serial mpi2 mpi3; do
   new=$(comm -13 "plain-$mode.failed" "hpcpar-$mode.failed")
   if [ -n "$new" ]; then
     echo "with hpcpar only ($mode): $new"; status=1

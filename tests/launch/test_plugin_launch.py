@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from hpcpar.launch.spawn import mpiexec_argv, run_job
+from hpcpar.launch.spawn import job_env, mpiexec_argv, run_job
 from hpcpar.testing import assert_all, run_spmd
 from hpcpar.testing.plugin import EXIT_TIMEOUT
 
@@ -187,6 +187,25 @@ def test_a_rank_that_skips_a_collective_ends_the_run_with_every_stack(pytester):
                            f"[[]rank {rank}[]]     ctx.barrier()"])
     out.fnmatch_lines(["[[]rank 2[]] This rank has finished the test's call and waits for the other ranks."])
     assert "test_never_reached" not in job.output
+
+
+def test_an_assertion_that_leaves_the_others_waiting_is_shown_with_the_stacks(pytester):
+    """The everyday hang: rank 1 fails an assertion and leaves the test while the others
+    wait in a barrier. The combined report never comes, so rank 1's failure is printed
+    with the stacks when the limit ends the job."""
+    pytester.makepyfile(test_assert_hang="""
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_rank1_disagrees(ctx):
+            assert ctx.rank != 1, "rank 1 disagrees"
+            ctx.barrier()
+    """)
+    job, out = mpi_pytest(pytester, 2, "--mpi-timeout=4")
+    assert job.returncode == EXIT_TIMEOUT, job.output
+    out.fnmatch_lines(["[[]rank 1[]] This rank's call FAILED before the hang:",
+                       "[[]rank 1[]]   *AssertionError: rank 1 disagrees*"])
+    out.fnmatch_lines(["[[]rank 0[]] *in test_rank1_disagrees", "[[]rank 0[]]     ctx.barrier()"])
 
 
 def test_limit_from_pytest_timeout_and_a_summary_after_the_abort(pytester):
@@ -388,3 +407,65 @@ def test_fixtures_beside_pytest_mpi_and_a_projects_own_ctx(pytester):
     assert job.returncode == 0, job.output
     out.fnmatch_lines(["*1 passed*"])
     assert base.is_dir() and (pytester.path / "base-rank1").is_dir()
+
+
+MPI_PYTEST = "mpi-pytest==2026.0"
+
+
+@pytest.fixture(scope="module")
+def mpi_pytest_over_pytest_mpi(tmp_path_factory):
+    """A folder holding mpi-pytest's wheel unpacked: first on PYTHONPATH, its ``pytest_mpi``
+    package hides pytest-mpi's, as installing mpi-pytest after pytest-mpi overwrites it.
+
+    The wheel comes from the package index (the test is skipped when it cannot be fetched).
+    """
+    import os
+    import subprocess
+    import zipfile
+
+    where = tmp_path_factory.mktemp("mpi-pytest")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", MPI_PYTEST,
+                        "-d", str(where / "wheel")], check=True, timeout=120, capture_output=True)
+    except (subprocess.SubprocessError, OSError) as e:
+        pytest.skip(f"cannot fetch {MPI_PYTEST} from the package index: {e}")
+    (wheel,) = (where / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(where / "site")
+    env = dict(job_env(), PYTHONPATH=str(where / "site"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    return env
+
+
+def test_beside_mpi_pytest(pytester, mpi_pytest_over_pytest_mpi):
+    """Installed next to mpi-pytest (both ship a package named ``pytest_mpi``), hpcpar still
+    offers ``--with-mpi`` and ``mpi_tmp_path`` itself, and mpi-pytest's own
+    ``parallel`` tests keep working in the same environment."""
+    env = mpi_pytest_over_pytest_mpi
+    pytester.makeini(INI)
+    pytester.makepyfile(test_spmd="""
+        import pytest
+        pytestmark = pytest.mark.mpi
+
+        def test_sum(ctx, mpi_tmp_path):
+            assert ctx.allreduce(1) == ctx.size
+            assert mpi_tmp_path == ctx.comm.bcast(mpi_tmp_path)
+    """)
+    pytester.makepyfile(test_parallel="""
+        import pytest
+        from mpi4py import MPI
+
+        @pytest.mark.parallel(2)
+        def test_two_ranks():
+            assert MPI.COMM_WORLD.size == 2
+    """)
+    job = run_job(mpiexec_argv(2, [sys.executable, "-m", "pytest", "--with-mpi", "test_spmd.py"]),
+                  timeout=60, cwd=str(pytester.path), env=env)
+    assert job.returncode == 0, job.output
+    out = pytest.LineMatcher(job.output.splitlines())
+    out.fnmatch_lines(["*hpcpar: 2 MPI ranks in lockstep*", "*1 passed*"])
+    assert "mpi-pytest" in job.output or "pytest_mpi" in job.output, job.output  # it was loaded
+    serial = run_job([sys.executable, "-m", "pytest", "test_parallel.py"],
+                     timeout=90, cwd=str(pytester.path), env=env)
+    assert serial.returncode == 0, serial.output
+    pytest.LineMatcher(serial.output.splitlines()).fnmatch_lines(["*1 passed*"])
