@@ -322,10 +322,62 @@ def test_mpi_n_from_plain_pytest_runs_in_a_fresh_job(pytester):
     result = pytester.runpytest_subprocess("-rA", timeout=120)
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*Captured stdout call (in mpiexec -n 3)*", "rank 0 of 3 in *"])
-    result.stdout.fnmatch_lines(["mpiexec -n 3: call failed in the job (exit status 1):",
+    result.stdout.fnmatch_lines(["mpiexec -n 3: call failed in the job (one job for 2 tests):",
                                  "*AssertionError: failed on 1 of 3 ranks: rank 2: rank 2 disagrees"])
     result.stdout.fnmatch_lines(["FAILED test_spawned.py::test_three_ranks_failing - "
                                  "[[]mpiexec -n 3[]] Assert*"])
+
+
+def test_tests_of_one_rank_count_share_one_job(pytester, monkeypatch):
+    """From plain pytest, the selected mpi(n=2) tests run in one mpiexec job (one start for
+    all); a test that hangs ends that job by its limit and the tests the job did not reach
+    run again alone, so each still gets its own outcome."""
+    pytester.makeini(INI)
+    pytester.makepyfile(test_batch="""
+        import os
+        import pytest
+
+        def record(ctx, name):
+            if ctx.rank == 0:
+                with open(os.environ["BATCH_LOG"], "a") as f:
+                    f.write(f"{name} {os.getpid()}\\n")
+
+        @pytest.mark.mpi(n=2)
+        def test_a(ctx):
+            record(ctx, "a")
+            assert ctx.allreduce(1) == 2
+
+        @pytest.mark.mpi(n=2)
+        def test_b_fails(ctx):
+            record(ctx, "b")
+            assert ctx.allreduce(ctx.rank) == 5, "sum of ranks"
+
+        @pytest.mark.mpi(n=2)
+        @pytest.mark.timeout(4)
+        def test_c_hangs(ctx):
+            record(ctx, "c")
+            if ctx.rank == 0:
+                ctx.barrier()
+
+        @pytest.mark.mpi(n=2)
+        def test_d(ctx):
+            record(ctx, "d")
+            ctx.barrier()
+    """)
+    log = pytester.path / "batch.log"
+    monkeypatch.setenv("BATCH_LOG", str(log))
+    result = pytester.runpytest_subprocess("-rA", timeout=180)
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["mpiexec -n 2: call failed in the job (one job for 4 tests):",
+                                 "*AssertionError: sum of ranks*"])
+    result.stdout.fnmatch_lines(["FAILED test_batch.py::test_b_fails - *",
+                                 "FAILED test_batch.py::test_c_hangs - *timed out after 4 s*"])
+    runs = [line.split() for line in log.read_text().splitlines()]
+    pids = {name: {pid for n, pid in runs if n == name} for name in "abcd"}
+    # a, b and c ran in the batch's job; c hung, so c and d ran again, each alone
+    assert pids["a"] == pids["b"] and len(pids["a"]) == 1, runs
+    assert pids["a"] < pids["c"] and len(pids["c"]) == 2, runs
+    assert len(pids["d"]) == 1 and pids["d"].isdisjoint(pids["a"] | pids["c"]), runs
 
 
 def test_mpi_n_list_makes_one_test_per_rank_count(pytester):
