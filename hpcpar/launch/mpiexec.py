@@ -7,39 +7,46 @@ import signal
 import subprocess
 import sys
 
-from .command import launch_argv, launcher, workstation_options
+from .command import Host, launch_argv, launcher, workstation_options
 
 __all__ = ["launcher", "launch_command", "launch"]
 
 
-def launch_command(script: str, args: list[str], ranks: int, python: str | None = None) -> list[str]:
+def launch_command(script: str, args: list[str], ranks: int, python: str | None = None,
+                   hosts: list[Host] | None = None, launcher_args: list[str] | None = None) -> list[str]:
     """The argv that runs ``script args`` on ``ranks`` ranks under the hpcpar runner. **Local**.
 
     Every rank is ``python hpcpar/launch/guardian.py SCRIPT ARGS``: a process without MPI
     that runs ``python -m hpcpar.core.script SCRIPT ARGS`` and reports, by rank, a rank
-    killed by a signal.
+    killed by a signal. ``hosts`` and ``launcher_args`` are as in
+    :func:`hpcpar.launch.command.launch_argv`; on other hosts the same paths (Python,
+    hpcpar, the script) must exist, as on a shared file system.
 
     Raises:
         FileNotFoundError: when no MPI launcher is found (see :func:`launcher`).
+        ValueError: hosts the launcher cannot be given (see :func:`~hpcpar.launch.command.host_options`).
     """
     guardian = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
-    return launch_argv(ranks, [python or sys.executable, guardian, script, *args])
+    return launch_argv(ranks, [python or sys.executable, guardian, script, *args],
+                       hosts=hosts, launcher_args=launcher_args)
 
 
-def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None) -> int:
+def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None,
+           hosts: list[Host] | None = None, launcher_args: list[str] | None = None) -> int:
     """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
 
     ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
     When Open MPI's launcher is told to oversubscribe (more ranks than cores), a one-line
-    note says so on stderr.
+    note says so on stderr. ``hosts`` and ``launcher_args``: see :func:`launch_command`.
 
     Raises:
         FileNotFoundError: when ``script`` does not exist or no MPI launcher is found.
+        ValueError: hosts the launcher cannot be given.
     """
     if not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
-    cmd = launch_command(script, args, ranks)
-    _, note = workstation_options(launcher(), ranks)
+    cmd = launch_command(script, args, ranks, hosts=hosts, launcher_args=launcher_args)
+    _, note = workstation_options(cmd, ranks)
     if note:
         print(note, file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
