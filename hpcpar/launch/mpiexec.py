@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
-from .command import Host, launch_argv, launcher, workstation_options
+from . import ledger
+from .command import Host, is_open_mpi, launch_argv, launcher, workstation_options
 
 __all__ = ["launcher", "launch_command", "launch"]
 
@@ -45,17 +48,35 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
     """
     if not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
+    extra_env = dict(extra_env or {})
+    run_dir = None
+    if hosts:
+        # The run ledger (shared working directory): names the ranks a lost host took along.
+        os.makedirs(".hpcpar", exist_ok=True)
+        run_dir = tempfile.mkdtemp(prefix="run-", dir=os.path.abspath(".hpcpar"))
+        extra_env[ledger.RUN_DIR] = run_dir
+        if is_open_mpi(launcher()):  # Open MPI passes on only the variables it is told to
+            launcher_args = [*(launcher_args or []), *(w for k in extra_env for w in ("-x", k))]
     cmd = launch_command(script, args, ranks, hosts=hosts, launcher_args=launcher_args)
     _, note = workstation_options(cmd, ranks)
     if note:
         print(note, file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
     try:
-        return proc.wait()
+        code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        return 130
+        code = 130
+    if run_dir is not None:
+        text = None
+        if code not in (0, 130):
+            ledger.settle(run_dir, ranks)
+            text = ledger.lost_ranks_text(run_dir, ranks)
+        if text:
+            print(text, file=sys.stderr, flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return code

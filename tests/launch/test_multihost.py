@@ -240,3 +240,63 @@ def test_core_context_tests_one_rank_per_host():
     assert code == 0, out[-4000:]
     assert re.search(r"\d+ passed", out) and " failed" not in out, out[-4000:]
     crossed(before, HOSTS, 10_000)
+
+
+LOOP = """
+import sys, time
+import hpcpar
+def main(ctx):
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        ctx.comm.allreduce(1)
+        if sys.argv[1] == "raise" and ctx.rank == ctx.size - 1 and time.time() - t0 > 2:
+            raise RuntimeError("bad input on purpose")
+        if ctx.rank == 0 and sys.argv[1] == "loop" and time.time() - t0 > 1:
+            open(sys.argv[2], "a").close()  # the job is up on every host
+        time.sleep(0.02)
+hpcpar.run(main)
+"""
+
+
+def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_path):
+    script, up = tmp_path / "loop.py", tmp_path / "up"
+    script.write_text(LOOP)
+    last = HOSTS[-1]
+    proc = subprocess.Popen([SSH, HOSTS[0], " ".join([
+        "cd", shlex.quote(str(tmp_path)), "&&", "exec", "env", *[f"{k}={v}" for k, v in TCP.items()],
+        shlex.join([HPCPAR, "run", "-n", "3", "--hosts", ",".join(HOSTS), *launcher_args(), str(script),
+                    "loop", str(up)])])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not up.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert up.exists(), "the job did not start"
+        killed = time.monotonic()
+        for pid in _netns_pids(NETNS[last]):  # the host's own processes: proxy, guardian, rank, witness
+            if pid != ANCHORS[last]:
+                os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0, out
+    assert took < 10, f"the job ended {took:.1f} s after the host's processes were killed"
+    assert re.search(rf"hpcpar: rank 2 \(pid \d+\) of 3 on host {last} ended without a word", out), out
+    assert f"on host {HOSTS[0]}" not in out and f"on host {HOSTS[1]}" not in out, out
+    assert not list((tmp_path / ".hpcpar").glob("run-*")), "the run ledger was left behind"
+
+
+def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    t0 = time.monotonic()
+    code, out = hpcpar_run(",".join(HOSTS), 3, str(script), "raise", cwd=str(tmp_path))
+    took = time.monotonic() - t0
+    assert code == 1, out
+    assert "rank 2 of 3 failed: RuntimeError: bad input on purpose" in out, out
+    assert re.search(rf"\[rank 2\] on host {HOSTS[-1]}, pid \d+", out), out
+    assert "ended without a word" not in out, out  # every other rank was ended by the launcher
+    assert took < 20, f"the failing job took {took:.1f} s"
