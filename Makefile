@@ -150,7 +150,7 @@ test-multihost: venv
 	@if [ "$$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then \
 	  echo "test-multihost: SKIPPED: needs root, iproute2 (ip) and util-linux (nsenter, unshare) to build namespace hosts"; \
 	  exit 0; fi; \
-	$(TIMEOUT) 600 bash tests/env/multihost.sh 3 env HPCPAR_TEST_MULTIHOST=1 \
+	$(TIMEOUT) 600 bash tests/env/multihost.sh 3 bash tests/env/multihost-slurm.sh env HPCPAR_TEST_MULTIHOST=1 \
 	  $(PYTEST) -m multihost tests/launch/test_multihost.py
 
 ## bench: the collectives and farm benchmarks at 2 and 3 ranks, the halo/sort benchmark at 2 ranks

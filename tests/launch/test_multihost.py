@@ -150,14 +150,17 @@ def test_info_names_each_ranks_host():
         assert re.search(rf"rank {r}\s+host {h} ", out), out
 
 
-def test_pi_on_three_hosts_equals_one_rank():
+def test_pi_on_three_hosts_from_a_hostfile_equals_one_rank(tmp_path):
     pi = str(JOBS / "pi.py")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"# MPICH and Open MPI spellings\n{HOSTS[0]}\n{HOSTS[1]}:1\n{HOSTS[2]} slots=1\n")
     one = subprocess.run([HPCPAR, "run", "-n", "1", pi, "--samples", "4e6"], capture_output=True, text=True,
                          timeout=LIMIT, cwd=ROOT)
     assert one.returncode == 0, one.stderr
     want = re.search(r"pi ~= [0-9.]+", one.stdout)
     before = veth_bytes()
-    code, out = hpcpar_run(",".join(HOSTS), 3, pi, "--samples", "4e6")
+    code, out = on_h1([HPCPAR, "run", "-n", "3", "--hostfile", str(hostfile), *launcher_args(), pi,
+                       "--samples", "4e6"])
     assert code == 0, out
     crossed(before, HOSTS, 1000)
     assert want is not None and want.group(0) in out, (one.stdout, out)
@@ -300,3 +303,24 @@ def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
     assert re.search(rf"\[rank 2\] on host {HOSTS[-1]}, pid \d+", out), out
     assert "ended without a word" not in out, out  # every other rank was ended by the launcher
     assert took < 20, f"the failing job took {took:.1f} s"
+
+
+def test_slurm_job_with_one_slurmd_per_host(tmp_path):
+    """srun across the hosts of a Slurm cluster (tests/env/multihost-slurm.sh): PMI2 wire-up, TCP."""
+    state = os.environ.get("HPCPAR_MH_SLURM", "")
+    if not state:
+        pytest.skip("no Slurm across the hosts: run under tests/env/multihost-slurm.sh (make test-multihost)")
+    if state != "ok":
+        if "not installed" in state:
+            pytest.skip(f"Slurm across the hosts: {state}")
+        pytest.fail(f"Slurm across the hosts did not come up: {state}")
+    script = tmp_path / "where.py"
+    script.write_text(WHERE)
+    before = veth_bytes()
+    proc = subprocess.run(["srun", "-N", str(len(HOSTS)), "-n", str(len(HOSTS)), "--mpi=pmi2",
+                           "--export=ALL,UCX_TLS=tcp,self", PYTHON, str(script)],
+                          capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    every = json.loads(proc.stdout.split("WHERE ", 1)[1].splitlines()[0])
+    assert [r["host"] for r in every] == HOSTS, every
+    crossed(before, HOSTS, 1000)
