@@ -13,7 +13,8 @@
 #               with a private, named cgroup v1 hierarchy (in the host's own
 #               mount namespace, so the machine's cgroups are untouched).
 #
-# Exported to COMMAND: SLURM_CONF (this cluster's config) and
+# Exported to COMMAND: SLURM_CONF (this cluster's config), HPCPAR_MH_KEEP_PIDS
+# (the slurmd daemons, which a cleanup between tests must spare) and
 # HPCPAR_MH_SLURM=ok, or HPCPAR_MH_SLURM=unavailable:REASON when Slurm is not
 # installed or the cluster did not come up (COMMAND still runs, so that the
 # other multi-host tests do).
@@ -109,6 +110,9 @@ setup() {
 export SLURM_CONF=$STATE/slurm.conf
 if why=$(setup 2>&1); then
     export HPCPAR_MH_SLURM=ok
+    # The tests' cleanup between tests ends every process on the hosts but these daemons.
+    HPCPAR_MH_KEEP_PIDS=$(cat "$STATE"/run/slurmd-*.pid | tr '\n' ' ')
+    export HPCPAR_MH_KEEP_PIDS
     echo "multihost-slurm.sh: slurmctld on $HPCPAR_MH_BRIDGE_IP, one slurmd per host ($HPCPAR_MH_HOSTS); SLURM_CONF=$SLURM_CONF"
 else
     export HPCPAR_MH_SLURM="unavailable: $(tail -n 1 <<<"$why")"

@@ -52,15 +52,21 @@ def hosts():
 
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    """After each test: nothing of it runs on any host (the anchors aside)."""
+    """After each test: nothing of it runs on any host (the anchors and slurmd daemons aside)."""
     yield
-    for host, ns in NETNS.items():
+    keep = _keep()
+    for ns in NETNS.values():
         for pid in _netns_pids(ns):
-            if pid != ANCHORS.get(host):
+            if pid not in keep:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _keep() -> set[int]:
+    """What is not a job's: the hosts' anchors and the slurmd daemons of multihost-slurm.sh."""
+    return set(ANCHORS.values()) | {int(p) for p in os.environ.get("HPCPAR_MH_KEEP_PIDS", "").split()}
 
 
 def _netns_pids(ns: str) -> list[int]:
@@ -276,8 +282,8 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
             time.sleep(0.1)
         assert up.exists(), "the job did not start"
         killed = time.monotonic()
-        for pid in _netns_pids(NETNS[last]):  # the host's own processes: proxy, guardian, rank, witness
-            if pid != ANCHORS[last]:
+        for pid in _netns_pids(NETNS[last]):  # the job's processes there: proxy, guardian, rank, witness
+            if pid not in _keep():
                 os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
