@@ -97,7 +97,7 @@ def read(directory: str, size: int) -> dict[int, tuple[str, int, bool]]:
     return out
 
 
-def settle(directory: str, size: int, timeout: float = 3.0, quiet: float = 0.5) -> None:
+def settle(directory: str, size: int, timeout: float = 5.0, quiet: float = 2.0) -> None:
     """Wait until every rank that started has ended, or nothing changed for ``quiet``
     seconds, at most ``timeout`` seconds. **Local**.
 

@@ -282,9 +282,15 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
             time.sleep(0.1)
         assert up.exists(), "the job did not start"
         killed = time.monotonic()
-        for pid in _netns_pids(NETNS[last]):  # the job's processes there: proxy, guardian, rank, witness
-            if pid not in _keep():
-                os.kill(pid, signal.SIGKILL)
+        # The job's processes there (proxy, guardian, rank, witness) all at once, as when the
+        # host dies: stopped first, so none sees another die, then killed.
+        doomed = [pid for pid in _netns_pids(NETNS[last]) if pid not in _keep()]
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in doomed:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
     finally:
