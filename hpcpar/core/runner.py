@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import socket
 import sys
 import time
 import traceback
@@ -31,10 +32,15 @@ __all__ = ["run", "run_path", "abort"]
 EXIT_INTERRUPTED = 130
 
 
+def _where() -> str:
+    """This rank's host and pid, as failure messages name them."""
+    return f"host {socket.gethostname()}, pid {os.getpid()}"
+
+
 def _failure_text(exc: BaseException) -> str:
     rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    lines = "".join(f"[rank {rank}] {line}\n" for line in tb.rstrip("\n").split("\n"))
+    lines = "".join(f"[rank {rank}] {line}\n" for line in [f"on {_where()}", *tb.rstrip("\n").split("\n")])
     return f"rank {rank} of {size} failed: {type(exc).__name__}: {exc}\n{lines}"
 
 
@@ -55,7 +61,7 @@ def _guard(body: Callable[[], Any]) -> Any:
             code = 1
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
         slurm_job.job_finished(rank, size, "FAILED", code, f"exited with status {code}")
-        abort(f"rank {rank} of {size} failed: exited with status {code}", code)
+        abort(f"rank {rank} of {size} failed: exited with status {code} ({_where()})", code)
     except BaseException as exc:
         rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
         slurm_job.job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")

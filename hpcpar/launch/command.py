@@ -9,14 +9,16 @@ imports no MPI. ``hpcpar run``, the pytest plugin's spawned jobs,
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
+from typing import NamedTuple
 
 from .. import env
 
 __all__ = ["launcher", "mpiexec_beside", "launch_argv", "ranks_flag", "is_open_mpi", "core_count",
-           "workstation_options"]
+           "workstation_options", "Host", "parse_hosts", "read_hostfile", "host_options"]
 
 
 def mpiexec_beside(python: str) -> str | None:
@@ -135,7 +137,96 @@ def workstation_options(launch: list[str], ranks: int) -> tuple[list[str], str |
     return opts, note
 
 
-def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = None) -> list[str]:
+class Host(NamedTuple):
+    """One host of ``--hosts``/``--hostfile``: its name and its slots (None: the launcher's default)."""
+
+    name: str
+    slots: int | None = None
+
+
+#: A host name or address: letters, digits and ``._-`` (no spaces, no ``:``, no shell syntax).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def _host(text: str, where: str) -> Host:
+    name, sep, slots = text.strip().partition(":")
+    if not _HOST_NAME.match(name):
+        raise ValueError(f"{where}: {text.strip()!r} is not a host name (letters, digits, '._-'; "
+                         "optionally :SLOTS, e.g. node1:4)")
+    if not sep:
+        return Host(name)
+    if not slots.isdigit() or int(slots) < 1:
+        raise ValueError(f"{where}: the slots of {name!r} must be a whole number >= 1, got {slots!r}")
+    return Host(name, int(slots))
+
+
+def parse_hosts(spec: str) -> list[Host]:
+    """The hosts of ``--hosts h1,h2:4,...`` (``:N`` = N slots on that host). **Local**, pure.
+
+    Raises:
+        ValueError: naming the entry that is not ``NAME`` or ``NAME:SLOTS``, or an empty list.
+    """
+    hosts = [_host(item, "--hosts") for item in spec.split(",") if item.strip()]
+    if not hosts:
+        raise ValueError(f"--hosts: no host in {spec!r} (expected e.g. node1,node2:4)")
+    return hosts
+
+
+def read_hostfile(path: str) -> list[Host]:
+    """The hosts of a hostfile: one per line, ``NAME``, ``NAME:SLOTS`` (MPICH) or
+    ``NAME slots=N`` (Open MPI); ``#`` starts a comment. **Local**.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: naming the file and line that is not a host, or a file without hosts.
+    """
+    hosts = []
+    with open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            words = line.split("#", 1)[0].split()
+            if not words:
+                continue
+            where = f"hostfile {path}, line {number}"
+            if len(words) == 2 and words[1].startswith("slots="):
+                hosts.append(_host(f"{words[0]}:{words[1][6:]}", where))
+            elif len(words) == 1:
+                hosts.append(_host(words[0], where))
+            else:
+                raise ValueError(f"{where}: expected NAME, NAME:SLOTS or NAME slots=N, got {line.strip()!r}")
+    if not hosts:
+        raise ValueError(f"hostfile {path} names no host")
+    return hosts
+
+
+def host_options(launch: list[str], hosts: list[Host], ranks: int | None = None) -> list[str]:
+    """The launcher options that place the ranks on ``hosts``. **Local**, pure but for
+    recognising Open MPI (:func:`is_open_mpi`).
+
+    MPICH's Hydra: ``-hosts h1:2,h2`` (it fills a host's slots, then the next, and starts
+    again from the first when the slots run out). Open MPI: ``--host h1:2,h2:1`` (a host
+    without slots gets 1), plus ``--oversubscribe`` when ``ranks`` exceeds the slots.
+    srun: ``--nodelist=h1,h2`` (within the allocation; slots are Slurm's to decide).
+
+    Raises:
+        ValueError: for srun given slots, or for an empty ``hosts``.
+    """
+    if not hosts:
+        raise ValueError("no hosts given")
+    if os.path.basename(launch[0]) == "srun":
+        if any(h.slots is not None for h in hosts):
+            raise ValueError("srun places ranks by its allocation: give hosts without :SLOTS "
+                             "(or --launcher-arg=--ntasks-per-node=N)")
+        return ["--nodelist=" + ",".join(h.name for h in hosts)]
+    if is_open_mpi(launch):
+        opts = ["--host", ",".join(f"{h.name}:{h.slots or 1}" for h in hosts)]
+        if ranks is not None and ranks > sum(h.slots or 1 for h in hosts) and "--oversubscribe" not in launch:
+            opts.append("--oversubscribe")
+        return opts
+    return ["-hosts", ",".join(h.name if h.slots is None else f"{h.name}:{h.slots}" for h in hosts)]
+
+
+def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = None,
+                hosts: list[Host] | None = None, launcher_args: list[str] | None = None) -> list[str]:
     """The command that runs ``argv`` on ``ranks`` ranks under ``launch``. **Local**, pure
     once ``launch`` is given.
 
@@ -143,6 +234,10 @@ def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = No
         ranks: the rank count (a string for a shell expression in a rendered script).
         argv: the command every rank runs.
         launch: the launcher command (default: :func:`launcher`).
+        hosts: where the ranks go (:func:`host_options`); None: the launcher decides
+            (this machine, or the Slurm allocation).
+        launcher_args: more options for the launcher, passed as they are, after the
+            host options and before the rank count.
 
     For Open MPI's launcher and an ``int`` rank count, the options of
     :func:`workstation_options` come before the rank count (a rendered Slurm script,
@@ -150,9 +245,14 @@ def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = No
 
     Raises:
         FileNotFoundError: when ``launch`` is None and no launcher is found.
+        ValueError: from :func:`host_options`.
     """
     launch = launcher() if launch is None else list(launch)
+    extra = list(launcher_args or [])
     if isinstance(ranks, str):  # a str is passed on as it is
-        return [*launch, ranks_flag(launch), ranks, *argv]
-    opts, _ = workstation_options(launch, ranks)
-    return [*launch, *opts, ranks_flag(launch), str(ranks), *argv]
+        where = host_options(launch, hosts) if hosts else []
+        return [*launch, *where, *extra, ranks_flag(launch), ranks, *argv]
+    where = host_options(launch, hosts, ranks) if hosts else []
+    # Hosts (or the user's own options) say where ranks go: no workstation --oversubscribe.
+    opts, _ = workstation_options([*launch, *where, *extra], ranks)
+    return [*launch, *opts, *where, *extra, ranks_flag(launch), str(ranks), *argv]

@@ -34,6 +34,7 @@ def _sibling(name: str) -> ModuleType:
 
 _variables = _sibling("variables")
 launched_rank, launched_size = _variables.launched_rank, _variables.launched_size
+_ledger = _sibling("ledger")
 
 
 def _known(value: int | None) -> str:
@@ -56,14 +57,25 @@ def main(argv: list[str]) -> int:
     # close_fds=False: the launcher passes its connection (e.g. PMI_FD) as an inherited fd
     proc = subprocess.Popen(cmd, close_fds=False,
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    # Across hosts (hpcpar run --hosts): where this rank runs, and later that it ended.
+    ledger, me = os.environ.get(_ledger.RUN_DIR), launched_rank()
+    _ledger.started(ledger, me, proc.pid)
+    keep = _ledger.witness(ledger, me)  # noqa: F841  (open while the guardian lives)
+
+    def forward(s: int, f: object) -> None:
+        if s in (signal.SIGTERM, signal.SIGINT):
+            _ledger.ended(ledger, me, -s)
+        proc.send_signal(s)
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, lambda s, f: proc.send_signal(s))
+        signal.signal(sig, forward)
     while True:
         try:
             code = proc.wait()
             break
         except InterruptedError:
             continue
+    _ledger.ended(ledger, me, code)
     if code < 0:
         signum = -code
         try:

@@ -141,6 +141,11 @@ def format_info(info: dict[str, Any]) -> str:
         if (theirs["checks"], theirs["debug"]) != (mode["checks"], mode["debug"]):
             lines.append(f"  rank {r:<4} differs from rank 0: {format_collectives(theirs)}")
     lines.append(f"ranks        {info['ranks']}")
+    by_host: dict[str, list[int]] = {}
+    for r, d in enumerate(info["per_rank"]):
+        by_host.setdefault(d["host"], []).append(r)
+    lines.append(f"hosts        {len(by_host)}: " + ", ".join(
+        f"{h} (rank{'s' if len(rs) > 1 else ''} {_ranges(rs)[1:-1]})" for h, rs in by_host.items()))
     for r, d in enumerate(info["per_rank"]):
         cpus = d["cpus"]
         lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} "

@@ -6,9 +6,11 @@
 #   2. stop slurmd n1 and n2, then slurmctld (SIGTERM via their pid files,
 #      bounded wait, then SIGKILL),
 #   3. kill stray slurmstepd processes of this cluster, if any,
-#   4. stop munged (/run/munge/munged.pid).
-# The state dir (logs, controller state, jobcomp file) and /etc/slurm/slurm.conf
-# are kept; `start.sh --clean` wipes the state dir.
+#   4. stop this cluster's munged ($STATE/munge/munged.pid).
+# Only daemons that start.sh started are stopped, by the pids in their pid
+# files (checked against the binary); another Slurm or munged on the machine is
+# never touched.  The state dir (config, logs, controller state, jobcomp file)
+# is kept; `start.sh --clean` wipes it.
 #
 # Usage: stop.sh [--quiet]   (--quiet: do not report daemons that are not running)
 # Environment: HPCPAR_SLURM_DIR  state dir  [/tmp/hpcpar-slurm]
@@ -18,6 +20,8 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 STATE=${HPCPAR_SLURM_DIR:-/tmp/hpcpar-slurm}
 NODES=(n1 n2)
+# Slurm commands below talk to this cluster only.
+export SLURM_CONF=$STATE/slurm.conf
 quiet=0
 for arg in "$@"; do
     case $arg in
@@ -77,7 +81,7 @@ stop_daemon() {
 ctld_pid=$(pid_of "$STATE/run/slurmctld.pid" slurmctld || true)
 
 # --- 1. cancel all jobs --------------------------------------------------------
-if [[ -n $ctld_pid && -f /etc/slurm/slurm.conf ]] && scontrol ping 2>/dev/null | grep -q 'is UP'; then
+if [[ -n $ctld_pid && -f $SLURM_CONF ]] && scontrol ping 2>/dev/null | grep -q 'is UP'; then
     if [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
         log "cancelling all jobs in partition debug"
         scancel -p debug 2>/dev/null || true
@@ -134,6 +138,6 @@ if [[ ${#stray[@]} -gt 0 ]]; then
 fi
 
 # --- 4. munged -------------------------------------------------------------------
-stop_daemon munged /run/munge/munged.pid munged 10
+stop_daemon munged "$STATE/munge/munged.pid" munged 10
 
 info "stopped (logs kept in $STATE/log)"

@@ -81,3 +81,52 @@ def test_a_batch_allocation_or_a_rendered_script_gets_no_oversubscribe(tmp_path,
 
 def test_core_count_is_positive_and_at_most_the_cpus():
     assert 1 <= command.core_count() <= (os.cpu_count() or 1)
+
+
+def test_hosts_are_parsed_with_optional_slots():
+    assert command.parse_hosts("a,b:4, c.example-1 ") == [
+        command.Host("a"), command.Host("b", 4), command.Host("c.example-1")]
+    assert command.parse_hosts("10.0.0.2:2") == [command.Host("10.0.0.2", 2)]
+    for bad, what in (("a,b:0", "whole number >= 1"), ("a:x", "whole number"), ("a b", "not a host name"),
+                      ("a;rm -rf /", "not a host name"), (",", "no host"), ("-h", "not a host name")):
+        with pytest.raises(ValueError, match=what):
+            command.parse_hosts(bad)
+
+
+def test_hostfile_takes_mpich_and_open_mpi_lines_and_names_the_bad_line(tmp_path):
+    f = tmp_path / "hosts"
+    f.write_text("# the cluster\nn1\nn2:3   # fast\n\nn3 slots=2\n")
+    assert command.read_hostfile(str(f)) == [command.Host("n1"), command.Host("n2", 3), command.Host("n3", 2)]
+    f.write_text("n1\nn2 cpus=4\n")
+    with pytest.raises(ValueError, match=r"line 2.*NAME slots=N"):
+        command.read_hostfile(str(f))
+    f.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no host"):
+        command.read_hostfile(str(f))
+    with pytest.raises(FileNotFoundError):
+        command.read_hostfile(str(tmp_path / "absent"))
+
+
+def test_host_options_per_launcher(tmp_path, workstation):
+    mpich = tool_dir(tmp_path, "mpiexec", "hydra_pmi_proxy")
+    hosts = command.parse_hosts("a:2,b")
+    hydra = [str(mpich / "mpiexec")]
+    assert launch_argv(3, ["py"], hydra, hosts, ["-launcher", "ssh"]) == [
+        hydra[0], "-hosts", "a:2,b", "-launcher", "ssh", "-n", "3", "py"]
+    assert launch_argv("$N", ["py"], hydra, hosts) == [hydra[0], "-hosts", "a:2,b", "-n", "$N", "py"]
+    ompi_dir = tmp_path / "ompi"
+    ompi_dir.mkdir()
+    ompi = tool_dir(ompi_dir, "mpiexec", "ompi_info")
+    orte = [str(ompi / "mpiexec")]
+    # Root: --allow-run-as-root; 3 slots for 3 ranks: no --oversubscribe, even with more ranks than cores.
+    assert launch_argv(3, ["py"], orte, hosts) == [
+        orte[0], "--allow-run-as-root", "--host", "a:2,b:1", "-n", "3", "py"]
+    assert launch_argv(5, ["py"], orte, hosts, ["--mca", "btl", "tcp,self"]) == [
+        orte[0], "--allow-run-as-root", "--host", "a:2,b:1", "--oversubscribe", "--mca", "btl", "tcp,self",
+        "-n", "5", "py"]
+    assert launch_argv(2, ["py"], ["srun"], command.parse_hosts("n1,n2")) == [
+        "srun", "--nodelist=n1,n2", "--ntasks", "2", "py"]
+    with pytest.raises(ValueError, match="srun places ranks"):
+        launch_argv(2, ["py"], ["srun"], hosts)
+    # No hosts: exactly the command of before.
+    assert launch_argv(3, ["py"], hydra, None, []) == [hydra[0], "-n", "3", "py"]

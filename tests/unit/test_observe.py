@@ -122,3 +122,17 @@ def test_format_info_shows_the_mode_and_ranks_that_differ():
     assert "collectives  checked (HPCPAR_CHECKS unset)" in text
     assert "rank 1" not in text.split("ranks        3")[0]  # the same mode, spelled another way
     assert "rank 2    differs from rank 0: unchecked (HPCPAR_CHECKS=0)" in text
+
+
+def test_format_info_groups_the_ranks_by_host():
+    from hpcpar.observe.info import format_info
+
+    checked = {"checks": True, "debug": False, "HPCPAR_CHECKS": None, "HPCPAR_DEBUG": None}
+    hosts = ["n1", "n1", "n2", "n1"]
+    info = {"hpcpar": "x", "python": "p", "numpy": "n", "mpi4py": "m", "mpi_library": "MPICH",
+            "mpi_standard": "4.1", "thread_level": "multiple", "ranks": 4,
+            "h5py": {"error": "none"}, "slurm": {}, "collectives": checked,
+            "per_rank": [{"host": h, "pid": r, "cpus": [0], "collectives": checked} for r, h in enumerate(hosts)]}
+    text = format_info(info)
+    assert "hosts        2: n1 (ranks 0-1,3), n2 (rank 2)" in text
+    assert "rank 2    host n2 pid 2" in text

@@ -1,0 +1,338 @@
+"""Jobs across real network hosts: Linux network namespaces on a bridge (``make test-multihost``).
+
+``tests/env/multihost.sh 3 ...`` builds hosts h1, h2, h3 (each its own address,
+hostname, /dev/shm and /etc/hosts) and an ``ssh`` that enters them; every job here
+is started on h1 with ``hpcpar run --hosts ... --launcher-arg=-launcher-exec ...``,
+so MPICH's launcher reaches the other hosts through that ``ssh``. MPICH's transport
+is forced to TCP (``UCX_TLS=tcp,self``: otherwise UCX moves data between the
+namespaces through shared-memory transports of the one kernel), and every test
+asserts that its bytes crossed the hosts' veths. Without those hosts (not root,
+or not under ``make test-multihost``) every test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import JOBS, ROOT
+
+pytestmark = [pytest.mark.multihost, pytest.mark.timeout(180)]
+
+SSH = os.environ.get("HPCPAR_MH_SSH", "")
+HOSTS = [h for h in os.environ.get("HPCPAR_MH_HOSTS", "").split(",") if h]
+VETHS = os.environ.get("HPCPAR_MH_VETHS", "").split()
+NETNS = dict(kv.split("=", 1) for kv in os.environ.get("HPCPAR_MH_NETNS", "").split())
+ANCHORS = {h: int(p) for h, p in (kv.split("=", 1) for kv in os.environ.get("HPCPAR_MH_ANCHORS", "").split())}
+PYTHON = sys.executable
+HPCPAR = str(Path(PYTHON).with_name("hpcpar"))
+#: TCP between hosts, on both of MPICH's netmods (UCX is the wheel's default).
+TCP = {"UCX_TLS": "tcp,self", "FI_PROVIDER": "tcp"}
+#: A launch that runs longer is killed: a hang is a failure.
+LIMIT = 90
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hosts():
+    if not (SSH and len(HOSTS) >= 3 and len(VETHS) == len(HOSTS)):
+        if os.environ.get("HPCPAR_TEST_MULTIHOST") == "1":
+            pytest.fail("HPCPAR_TEST_MULTIHOST=1 but no namespace hosts: run under tests/env/multihost.sh 3")
+        pytest.skip("no namespace hosts: run `make test-multihost` (as root)")
+    yield HOSTS
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """After each test: nothing of it runs on any host (the anchors and slurmd daemons aside)."""
+    yield
+    keep = _keep()
+    for ns in NETNS.values():
+        for pid in _netns_pids(ns):
+            if pid not in keep:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _keep() -> set[int]:
+    """What is not a job's: the hosts' anchors and the slurmd daemons of multihost-slurm.sh."""
+    return set(ANCHORS.values()) | {int(p) for p in os.environ.get("HPCPAR_MH_KEEP_PIDS", "").split()}
+
+
+def _netns_pids(ns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
+    return [int(p) for p in out.split()]
+
+
+def veth_bytes() -> dict[str, int]:
+    """Bytes sent plus received on each host's veth (root side), by host."""
+    out = {}
+    for host, veth in zip(HOSTS, VETHS):
+        stats = Path("/sys/class/net") / veth / "statistics"
+        out[host] = int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
+    return out
+
+
+def launcher_args() -> list[str]:
+    return [f"--launcher-arg={a}" for a in ("-launcher", "ssh", "-launcher-exec", SSH)]
+
+
+def on_h1(argv: list[str], timeout: float = LIMIT, env: dict[str, str] | None = None,
+          cwd: str | None = None) -> tuple[int | None, str]:
+    """Run ``argv`` on h1 (through the ssh stand-in) with TCP forced; (status or None on timeout, output)."""
+    cmd = " ".join(["cd", shlex.quote(cwd or str(ROOT)), "&&", "exec", "env",
+                    *[f"{k}={shlex.quote(v)}" for k, v in {**TCP, **(env or {})}.items()], shlex.join(argv)])
+    proc = subprocess.Popen([SSH, HOSTS[0], cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out
+
+
+def hpcpar_run(hosts: str, n: int, script: str, *args: str, timeout: float = LIMIT,
+               env: dict[str, str] | None = None, cwd: str | None = None) -> tuple[int | None, str]:
+    return on_h1([HPCPAR, "run", "-n", str(n), "--hosts", hosts, *launcher_args(), script, *args],
+                 timeout=timeout, env=env, cwd=cwd)
+
+
+def crossed(before: dict[str, int], hosts: list[str], at_least: int) -> None:
+    """Every host of ``hosts`` moved at least ``at_least`` bytes over its veth since ``before``."""
+    after = veth_bytes()
+    moved = {h: after[h] - before[h] for h in hosts}
+    assert all(v >= at_least for v in moved.values()), f"bytes over the veths {moved}, wanted >= {at_least} each"
+
+
+WHERE = """
+import json, os, socket, sys
+import hpcpar
+from hpcpar.tasks.local import local_cpus
+def main(ctx):
+    me = {"host": socket.gethostname(), "shm": sorted(os.listdir("/dev/shm")) != [], "cpus": local_cpus(ctx)}
+    every = ctx.comm.gather(me, root=0)
+    if ctx.is_root:
+        print("WHERE " + json.dumps(every))
+hpcpar.run(main)
+"""
+
+
+def test_ranks_land_on_the_named_hosts_with_slots(tmp_path):
+    script = tmp_path / "where.py"
+    script.write_text(WHERE)
+    before = veth_bytes()
+    code, out = hpcpar_run(f"{HOSTS[0]}:2,{HOSTS[1]},{HOSTS[2]}", 4, str(script))
+    assert code == 0, out
+    every = json.loads(out.split("WHERE ", 1)[1].splitlines()[0])
+    # Hydra fills h1's 2 slots, then h2, h3 (1 slot each).
+    assert [r["host"] for r in every] == [HOSTS[0], HOSTS[0], HOSTS[1], HOSTS[2]], every
+    # local_cpus splits the CPUs among the ranks of one host only.
+    ncpu = len(os.sched_getaffinity(0))
+    assert [r["cpus"] for r in every] == [max(1, ncpu // 2)] * 2 + [ncpu] * 2, every
+    crossed(before, HOSTS, 1000)
+
+
+def test_info_names_each_ranks_host():
+    # `hpcpar info` is itself an MPI program: launched directly with the same host options.
+    from hpcpar.launch.command import launch_argv, parse_hosts
+
+    argv = launch_argv(3, [HPCPAR, "info"], hosts=parse_hosts(",".join(HOSTS)),
+                       launcher_args=["-launcher", "ssh", "-launcher-exec", SSH])
+    code, out = on_h1(argv)
+    assert code == 0, out
+    for r, h in enumerate(HOSTS):
+        assert re.search(rf"rank {r}\s+host {h} ", out), out
+
+
+def test_pi_on_three_hosts_from_a_hostfile_equals_one_rank(tmp_path):
+    pi = str(JOBS / "pi.py")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"# MPICH and Open MPI spellings\n{HOSTS[0]}\n{HOSTS[1]}:1\n{HOSTS[2]} slots=1\n")
+    one = subprocess.run([HPCPAR, "run", "-n", "1", pi, "--samples", "4e6"], capture_output=True, text=True,
+                         timeout=LIMIT, cwd=ROOT)
+    assert one.returncode == 0, one.stderr
+    want = re.search(r"pi ~= [0-9.]+", one.stdout)
+    before = veth_bytes()
+    code, out = on_h1([HPCPAR, "run", "-n", "3", "--hostfile", str(hostfile), *launcher_args(), pi,
+                       "--samples", "4e6"])
+    assert code == 0, out
+    crossed(before, HOSTS, 1000)
+    assert want is not None and want.group(0) in out, (one.stdout, out)
+
+
+def test_heat_checkpoint_across_hosts_is_bit_identical_to_one_rank(tmp_path):
+    heat = str(JOBS / "heat.py")
+    common = ["--n", "96", "--steps", "200"]
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, *common, "--save-npy", str(tmp_path / "one.npy")],
+                         capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    before = veth_bytes()
+    ckpt = str(tmp_path / "heat.ckpt.h5")
+    # First part on 3 hosts (checkpoint at step 120), then resumed on 2 hosts with 3 ranks.
+    code, out = hpcpar_run(",".join(HOSTS), 3, heat, "--n", "96", "--steps", "120", "--checkpoint", ckpt,
+                           "--every", "40", cwd=str(tmp_path))
+    assert code == 0, out
+    code, out = hpcpar_run(f"{HOSTS[0]},{HOSTS[1]}:2", 3, heat, *common, "--checkpoint", ckpt, "--every", "40",
+                           "--save-npy", str(tmp_path / "multi.npy"), cwd=str(tmp_path))
+    assert code == 0, out
+    crossed(before, HOSTS[:2], 20_000)
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), "the field after restart differs from one rank's"
+
+
+def test_fibonacci_farm_on_three_hosts(tmp_path):
+    before = veth_bytes()
+    code, out = hpcpar_run(",".join(HOSTS), 3, str(JOBS / "fibonacci.py"), "--count", "400", "--max-n", "4000",
+                           "--verify", cwd=str(tmp_path))
+    assert code == 0, out
+    assert "every result verified by fast doubling" in out and "on 3 ranks" in out, out
+    crossed(before, HOSTS, 1000)
+
+
+def test_sample_sort_on_three_hosts():
+    before = veth_bytes()
+    code, out = hpcpar_run(f"{HOSTS[0]}:2,{HOSTS[1]}:2,{HOSTS[2]}:2", 6, str(JOBS / "sort.py"),
+                           "--n", "200000", "--check")
+    assert code == 0, out
+    assert "on 6 ranks" in out and "verified against np.sort" in out, out
+    crossed(before, HOSTS, 100_000)
+
+
+def test_crawler_site_served_on_h1_is_reached_from_every_host():
+    before = veth_bytes()
+    code, out = hpcpar_run(",".join(HOSTS), 3, str(JOBS / "crawler.py"), "--serve-demo", "--bind", HOSTS[0],
+                           "--pages", "120", "--threads", "4")
+    assert code == 0, out
+    assert "the link graph matches the generated site" in out, out
+    crossed(before, HOSTS, 1000)
+
+
+def test_scatter_gather_256mb_hpcpar_vs_mpi4py(tmp_path):
+    from hpcpar.launch.command import launch_argv, parse_hosts
+
+    argv = launch_argv(3, [HPCPAR, "bench", "collectives", "--min-size", "256M", "--max-size", "256M",
+                           "--ops", "scatter,gather", "--repeats", "2", "--min-time", "0"],
+                       hosts=parse_hosts(",".join(HOSTS)),
+                       launcher_args=["-launcher", "ssh", "-launcher-exec", SSH])
+    before = veth_bytes()
+    t0 = time.monotonic()
+    code, out = on_h1(argv, timeout=150)
+    assert code == 0, out
+    # Root keeps its third: two thirds of 256 MB leave h1 for the scatter and come back for the gather.
+    crossed(before, HOSTS[1:], 2 * 85_000_000)
+    print(out)
+    (Path(os.environ.get("HPCPAR_MH_REPORT", tmp_path / "bench.txt"))).write_text(
+        f"{time.monotonic() - t0:.1f} s\n{out}")
+
+
+def test_core_context_tests_one_rank_per_host():
+    from hpcpar.launch.command import launch_argv, parse_hosts
+
+    argv = launch_argv(3, [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--with-mpi",
+                           "--mpi-timeout=60", "-m", "mpi", "tests/mpi/test_context.py"],
+                       hosts=parse_hosts(",".join(HOSTS)),
+                       launcher_args=["-launcher", "ssh", "-launcher-exec", SSH])
+    before = veth_bytes()
+    code, out = on_h1(argv, timeout=170)
+    assert code == 0, out[-4000:]
+    assert re.search(r"\d+ passed", out) and " failed" not in out, out[-4000:]
+    crossed(before, HOSTS, 10_000)
+
+
+LOOP = """
+import sys, time
+import hpcpar
+def main(ctx):
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        ctx.comm.allreduce(1)
+        if sys.argv[1] == "raise" and ctx.rank == ctx.size - 1 and time.time() - t0 > 2:
+            raise RuntimeError("bad input on purpose")
+        if ctx.rank == 0 and sys.argv[1] == "loop" and time.time() - t0 > 1:
+            open(sys.argv[2], "a").close()  # the job is up on every host
+        time.sleep(0.02)
+hpcpar.run(main)
+"""
+
+
+def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_path):
+    script, up = tmp_path / "loop.py", tmp_path / "up"
+    script.write_text(LOOP)
+    last = HOSTS[-1]
+    proc = subprocess.Popen([SSH, HOSTS[0], " ".join([
+        "cd", shlex.quote(str(tmp_path)), "&&", "exec", "env", *[f"{k}={v}" for k, v in TCP.items()],
+        shlex.join([HPCPAR, "run", "-n", "3", "--hosts", ",".join(HOSTS), *launcher_args(), str(script),
+                    "loop", str(up)])])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not up.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert up.exists(), "the job did not start"
+        killed = time.monotonic()
+        # The job's processes there (proxy, guardian, rank, witness) all at once, as when the
+        # host dies: stopped first, so none sees another die, then killed.
+        doomed = [pid for pid in _netns_pids(NETNS[last]) if pid not in _keep()]
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in doomed:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0, out
+    assert took < 10, f"the job ended {took:.1f} s after the host's processes were killed"
+    assert re.search(rf"hpcpar: rank 2 \(pid \d+\) of 3 on host {last} ended without a word", out), out
+    assert f"on host {HOSTS[0]}" not in out and f"on host {HOSTS[1]}" not in out, out
+    assert not list((tmp_path / ".hpcpar").glob("run-*")), "the run ledger was left behind"
+
+
+def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    t0 = time.monotonic()
+    code, out = hpcpar_run(",".join(HOSTS), 3, str(script), "raise", cwd=str(tmp_path))
+    took = time.monotonic() - t0
+    assert code == 1, out
+    assert "rank 2 of 3 failed: RuntimeError: bad input on purpose" in out, out
+    assert re.search(rf"\[rank 2\] on host {HOSTS[-1]}, pid \d+", out), out
+    assert "ended without a word" not in out, out  # every other rank was ended by the launcher
+    assert took < 20, f"the failing job took {took:.1f} s"
+
+
+def test_slurm_job_with_one_slurmd_per_host(tmp_path):
+    """srun across the hosts of a Slurm cluster (tests/env/multihost-slurm.sh): PMI2 wire-up, TCP."""
+    state = os.environ.get("HPCPAR_MH_SLURM", "")
+    if not state:
+        pytest.skip("no Slurm across the hosts: run under tests/env/multihost-slurm.sh (make test-multihost)")
+    if state != "ok":
+        if "not installed" in state:
+            pytest.skip(f"Slurm across the hosts: {state}")
+        pytest.fail(f"Slurm across the hosts did not come up: {state}")
+    script = tmp_path / "where.py"
+    script.write_text(WHERE)
+    before = veth_bytes()
+    proc = subprocess.run(["srun", "-N", str(len(HOSTS)), "-n", str(len(HOSTS)), "--mpi=pmi2",
+                           "--export=ALL,UCX_TLS=tcp,self", PYTHON, str(script)],
+                          capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    every = json.loads(proc.stdout.split("WHERE ", 1)[1].splitlines()[0])
+    assert [r["host"] for r in every] == HOSTS, every
+    crossed(before, HOSTS, 1000)

@@ -1,0 +1,49 @@
+"""The run ledger of ``hpcpar run --hosts``: which ranks started where, and which never ended."""
+
+import os
+import time
+
+from hpcpar.launch import ledger
+
+
+def test_only_ranks_that_started_and_never_ended_are_named_by_host(tmp_path):
+    d = str(tmp_path)
+    for rank, pid in ((0, 10), (1, 11), (2, 12), (3, 13)):
+        ledger.started(d, rank, pid)
+    ledger.ended(d, 0, -9)
+    ledger.ended(d, 1, 0)
+    seen = ledger.read(d, 5)
+    assert set(seen) == {0, 1, 2, 3} and seen[2][1:] == (12, False) and seen[1][2]
+    text = ledger.lost_ranks_text(d, 5)
+    host = seen[2][0]
+    assert f"hpcpar: ranks 2 (pid 12), 3 (pid 13) of 5 on host {host} ended without a word" in text
+    assert "rank 4 of 5 never started" in text
+
+
+def test_nothing_is_said_when_every_rank_vanished_alike_or_none(tmp_path):
+    d = str(tmp_path)
+    assert ledger.lost_ranks_text(d, 2) is None  # no ledger written at all
+    ledger.started(d, 0, 1)
+    ledger.started(d, 1, 2)
+    assert ledger.lost_ranks_text(d, 2) is None  # all alike: nothing tells them apart
+    ledger.ended(d, 0, 1)
+    ledger.ended(d, 1, -15)
+    assert ledger.lost_ranks_text(d, 2) is None
+    # No ledger directory: nothing recorded, nothing raised.
+    ledger.started(None, 0, 1)
+    ledger.ended(str(tmp_path / "absent"), 0, 1)
+
+
+def test_the_witness_records_the_end_when_its_pipe_closes(tmp_path):
+    d = str(tmp_path)
+    ledger.started(d, 0, os.getpid())
+    fd = ledger.witness(d, 0)
+    assert fd is not None
+    time.sleep(0.2)
+    assert not ledger.read(d, 1)[0][2]
+    os.close(fd)  # the guardian's end, as when it is killed
+    deadline = time.monotonic() + 10
+    while not ledger.read(d, 1)[0][2] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ledger.read(d, 1)[0][2]
+    ledger.settle(d, 1, timeout=1)
