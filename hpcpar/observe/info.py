@@ -9,12 +9,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .. import env
+from ..launch.family import MPICH, OPEN_MPI, conflict, library_family, mismatch, refuse
+from ..launch.variables import launched_size
 
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["mpi_library", "collect", "format_info", "slurm_env", "affinity", "collectives_mode",
-           "format_collectives"]
+__all__ = ["mpi_library", "mpi4py_family", "preflight", "collect", "format_info", "slurm_env",
+           "affinity", "collectives_mode", "format_collectives"]
 
 
 def mpi_library() -> str:
@@ -27,6 +29,37 @@ def mpi_library() -> str:
 
     text = MPI.Get_library_version().split("\x00", 1)[0].strip()
     return text.splitlines()[0].strip() if text else ""
+
+
+def mpi4py_family() -> str | None:
+    """The MPI family (``launch.family.OPEN_MPI`` or ``MPICH``) of the library mpi4py loads,
+    found without initialising MPI; None when it cannot be told. **Local**.
+
+    Once ``mpi4py.MPI`` is imported, its library's version says; before, mpi4py's
+    loader tells which of its builds (Open MPI's or MPICH's ABI) it would load.
+    """
+    if "mpi4py.MPI" in sys.modules:
+        return library_family(mpi_library())
+    try:
+        from mpi4py import _mpiabi  # mpi4py>=4.1's loader; it opens libmpi, starts nothing
+
+        abi = getattr(_mpiabi, "_get_mpiabi")()  # noqa: B009 (private: any failure means unknown)
+    except Exception:
+        return None
+    return {"openmpi": OPEN_MPI, "mpich": MPICH}.get(str(abi))
+
+
+def preflight() -> None:
+    """Before MPI starts: end this process, saying what to do, when a launcher of one MPI
+    started it as one of several and mpi4py uses another MPI (MPI would fail in
+    ``MPI_Init`` or run N separate one-rank jobs). **Local**; does nothing, at the cost of
+    reading the environment, outside a launcher or once MPI is loaded.
+    """
+    if "mpi4py.MPI" in sys.modules or (launched_size() or 0) <= 1:
+        return
+    text = conflict(mpi4py_family())
+    if text is not None:
+        refuse(text)
 
 
 def affinity() -> list[int]:
@@ -99,6 +132,7 @@ def collect(ctx: Context) -> dict[str, Any] | None:
         h5 = {"error": f"{type(exc).__name__}: {exc}"}
     lib = mpi_library()
     return {
+        "launcher_mismatch": mismatch(MPI.COMM_WORLD.Get_size(), lib),
         "hpcpar": __version__,
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "numpy": numpy.__version__,
@@ -141,6 +175,8 @@ def format_info(info: dict[str, Any]) -> str:
         if (theirs["checks"], theirs["debug"]) != (mode["checks"], mode["debug"]):
             lines.append(f"  rank {r:<4} differs from rank 0: {format_collectives(theirs)}")
     lines.append(f"ranks        {info['ranks']}")
+    if info.get("launcher_mismatch"):
+        lines.append(f"launcher     MISMATCH: {info['launcher_mismatch']}")
     for r, d in enumerate(info["per_rank"]):
         cpus = d["cpus"]
         lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} "
