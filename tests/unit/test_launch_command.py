@@ -1,11 +1,14 @@
 """The launch-command builder: Open MPI's launcher recognised, and what it is given on a workstation."""
 
 import os
+import sys
 
 import pytest
+from helpers import ROOT
 
 from hpcpar.launch import command
 from hpcpar.launch.command import is_open_mpi, launch_argv, workstation_options
+from hpcpar.launch.family import SRUN_PLUGINS, library_family
 
 
 def tool_dir(tmp_path, *names: str):
@@ -81,3 +84,55 @@ def test_a_batch_allocation_or_a_rendered_script_gets_no_oversubscribe(tmp_path,
 
 def test_core_count_is_positive_and_at_most_the_cpus():
     assert 1 <= command.core_count() <= (os.cpu_count() or 1)
+
+
+# ---- srun: the --mpi plugin of the library mpi4py uses -------------------------------------
+VENV_PYTHONS = {"pmi2": ROOT / ".venv" / "bin" / "python", "pmix": ROOT / ".venv-openmpi" / "bin" / "python"}
+
+
+@pytest.mark.parametrize("plugin", ["pmi2", "pmix"])
+def test_srun_gets_the_plugin_of_the_library_mpi4py_uses(plugin):
+    """A real child Python per venv: MPICH's mpi4py gives pmi2, Open MPI's pmix (no MPI_Init)."""
+    python = str(VENV_PYTHONS[plugin])
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"needs {python} (make venv openmpi-venv)")
+    lib = command.mpi4py_library(python)
+    assert lib is not None and lib.startswith("Open MPI" if plugin == "pmix" else "MPICH"), lib
+    assert command.srun_options(["srun"], python) == [f"--mpi={plugin}"]
+    assert launch_argv(4, [python, "x.py"], ["srun", "--kill-on-bad-exit=1"]) == [
+        "srun", "--kill-on-bad-exit=1", f"--mpi={plugin}", "--ntasks", "4", python, "x.py"]
+
+
+def test_srun_keeps_a_given_plugin_and_other_launchers_get_none(tmp_path):
+    python = sys.executable
+    assert command.srun_options(["srun", "--mpi=pmix"], python) == []
+    assert command.srun_options(["srun", "--mpi", "none"], python) == []
+    assert command.srun_options(["/usr/bin/mpiexec"], python) == []
+    assert launch_argv(3, [python, "x"], ["srun", "--mpi=pmi2"]) == ["srun", "--mpi=pmi2", "--ntasks", "3",
+                                                                    python, "x"]
+    # a rendered script's shell expression gets the launcher as it is
+    assert launch_argv("$N", [python], ["srun"]) == ["srun", "--ntasks", "$N", python]
+
+
+def test_srun_without_a_known_library_gets_no_plugin(tmp_path):
+    """A Python without mpi4py (here a script that fails): Slurm's MpiDefault applies."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    assert command.mpi4py_library(str(fake)) is None
+    assert command.srun_options(["srun"], str(fake)) == []
+    assert command.mpi4py_library(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("text,family", [
+    ("Open MPI v5.0.11, package: Open MPI user@localhost Distribution", "Open MPI"),
+    ("MPICH Version:      5.0.2", "MPICH"),
+    ("Intel(R) MPI Library 2021.18.1 for Linux* OS", "MPICH"),
+    ("MVAPICH Version 3.0", "MPICH"),
+    ("CRAY MPICH version 8.1.28", "MPICH"),
+    ("Microsoft MPI 10.1", None),
+    ("", None),
+])
+def test_library_families(text, family):
+    assert library_family(text) == family
+    assert SRUN_PLUGINS.get(family or "") == {"Open MPI": "pmix", "MPICH": "pmi2"}.get(family or "")
