@@ -35,15 +35,21 @@ def mpi4py_family() -> str | None:
     """The MPI family (``launch.family.OPEN_MPI`` or ``MPICH``) of the library mpi4py loads,
     found without initialising MPI; None when it cannot be told. **Local**.
 
-    Once ``mpi4py.MPI`` is imported, its library's version says; before, mpi4py's
-    loader tells which of its builds (Open MPI's or MPICH's ABI) it would load.
+    Once ``mpi4py.MPI`` is imported, its library's version says; before, the loader of
+    mpi4py's binary wheels tells which of its builds (Open MPI's or MPICH's ABI) it
+    would load (None for an mpi4py built against one library).
     """
     if "mpi4py.MPI" in sys.modules:
         return library_family(mpi_library())
     try:
+        import mpi4py
         from mpi4py import _mpiabi  # mpi4py>=4.1's loader; it opens libmpi, starts nothing
 
-        abi = getattr(_mpiabi, "_get_mpiabi")()  # noqa: B009 (private: any failure means unknown)
+        # Only a wheel that picks its build this way (the PyPI wheels) is asked; an mpi4py
+        # built against one library is judged once MPI runs. Private API: failure = unknown.
+        if not getattr(_mpiabi, "_registry", {}).get(mpi4py.__name__ + ".MPI"):
+            return None
+        abi = getattr(_mpiabi, "_get_mpiabi")()  # noqa: B009
     except Exception:
         return None
     return {"openmpi": OPEN_MPI, "mpich": MPICH}.get(str(abi))
