@@ -90,3 +90,45 @@ def _round_trip(ctx):
     whole = ctx.allgather(mine)
     del mine
     assert_all(whole.shape == (big + 2,) and matches(whole), "allgather content", ctx=ctx)
+
+
+@pytest.fixture
+def small_limit(ctx, monkeypatch):
+    """The large-message paths at small sizes: a count limit of 1000 bytes and 64-byte units
+    (real MPI calls and data; only the thresholds are lowered), forced on any library."""
+    from hpcpar.core import blocks
+
+    monkeypatch.setattr(largecount, "INT_MAX", 1000)
+    monkeypatch.setattr(blocks, "INT_MAX", 1000)
+    monkeypatch.setattr(largecount, "UNIT", 64)
+    largecount.force_units(True)
+    before = dict(largecount.PATHS)
+    yield before
+    largecount.force_units(None)
+
+
+@pytest.mark.timeout(60)
+def test_unit_paths_at_small_sizes(ctx, small_limit):
+    """bcast (units and a remainder), scatter and gather in gcd units, scatter and allgather
+    as messages, at 1, 2 and 3 ranks, with uneven blocks."""
+    p = ctx.size
+    n = 1000 * p + 37  # more than the limit on every rank count; odd: no common unit
+    got = ctx.bcast(pattern(n) if ctx.is_root else None)
+    assert_all(got.shape == (n,) and matches(got), "bcast", ctx=ctx)
+
+    block = ctx.scatter(pattern(n) if ctx.is_root else None)  # counts differ by one: messages
+    lo = sum(len(range(r, n, p)) for r in range(ctx.rank))  # block_counts: first n % p get one more
+    assert_all(matches(block, lo), f"scatter block of {block.size} from {lo}", ctx=ctx)
+    whole = ctx.allgather(block)
+    assert_all(whole.shape == (n,) and matches(whole), "allgather", ctx=ctx)
+
+    row = 401  # rows of 401 bytes, 3 per rank: counts 1203 > 1000, in units of 1203
+    rows = pattern(3 * p * row).reshape(3 * p, row) if ctx.is_root else None
+    part = ctx.scatter(rows)
+    assert_all(part.shape == (3, row) and matches(part, 3 * ctx.rank * row), "row scatter", ctx=ctx)
+    back = ctx.gather(part)
+    ok = back is None if not ctx.is_root else back.shape == (3 * p, row) and matches(back)
+    assert_all(ok, "row gather", ctx=ctx)
+    used = {k: largecount.PATHS[k] - small_limit[k] for k in small_limit}
+    if p > 1:
+        assert_all(used["messages"] >= 2 and used["units"] >= 1 and used["bcast"] >= 2, str(used), ctx=ctx)
