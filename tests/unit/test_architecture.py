@@ -3,7 +3,7 @@
 Layers, lowest first (a module imports only its own layer and those below):
 
 0. ``errors``, ``env``
-1. ``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``:
+1. ``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``:
    pure geometry, the Slurm client and in-job state, timing/progress/logs, the launch
    command builder and the launcher's variables (these import no MPI at all)
 2. ``core``: Context and its checked collectives, runner, watchdog
