@@ -20,9 +20,10 @@ The package is layered; each layer imports only the ones above it in this list:
 
 ``errors``, ``env``
     the error types and the one registry of ``HPCPAR_*`` variables.
-``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``
+``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``
     pure geometry; the Slurm client and in-job state; timing, progress, logs;
-    the launch-command builder and the launchers' variables.
+    the launch-command builder, the launchers' variables, and which MPI a launcher
+    and a library belong to.
 ``core``
     :class:`Context` and its checked collectives, the runner, the watchdog.
 ``decomp``, ``tasks``, ``io``

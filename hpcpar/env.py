@@ -12,7 +12,8 @@ __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
-    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RUN_DIR",
+    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RUN_DIR", "HPCPAR_LARGE_COUNT",
+    "HPCPAR_EXPECT_LARGE_COUNT", "HPCPAR_TEST_BIGMEM_HELD",
     "get", "get_float", "flag",
 ]
 
@@ -88,6 +89,26 @@ HPCPAR_MPICC = "HPCPAR_MPICC"
 #: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
 #: else ``~/.cache/hpcpar``).
 HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
+
+
+#: ``0``: messages over ``2**31 - 1`` bytes travel in units of derived datatypes
+#: (and as point-to-point messages where no common unit fits) even when the MPI
+#: library has the MPI-4 large-count calls: the path MPI-3 libraries such as Open
+#: MPI 5 take, testable anywhere (:func:`hpcpar.core.largecount.force_units` does
+#: the same within one process). Read once per process, at the first collective that
+#: moves data. Default ``1``: large counts where the library has them.
+HPCPAR_LARGE_COUNT = "HPCPAR_LARGE_COUNT"
+
+
+#: Read by the test suite only: ``0`` makes the large-message test assert that the
+#: MPI library lacks MPI-4 large counts, so that it takes the derived-datatype path
+#: without being forced (``make test-openmpi`` sets it: Open MPI 5 reports MPI 3.1).
+HPCPAR_EXPECT_LARGE_COUNT = "HPCPAR_EXPECT_LARGE_COUNT"
+
+#: Read by the test suite only: ``1`` when the caller already holds
+#: ``/tmp/hpcpar-bigmem.lock`` (``flock /tmp/hpcpar-bigmem.lock ...``), so the tests
+#: that need several GB do not take it again.
+HPCPAR_TEST_BIGMEM_HELD = "HPCPAR_TEST_BIGMEM_HELD"
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,3 +51,63 @@ def serial_heat(n: int, r: float, steps: int) -> np.ndarray:
         c = u[1:-1, 1:-1]
         u[1:-1, 1:-1] = c + r * (u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:] - 4.0 * c)
     return u[1:-1, 1:-1]
+
+
+#: The lock that lets only one test needing several GB of memory run at a time on a host.
+BIGMEM_LOCK = "/tmp/hpcpar-bigmem.lock"
+
+
+@contextlib.contextmanager
+def big_memory(ctx, gib: float, wait: float = 240.0):
+    """Run the body alone among the tests that need ``gib`` GiB on this host. **Collective**.
+
+    Root takes :data:`BIGMEM_LOCK` (unless ``HPCPAR_TEST_BIGMEM_HELD=1`` says the caller
+    holds it), waiting up to ``wait`` seconds, then checks that the host has ``gib`` GiB
+    available; every rank skips alike when it has not. Ranks must share one host.
+    """
+    import fcntl
+    import time
+
+    import pytest
+
+    from hpcpar import env
+
+    fd, verdict = None, None
+    if ctx.is_root:
+        if not env.flag(env.HPCPAR_TEST_BIGMEM_HELD, False):
+            fd = os.open(BIGMEM_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        verdict = f"{BIGMEM_LOCK} still held by another test after {wait:.0f} s"
+                        break
+                    time.sleep(0.5)
+        if verdict is None:
+            avail = available_gib()
+            if avail < gib:
+                verdict = f"needs {gib} GiB of memory, {avail:.1f} GiB available"
+    verdict = ctx.comm.bcast(verdict, root=0)
+    try:
+        if verdict is not None:
+            pytest.skip(verdict)
+        yield
+    finally:
+        ctx.comm.Barrier()
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def available_gib() -> float:
+    """``MemAvailable`` of this host in GiB (``/proc/meminfo``); infinity where it is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")

@@ -19,3 +19,9 @@ runner, the watchdog and stop requests. Importing a module of this layer loads M
 ``watchnet``
     the watchdog's messages between ranks: a coordinator and a tree, O(P) per event.
 """
+
+from ..observe.info import preflight
+
+# Before any module of this layer loads MPI: a launcher of another MPI than mpi4py's
+# gets a clear message here rather than a failing MPI_Init or N one-rank jobs.
+preflight()

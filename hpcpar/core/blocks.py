@@ -33,7 +33,7 @@ from . import announce as _announce
 from .agreement import NONE, Agreement, Slot, agrees, dtype_code, put, put_dims, vector
 from .cache import BoundedCache
 from .callsite import caller_site, site_code
-from .largecount import vcall
+from .largecount import INT_MAX, vcall
 from .protocol import DTYPES, MAXDIM, Call, Field, Plan, describe, fast_key, shape_of
 
 __all__ = ["Blocks", "check_array", "check_out", "check_root", "contig", "raise_local"]
@@ -109,7 +109,7 @@ class Blocks:
             assert arr is not None  # root's array was checked, or the call raised
             send = [contig(arr, ax), plan.bcounts, plan.bdispls, MPI.BYTE]
         recv, direct = _recv_buffer(plan.shapes[me], plan.dtype, ax, out)
-        vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
+        vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], _layout(plan), root=root)
         return _finish(recv, ax, out, direct)
 
     def _scatter_vector(self, root: Any, axis: Any, arr: np.ndarray | None, out: Any,
@@ -217,7 +217,7 @@ class Blocks:
             plan = self._uplans.put(key, Plan.blocks(ax, dtype, counts, shape))
         send = [contig(array, ax), plan.bcounts, plan.bdispls, MPI.BYTE] if me == root else None
         recv, direct = _recv_buffer(plan.shapes[me], dtype, ax, out)
-        vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], root=root)
+        vcall(self.comm.Scatterv, send, [recv, plan.bcounts[me], MPI.BYTE], _layout(plan), root=root)
         return _finish(recv, ax, out, direct)
 
     # ------------------------------------------------------------------ gather
@@ -435,6 +435,12 @@ def contig(a: np.ndarray, ax: int) -> np.ndarray:
     if ax:
         a = np.moveaxis(a, ax, 0)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _layout(plan: Plan) -> tuple[list[int], list[int]] | None:
+    """A scatter's byte counts and displacements when they add up to more than ``INT_MAX``
+    (then every rank must see them to choose the same large-message path), else None."""
+    return (plan.bcounts, plan.bdispls) if plan.bdispls[-1] + plan.bcounts[-1] > INT_MAX else None
 
 
 def _recv_buffer(shape: tuple, dtype: np.dtype, ax: int, out: Any) -> tuple[np.ndarray, bool]:

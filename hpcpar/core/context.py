@@ -41,7 +41,7 @@ from .agreement import Agreement, Slot, agrees, dtype_code, put, put_dims, vecto
 from .blocks import Blocks, check_root, contig, raise_local
 from .cache import BoundedCache
 from .callsite import caller_site, site_code
-from .largecount import LARGE_COUNT
+from .largecount import LARGE_COUNT, bcast_bytes
 from .protocol import DTYPES, MAXDIM, OPS, Call, Field, Kind, Plan, describe, shape_of
 
 __all__ = ["Context", "CollectiveMismatchError", "OPS", "LARGE_COUNT"]
@@ -355,10 +355,10 @@ class Context:
             return self.comm.bcast(obj, root=root)
         if self.rank == root:
             assert arr is not None  # root's array kind was agreed above
-            self.comm.Bcast([contig(arr, 0), MPI.BYTE], root=root)
+            bcast_bytes(self.comm, contig(arr, 0), root)
             return obj
         recv = np.empty(plan.gshape, plan.dtype)
-        self.comm.Bcast([recv, MPI.BYTE], root=root)
+        bcast_bytes(self.comm, recv, root)
         return recv
 
     def _bcast_plan(self, r: np.ndarray, root: int, arr: np.ndarray | None) -> Plan:
@@ -380,12 +380,12 @@ class Context:
             return self.comm.bcast(obj, root=root)
         if self.rank == root:
             if not ann.inline:
-                self.comm.Bcast([contig(obj, 0), MPI.BYTE], root=root)
+                bcast_bytes(self.comm, contig(obj, 0), root)
             return obj
         if ann.inline:
             return ann.payload
         recv = np.empty(ann.shape, ann.dtype)
-        self.comm.Bcast([recv, MPI.BYTE], root=root)
+        bcast_bytes(self.comm, recv, root)
         return recv
 
     # ------------------------------------------------------------------ reductions

@@ -20,13 +20,15 @@ from typing import Any
 from mpi4py import MPI
 
 from .. import env
+from ..launch.family import mismatch, refuse
 from ..observe import timing
+from ..observe.info import mpi_library
 from ..slurm import job as slurm_job
 from . import preempt, watchdog
 from .abort import abort
 from .context import Context
 
-__all__ = ["run", "run_path", "abort"]
+__all__ = ["run", "run_path", "abort", "check_launcher"]
 
 #: Exit status of a job ended by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -35,6 +37,19 @@ EXIT_INTERRUPTED = 130
 def _where() -> str:
     """This rank's host and pid, as failure messages name them."""
     return f"host {socket.gethostname()}, pid {os.getpid()}"
+
+
+def check_launcher() -> None:
+    """End this process when its launcher started more processes than MPI sees. **Local**.
+
+    ``mpiexec`` of one MPI starting a Python whose mpi4py uses another gives N
+    one-rank jobs that would each run the whole program as rank 0 (and write the
+    same files). The process the launcher calls rank 0 prints what is wrong and what
+    to do (:func:`hpcpar.launch.family.mismatch`); every process exits with status 2.
+    """
+    text = mismatch(MPI.COMM_WORLD.Get_size(), mpi_library())
+    if text is not None:
+        refuse(text)
 
 
 def _failure_text(exc: BaseException) -> str:
@@ -119,6 +134,7 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
             124); None: ``HPCPAR_TIMEOUT`` (default: no limit). Not passed to ``main``.
     """
     def body():
+        check_launcher()
         if timeout is not None:
             watchdog.set_timeout(timeout)
         preempt.install()
@@ -153,6 +169,7 @@ def run_path(path: str, argv: list[str]) -> None:
     """
     sys.argv = [path, *argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    check_launcher()
     preempt.install()
     world = MPI.COMM_WORLD
     slurm_job.job_started(world.Get_rank(), world.Get_size())

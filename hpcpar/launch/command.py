@@ -8,17 +8,22 @@ imports no MPI. ``hpcpar run``, the pytest plugin's spawned jobs,
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from typing import NamedTuple
 
 from .. import env
+from .family import SRUN_PLUGINS, library_family
+from .variables import LAUNCHER_PREFIXES
 
 __all__ = ["launcher", "mpiexec_beside", "launch_argv", "ranks_flag", "is_open_mpi", "core_count",
-           "workstation_options", "Host", "parse_hosts", "read_hostfile", "host_options"]
+           "workstation_options", "Host", "parse_hosts", "read_hostfile", "host_options",
+           "mpi4py_library", "srun_options"]
 
 
 def mpiexec_beside(python: str) -> str | None:
@@ -240,7 +245,8 @@ def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = No
             host options and before the rank count.
 
     For Open MPI's launcher and an ``int`` rank count, the options of
-    :func:`workstation_options` come before the rank count (a rendered Slurm script,
+    :func:`workstation_options` come before the rank count, and ``srun`` without an
+    ``--mpi`` option gets the one of :func:`srun_options` (a rendered Slurm script,
     with a shell expression for ``ranks``, gets none).
 
     Raises:
@@ -255,4 +261,45 @@ def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = No
     where = host_options(launch, hosts, ranks) if hosts else []
     # Hosts (or the user's own options) say where ranks go: no workstation --oversubscribe.
     opts, _ = workstation_options([*launch, *where, *extra], ranks)
+    opts += srun_options([*launch, *extra], argv[0] if argv and _is_python(argv[0]) else sys.executable)
     return [*launch, *opts, *where, *extra, ranks_flag(launch), str(ranks), *argv]
+
+
+#: Asks mpi4py for its library's version without initialising MPI (MPI allows
+#: ``MPI_Get_library_version`` before ``MPI_Init``).
+_ASK = ("import mpi4py; mpi4py.rc.initialize = mpi4py.rc.finalize = False; "
+        "from mpi4py import MPI; print(MPI.Get_library_version().split(chr(10))[0].strip(chr(0)))")
+
+
+def _is_python(path: str) -> bool:
+    return os.path.basename(path).startswith("python")
+
+
+@functools.lru_cache(maxsize=16)
+def mpi4py_library(python: str) -> str | None:
+    """The first line of the MPI library version that ``python``'s mpi4py loads; None when
+    that Python has no working mpi4py. **Local**: asks a child process, which loads the
+    library without initialising MPI (no launcher, no network); cached per ``python``.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_PREFIXES)}
+    try:
+        done = subprocess.run([python, "-c", _ASK], capture_output=True, text=True, timeout=60,
+                              env=environ, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = done.stdout.strip()
+    return text if done.returncode == 0 and text else None
+
+
+def srun_options(launch: list[str], python: str) -> list[str]:
+    """``--mpi=pmix`` when ``launch`` is a bare ``srun`` and ``python``'s mpi4py uses Open
+    MPI, ``--mpi=pmi2`` for MPICH (and Intel MPI, MVAPICH); nothing when ``launch`` is not
+    srun, already has ``--mpi``, or the library is unknown (Slurm's ``MpiDefault`` then
+    applies). **Local** (see :func:`mpi4py_library`).
+    """
+    if not launch or os.path.basename(launch[0]) != "srun":
+        return []
+    if any(w == "--mpi" or w.startswith("--mpi=") for w in launch[1:]):
+        return []
+    plugin = SRUN_PLUGINS.get(library_family(mpi4py_library(python) or "") or "")
+    return [f"--mpi={plugin}"] if plugin else []

@@ -9,12 +9,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .. import env
+from ..launch.family import MPICH, OPEN_MPI, conflict, library_family, mismatch, refuse
+from ..launch.variables import launched_size
 
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["mpi_library", "collect", "format_info", "slurm_env", "affinity", "collectives_mode",
-           "format_collectives"]
+__all__ = ["mpi_library", "mpi4py_family", "preflight", "collect", "format_info", "slurm_env",
+           "affinity", "collectives_mode", "format_collectives"]
 
 
 def mpi_library() -> str:
@@ -27,6 +29,43 @@ def mpi_library() -> str:
 
     text = MPI.Get_library_version().split("\x00", 1)[0].strip()
     return text.splitlines()[0].strip() if text else ""
+
+
+def mpi4py_family() -> str | None:
+    """The MPI family (``launch.family.OPEN_MPI`` or ``MPICH``) of the library mpi4py loads,
+    found without initialising MPI; None when it cannot be told. **Local**.
+
+    Once ``mpi4py.MPI`` is imported, its library's version says; before, the loader of
+    mpi4py's binary wheels tells which of its builds (Open MPI's or MPICH's ABI) it
+    would load (None for an mpi4py built against one library).
+    """
+    if "mpi4py.MPI" in sys.modules:
+        return library_family(mpi_library())
+    try:
+        import mpi4py
+        from mpi4py import _mpiabi  # mpi4py>=4.1's loader; it opens libmpi, starts nothing
+
+        # Only a wheel that picks its build this way (the PyPI wheels) is asked; an mpi4py
+        # built against one library is judged once MPI runs. Private API: failure = unknown.
+        if not getattr(_mpiabi, "_registry", {}).get(mpi4py.__name__ + ".MPI"):
+            return None
+        abi = getattr(_mpiabi, "_get_mpiabi")()  # noqa: B009
+    except Exception:
+        return None
+    return {"openmpi": OPEN_MPI, "mpich": MPICH}.get(str(abi))
+
+
+def preflight() -> None:
+    """Before MPI starts: end this process, saying what to do, when a launcher of one MPI
+    started it as one of several and mpi4py uses another MPI (MPI would fail in
+    ``MPI_Init`` or run N separate one-rank jobs). **Local**; does nothing, at the cost of
+    reading the environment, outside a launcher or once MPI is loaded.
+    """
+    if "mpi4py.MPI" in sys.modules or (launched_size() or 0) <= 1:
+        return
+    text = conflict(mpi4py_family())
+    if text is not None:
+        refuse(text)
 
 
 def affinity() -> list[int]:
@@ -99,6 +138,7 @@ def collect(ctx: Context) -> dict[str, Any] | None:
         h5 = {"error": f"{type(exc).__name__}: {exc}"}
     lib = mpi_library()
     return {
+        "launcher_mismatch": mismatch(MPI.COMM_WORLD.Get_size(), lib),
         "hpcpar": __version__,
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "numpy": numpy.__version__,
@@ -146,6 +186,8 @@ def format_info(info: dict[str, Any]) -> str:
         by_host.setdefault(d["host"], []).append(r)
     lines.append(f"hosts        {len(by_host)}: " + ", ".join(
         f"{h} (rank{'s' if len(rs) > 1 else ''} {_ranges(rs)[1:-1]})" for h, rs in by_host.items()))
+    if info.get("launcher_mismatch"):
+        lines.append(f"launcher     MISMATCH: {info['launcher_mismatch']}")
     for r, d in enumerate(info["per_rank"]):
         cpus = d["cpus"]
         lines.append(f"  rank {r:<4} host {d['host']} pid {d['pid']} "

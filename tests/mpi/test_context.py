@@ -6,6 +6,7 @@ failure on one rank fails the test everywhere instead of hanging the others.
 
 import numpy as np
 import pytest
+from helpers import big_memory
 from mpi4py import MPI
 
 import hpcpar
@@ -252,25 +253,26 @@ def test_larger_than_2_gib(ctx):
     """A > 2.1 GB array through scatter and gather (MPI-4 large counts or unit datatypes)."""
     if ctx.size != 2:
         pytest.skip("run at 2 ranks only (memory and time)")
-    n = 2**31 + 2**20 + 7  # bytes, uint8: more than INT_MAX elements and bytes
-    a = None
-    if ctx.is_root:
-        a = np.empty(n, np.uint8)
-        a[::4096] = 7
-        a[-1] = 9
-    block = ctx.scatter(a)
-    r = partition.block_range(n, 2, ctx.rank)
-    ok = block.size == len(r) and block[-1] == (9 if ctx.rank == 1 else a[r.stop - 1])
-    assert_all(ok, "block content", ctx=ctx)
-    back = ctx.gather(block)
-    if ctx.is_root:
-        assert back.size == n and back[-1] == 9 and back[4096 * 1000] == 7
-        assert np.array_equal(back[::4096], a[::4096])
-    del back, a
-    big = np.full(2**30 + 5, ctx.rank + 1, dtype=np.uint8)  # together over 2 GiB
-    g = ctx.allgather(big)
-    ok = g.size == 2 * big.size and g[0] == 1 and g[big.size - 1] == 1 and g[big.size] == 2 and g[-1] == 2
-    assert_all(ok, "allgather content", ctx=ctx)
+    with big_memory(ctx, gib=11):  # alone among the tests that need several GB
+        n = 2**31 + 2**20 + 7  # bytes, uint8: more than INT_MAX elements and bytes
+        a = None
+        if ctx.is_root:
+            a = np.empty(n, np.uint8)
+            a[::4096] = 7
+            a[-1] = 9
+        block = ctx.scatter(a)
+        r = partition.block_range(n, 2, ctx.rank)
+        ok = block.size == len(r) and block[-1] == (9 if ctx.rank == 1 else a[r.stop - 1])
+        assert_all(ok, "block content", ctx=ctx)
+        back = ctx.gather(block)
+        if ctx.is_root:
+            assert back.size == n and back[-1] == 9 and back[4096 * 1000] == 7
+            assert np.array_equal(back[::4096], a[::4096])
+        del back, a
+        big = np.full(2**30 + 5, ctx.rank + 1, dtype=np.uint8)  # together over 2 GiB
+        g = ctx.allgather(big)
+        ok = g.size == 2 * big.size and g[0] == 1 and g[big.size - 1] == 1 and g[big.size] == 2 and g[-1] == 2
+        assert_all(ok, "allgather content", ctx=ctx)
 
 
 @pytest.mark.checks

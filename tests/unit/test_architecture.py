@@ -3,7 +3,7 @@
 Layers, lowest first (a module imports only its own layer and those below):
 
 0. ``errors``, ``env``
-1. ``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``:
+1. ``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``:
    pure geometry, the Slurm client and in-job state, timing/progress/logs, the launch
    command builder and the launcher's variables (these import no MPI at all)
 2. ``core``: Context and its checked collectives, runner, watchdog
@@ -25,7 +25,7 @@ PKG = Path(__file__).resolve().parents[2] / "hpcpar"
 LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matching prefix wins
     (0, "hpcpar.errors"), (0, "hpcpar.env"),
     (1, "hpcpar.decomp.partition"), (1, "hpcpar.slurm"), (1, "hpcpar.observe"),
-    (1, "hpcpar.launch.command"), (1, "hpcpar.launch.variables"),
+    (1, "hpcpar.launch.command"), (1, "hpcpar.launch.variables"), (1, "hpcpar.launch.family"),
     (2, "hpcpar.core"),
     (3, "hpcpar.decomp"), (3, "hpcpar.tasks"), (3, "hpcpar.io"),
     (4, "hpcpar.launch"), (4, "hpcpar.testing"), (4, "hpcpar.bench"), (4, "hpcpar.cli"),

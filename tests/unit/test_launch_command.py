@@ -1,11 +1,14 @@
 """The launch-command builder: Open MPI's launcher recognised, and what it is given on a workstation."""
 
 import os
+import sys
 
 import pytest
+from helpers import ROOT
 
 from hpcpar.launch import command
 from hpcpar.launch.command import is_open_mpi, launch_argv, workstation_options
+from hpcpar.launch.family import SRUN_PLUGINS, library_family
 
 
 def tool_dir(tmp_path, *names: str):
@@ -124,9 +127,60 @@ def test_host_options_per_launcher(tmp_path, workstation):
     assert launch_argv(5, ["py"], orte, hosts, ["--mca", "btl", "tcp,self"]) == [
         orte[0], "--allow-run-as-root", "--host", "a:2,b:1", "--oversubscribe", "--mca", "btl", "tcp,self",
         "-n", "5", "py"]
-    assert launch_argv(2, ["py"], ["srun"], command.parse_hosts("n1,n2")) == [
-        "srun", "--nodelist=n1,n2", "--ntasks", "2", "py"]
+    # (an explicit --mpi: srun otherwise gets the plugin of the library mpi4py uses, tested below)
+    assert launch_argv(2, ["py"], ["srun", "--mpi=pmi2"], command.parse_hosts("n1,n2")) == [
+        "srun", "--mpi=pmi2", "--nodelist=n1,n2", "--ntasks", "2", "py"]
     with pytest.raises(ValueError, match="srun places ranks"):
         launch_argv(2, ["py"], ["srun"], hosts)
     # No hosts: exactly the command of before.
     assert launch_argv(3, ["py"], hydra, None, []) == [hydra[0], "-n", "3", "py"]
+# ---- srun: the --mpi plugin of the library mpi4py uses -------------------------------------
+VENV_PYTHONS = {"pmi2": ROOT / ".venv" / "bin" / "python", "pmix": ROOT / ".venv-openmpi" / "bin" / "python"}
+
+
+@pytest.mark.parametrize("plugin", ["pmi2", "pmix"])
+def test_srun_gets_the_plugin_of_the_library_mpi4py_uses(plugin):
+    """A real child Python per venv: MPICH's mpi4py gives pmi2, Open MPI's pmix (no MPI_Init)."""
+    python = str(VENV_PYTHONS[plugin])
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"needs {python} (make venv openmpi-venv)")
+    lib = command.mpi4py_library(python)
+    assert lib is not None and lib.startswith("Open MPI" if plugin == "pmix" else "MPICH"), lib
+    assert command.srun_options(["srun"], python) == [f"--mpi={plugin}"]
+    assert launch_argv(4, [python, "x.py"], ["srun", "--kill-on-bad-exit=1"]) == [
+        "srun", "--kill-on-bad-exit=1", f"--mpi={plugin}", "--ntasks", "4", python, "x.py"]
+
+
+def test_srun_keeps_a_given_plugin_and_other_launchers_get_none(tmp_path):
+    python = sys.executable
+    assert command.srun_options(["srun", "--mpi=pmix"], python) == []
+    assert command.srun_options(["srun", "--mpi", "none"], python) == []
+    assert command.srun_options(["/usr/bin/mpiexec"], python) == []
+    assert launch_argv(3, [python, "x"], ["srun", "--mpi=pmi2"]) == ["srun", "--mpi=pmi2", "--ntasks", "3",
+                                                                    python, "x"]
+    # a rendered script's shell expression gets the launcher as it is
+    assert launch_argv("$N", [python], ["srun"]) == ["srun", "--ntasks", "$N", python]
+
+
+def test_srun_without_a_known_library_gets_no_plugin(tmp_path):
+    """A Python without mpi4py (here a script that fails): Slurm's MpiDefault applies."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    assert command.mpi4py_library(str(fake)) is None
+    assert command.srun_options(["srun"], str(fake)) == []
+    assert command.mpi4py_library(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("text,family", [
+    ("Open MPI v5.0.11, package: Open MPI user@localhost Distribution", "Open MPI"),
+    ("MPICH Version:      5.0.2", "MPICH"),
+    ("Intel(R) MPI Library 2021.18.1 for Linux* OS", "MPICH"),
+    ("MVAPICH Version 3.0", "MPICH"),
+    ("CRAY MPICH version 8.1.28", "MPICH"),
+    ("Microsoft MPI 10.1", None),
+    ("", None),
+])
+def test_library_families(text, family):
+    assert library_family(text) == family
+    assert SRUN_PLUGINS.get(family or "") == {"Open MPI": "pmix", "MPICH": "pmi2"}.get(family or "")
