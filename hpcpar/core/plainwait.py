@@ -54,11 +54,11 @@ class Spot:
         self.call = _blocking_call(code, frame.f_lasti, frame.f_lineno)
         self.where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
 
-    def describe(self, now: float) -> str:
-        """``"in MPI call recv at job.py:7 in main for 3.1 s"`` or ``"at job.py:7 in main"``."""
+    def describe(self) -> str:
+        """``"in the MPI call recv at job.py:7 in main"`` or ``"at job.py:7 in main"``."""
         if self.call is None:
             return f"at {self.where}"
-        return f"in the MPI call {self.call} at {self.where} for {now - self.since:.1f} s"
+        return f"in the MPI call {self.call} at {self.where}"
 
 
 def sample(prev: Spot | None, now: float) -> Spot | None:

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["watching", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
+__all__ = ["watching", "Peers", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
            "current", "messages", "format_stacks", "EXIT_HANG", "FINISH"]
 
 #: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out):
@@ -113,7 +113,7 @@ _S = _State()
 
 
 # ---- marking calls: the hot path ---------------------------------------------------
-def enter(name: str, ctx: Context | None = None) -> tuple | None:
+def enter(name: str, ctx: Context | Peers | Any = None) -> tuple | None:
     """Mark this rank as blocked in ``name`` from now on. **Local**, a few hundred ns.
 
     Returns the previous mark, to be passed to :func:`leave`. A call entered while
@@ -136,12 +136,14 @@ class watching:
     """``with watching("halo exchange", ctx):`` marks a blocking region. **Local**.
 
     Use it around point-to-point exchanges or plain mpi4py calls that may block,
-    so that the watchdog's timeout and its report cover them too.
+    so that the watchdog's timeout and its report cover them too. ``ctx``: the
+    context, or :class:`Peers` naming the ranks the wait depends on (any object
+    with ``world_ranks``); None: every rank.
     """
 
     __slots__ = ("name", "ctx", "prev")
 
-    def __init__(self, name: str, ctx: Context | None = None):
+    def __init__(self, name: str, ctx: Context | Peers | Any = None):
         self.name, self.ctx = name, ctx
 
     def __enter__(self) -> watching:
@@ -150,6 +152,22 @@ class watching:
 
     def __exit__(self, *exc: object) -> None:
         leave(self.prev)
+
+
+class Peers:
+    """The ranks a wait depends on, for :class:`watching`: ``Peers([0, 3])``. **Local**.
+
+    The watchdog ends the job at once when a rank waits more than a moment for a
+    rank that has finished its main function; a wait that depends on some ranks
+    only (a neighbour, root) names them, so that a rank that finished legitimately
+    elsewhere is not taken for the cause. ``world_ranks`` may be replaced while
+    the wait lasts (as the ranks it waits for change).
+    """
+
+    __slots__ = ("world_ranks",)
+
+    def __init__(self, world_ranks: list[int]):
+        self.world_ranks = list(world_ranks)
 
 
 def marked(name: str) -> Callable[[F], F]:
@@ -382,8 +400,8 @@ def _doing() -> str:
         now = _monotonic()
         spot = _S.spot if _S.spot is not None else plainwait.sample(None, now)
         if spot is not None and spot.call is not None:
-            return f"not in an hpcpar call: main thread {spot.describe(now)}"
-        where = "" if spot is None else f"; main thread {spot.describe(now)}"
+            return f"not in an hpcpar call: main thread {spot.describe()}"
+        where = "" if spot is None else f"; main thread {spot.describe()}"
         return f"not in an hpcpar call (computing, or in a plain MPI call){where}"
     name, waited = cur
     if name == FINISH:

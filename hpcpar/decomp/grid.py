@@ -302,7 +302,7 @@ class Grid:
             ValueError: on every rank, when root's array is missing or its shape
                 is not the grid's.
         """
-        with watchdog.watching("Grid.scatter", self.ctx):
+        with watchdog.watching("Grid.scatter", self._peers(root)):
             return self._scatter(array, root)
 
     def _scatter(self, array: np.ndarray | None, root: int) -> np.ndarray:
@@ -352,7 +352,7 @@ class Grid:
             ValueError: on every rank, when some rank's array has the wrong shape
                 or the dtypes differ between ranks.
         """
-        with watchdog.watching("Grid.gather", self.ctx):
+        with watchdog.watching("Grid.gather", self._peers(root)):
             return self._gather(a, root)
 
     def _gather(self, a: np.ndarray, root: int) -> np.ndarray | None:
@@ -399,6 +399,13 @@ class Grid:
                 t.Free()
 
     # ------------------------------------------------------------------ checks
+    def _peers(self, root: Any) -> Any:
+        """The ranks scatter/gather waits for: every rank on root, root elsewhere (watchdog)."""
+        world = self.ctx.world_ranks
+        if root == self.rank or not isinstance(root, int) or not 0 <= root < len(world):
+            return self.ctx
+        return watchdog.Peers([world[self.rank], world[root]])
+
     def _check_root(self, root: object, where: str) -> None:
         """Raise when ``root`` is not a rank; every rank passes the same root, so all raise alike."""
         if not (isinstance(root, (int, np.integer)) and not isinstance(root, bool)

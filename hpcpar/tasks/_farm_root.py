@@ -121,12 +121,15 @@ def sendable(i: int, task: Any, rank: int, dest: int) -> Any:
 class Root:
     """Root's side: the task queue, the answers to requests, its own tasks.
 
-    ``watch``: the object the hang watchdog records while root waits (the context).
+    ``world``: the ``COMM_WORLD`` rank of each rank of the farm. While root waits,
+    the hang watchdog records the ranks it waits for: those not yet told to stop.
     """
 
     def __init__(self, comm: MPI.Intracomm, fn: Callable[[Any], Any], tasks: list,
-                 chunksize: int, ordered: bool, progress: bool, errors: str, watch: Any = None):
-        self.watch = watch
+                 chunksize: int, ordered: bool, progress: bool, errors: str,
+                 world: list[int] | None = None):
+        self.world = list(range(comm.Get_size())) if world is None else list(world)
+        self.watch = watchdog.Peers(self.world)
         self.broken: TaskError | None = None  # the helper thread failed
         self.comm, self.fn, self.tasks = comm, fn, tasks
         self.n, self.cs, self.ordered, self.errors = len(tasks), chunksize, ordered, errors
@@ -185,6 +188,8 @@ class Root:
             chunks = self._grant(want)
             if not chunks:
                 self.stopped += 1
+                gone = self.world[source]
+                self.watch.world_ranks = [r for r in self.watch.world_ranks if r != gone]
             try:
                 req = self.comm.isend(chunks, dest=source, tag=TAG)
             except Exception:  # some task cannot be pickled: it fails, the others go

@@ -125,9 +125,10 @@ def farm_iter(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | Non
         if ctx.is_root:
             n = len(items)
             cs = chunksize if chunksize is not None else default_chunksize(n, ctx.size)
-            yield from Root(fcomm, fn, items, cs, ordered, progress, errors, ctx).run()
+            yield from Root(fcomm, fn, items, cs, ordered, progress, errors, ctx.world_ranks).run()
         else:
-            _work(fcomm, fn, ctx.root, errors, ctx)
+            _work(fcomm, fn, ctx.root, errors,
+                  watchdog.Peers([ctx.world_ranks[ctx.rank], ctx.world_ranks[ctx.root]]))
     finally:
         fcomm.Free()
 

@@ -17,7 +17,6 @@ import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from mpi4py import MPI
@@ -112,8 +111,9 @@ def pipeline(ctx: Context, stages: Sequence[Callable[[Any], Any]], items: Iterab
         pcomm.Free()
         return None
     mine = list(partition.block_range(nstages, used, ctx.rank))
-    # what the hang watchdog records while this rank waits: the ranks taking part
-    watch = SimpleNamespace(world_ranks=ctx.world_ranks[:used])
+    # what the hang watchdog records while this rank waits: itself and the rank it waits for
+    world = ctx.world_ranks
+    watch = watchdog.Peers([world[ctx.rank], world[(ctx.rank - 1) % used]])
     try:
         if ctx.is_root:
             return _root(pcomm, stages, mine, items, window, used, watch)
@@ -151,7 +151,10 @@ def _serial(stages, items) -> list:
 
 
 def _wait(comm, source, watch) -> None:
-    """Block until a message from ``source`` is waiting, sleeping rather than spinning."""
+    """Block until a message from ``source`` is waiting, sleeping rather than spinning.
+
+    ``watch``: what the hang watchdog records meanwhile (:class:`hpcpar.core.watchdog.Peers`).
+    """
     if comm.iprobe(source=source, tag=_TAG):
         return
     with watchdog.watching("pipeline (waiting for the previous stage)", watch):
