@@ -1,9 +1,12 @@
 """The hang watchdog: a rank blocked too long in one hpcpar call ends the job loudly.
 
-Every checked collective of :class:`hpcpar.Context` marks the time it is entered
-and left in this module's per-process state (two attribute stores, no thread
-start, no system call). One daemon thread per process wakes a few times a second
-and looks at that state:
+Every checked collective of :class:`hpcpar.Context`, and every blocking wait of
+the grids, the sort, farms, pipelines, the serial output path and local pools,
+marks the time it is entered and left in this module's per-process state (a few
+attribute stores, no thread start, no system call). A mark records the object
+waited on: a context, or :class:`Peers` naming the only ranks the wait depends
+on. One daemon thread per process wakes a few times a second and looks at that
+state:
 
 * **Timeout** (``HPCPAR_TIMEOUT=SECONDS``, ``hpcpar.run(main, timeout=...)`` or
   ``hpcpar run --timeout``): a rank blocked in one call longer than that dumps
@@ -11,6 +14,10 @@ and looks at that state:
   ``[rank R]``; asks every other rank to dump theirs and to say which call it is
   in; then ends the job with ``MPI_Abort`` and a message naming which call each
   rank was waiting in.
+* **Plain waits**: with a timeout set, while no call is marked the thread samples
+  the main thread's innermost frame (:mod:`hpcpar.core.plainwait`); the same frame
+  at the same instruction, in a blocking mpi4py call, for longer than the timeout
+  fires the same way. Nothing is added to any call for this.
 * **Finished peers**: a rank that has finished its main function and has waited
   for the others for a moment tells them so. A rank blocked in a collective on
   a context that includes a finished rank can never complete it; it ends the job
