@@ -152,7 +152,9 @@ def test_timeout_covers_plain_mpi_waits(tmp_path, case):
                        capture_output=True, text=True, timeout=60)
     assert time.monotonic() - t0 < LIMIT, r.stderr
     assert r.returncode == 124, r.stderr
-    assert re.search(rf"blocked \d+\.\d s in a plain MPI call \({call} at job.py:\d+", r.stderr), r.stderr
+    # the rank that fires: one in the plain call, or (deadlock) rank 2 waiting in its finish
+    assert re.search(rf"blocked \d+\.\d s in (a plain MPI call \({call} at job.py:\d+|finish)",
+                     r.stderr), r.stderr
     assert re.search(rf"ranks? (\d+, )*1(, \d+)*: not in an hpcpar call: main thread in the MPI "
                      rf"call {call} at job.py:\d+", r.stderr), r.stderr
     for rank in range(3):  # every rank dumped its stacks
@@ -166,13 +168,15 @@ def test_long_computation_on_one_line_is_not_a_plain_wait(tmp_path):
         import time, numpy as np, hpcpar
         def main(ctx):
             time.sleep(2.5)               # one line, longer than the timeout: not an MPI wait
-            print("done", ctx.allreduce(1))
+            total = ctx.allreduce(1)
+            if ctx.is_root:               # one writer: the ranks' stdout streams may interleave
+                print("done", total)
         hpcpar.run(main, timeout=1.0)
     """)
     r = subprocess.run([sys.executable, "-m", "hpcpar.cli", "run", "-n", "3", path],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("done 3") == 3
+    assert r.stdout.split() == ["done", "3"], r.stdout
 
 
 # ---- bad tasks and results: no hang ------------------------------------------------------
