@@ -32,6 +32,8 @@ every rank's full header, O(P), which builds the messages naming each rank.
 from __future__ import annotations
 
 import hashlib
+import numbers
+import zlib
 from typing import Any
 
 import numpy as np
@@ -40,7 +42,8 @@ from mpi4py import MPI
 from .cache import BoundedCache
 from .protocol import DTYPES, MAXDIM, Exchange, Plan
 
-__all__ = ["Slot", "NONE", "SIZE", "vector", "put", "put_dims", "dtype_code", "agrees", "Agreement"]
+__all__ = ["Slot", "NONE", "SIZE", "vector", "put", "put_dims", "dtype_code", "object_kind",
+           "object_code", "agrees", "Agreement"]
 
 #: The value of a slot that a rank has nothing to say about (the smallest int64).
 NONE = int(np.iinfo(np.int64).min)
@@ -115,6 +118,32 @@ def dtype_code(dt: np.dtype) -> int:
             code = -1 - _hash59(repr((dt.descr, dt.itemsize, dt.alignment)))
         if len(_CODES) < 1024:
             _CODES[dt] = code
+    return code
+
+
+#: Builtin families whose members combine with each other (``1 + 2.5``, ``{1} | frozenset()``).
+_FAMILIES = ((numbers.Number, "number"), (str, "str"), ((bytes, bytearray), "bytes"),
+             (list, "list"), (tuple, "tuple"), (dict, "dict"), ((set, frozenset), "set"))
+_OBJECT_CODES: dict[type, int] = {}
+
+
+def object_kind(value: Any) -> str:
+    """The family of a Python object for reductions: "number", "str", ..., or its class name."""
+    for types, family in _FAMILIES:
+        if isinstance(value, types):
+            return family
+    cls = value.__class__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def object_code(value: Any) -> int:
+    """A code of :func:`object_kind`, the same on every rank (cached per class). **Local**."""
+    cls = value.__class__
+    code = _OBJECT_CODES.get(cls)
+    if code is None:
+        code = zlib.crc32(object_kind(value).encode())
+        if len(_OBJECT_CODES) < 1024:
+            _OBJECT_CODES[cls] = code
     return code
 
 

@@ -37,7 +37,7 @@ from ..errors import CollectiveMismatchError, Problem, fail
 from ..observe import timing
 from ..observe.progress import progress as _progress
 from . import announce, preempt, watchdog
-from .agreement import Agreement, Slot, agrees, dtype_code, put, put_dims, vector
+from .agreement import Agreement, Slot, agrees, dtype_code, object_code, object_kind, put, put_dims, vector
 from .blocks import Blocks, check_root, contig, raise_local
 from .cache import BoundedCache
 from .callsite import caller_site, site_code
@@ -455,10 +455,14 @@ class Context:
             opcode = mop.py2f() if mop != MPI.OP_NULL else -1
             site = caller_site() if self.debug else None
             v = self._reduce_vector(call, root, opcode, kind, arr, problem, site)
+            if kind == Kind.OBJECT and problem is None:
+                put(v, Slot.DTYPE, object_code(value))
             if not self._a.same(v):
                 heads = self._a.detail.detail(call, -1 if root is None else root, 0, problem, arr, None,
                                               kind=kind, op=opcode, site=site)
                 kind = self._plan_reduce(call, heads)
+                if kind == Kind.OBJECT:
+                    self._check_objects(call, value)
         if kind == Kind.OBJECT:
             if root is None:
                 return self.comm.allreduce(value, op=mop)
@@ -501,6 +505,19 @@ class Context:
             put(v, Slot.NDIM, arr.ndim)
             put_dims(v, arr.shape)
         return v
+
+    def _check_objects(self, call: int, value: Any) -> None:
+        """Raise on every rank when the ranks reduce Python objects of different kinds.
+
+        **Collective**; only run when the agreement failed (an O(P) exchange of names).
+        """
+        kinds = self.comm.allgather((object_kind(value), type(value).__name__))
+        if len({k for k, _ in kinds}) > 1:
+            fail(f"hpcpar.{Call(call).label}",
+                 "every rank must pass values that combine with each other (numbers with "
+                 "numbers, str with str, ...); got "
+                 + "; ".join(f"rank {r}: {name}" for r, (_, name) in enumerate(kinds)),
+                 TypeError)
 
     def _plan_reduce(self, call: int, heads: list) -> int:
         kinds = {h[Field.KIND] for h in heads}

@@ -1,9 +1,12 @@
 """The hang watchdog: a rank blocked too long in one hpcpar call ends the job loudly.
 
-Every checked collective of :class:`hpcpar.Context` marks the time it is entered
-and left in this module's per-process state (two attribute stores, no thread
-start, no system call). One daemon thread per process wakes a few times a second
-and looks at that state:
+Every checked collective of :class:`hpcpar.Context`, and every blocking wait of
+the grids, the sort, farms, pipelines, the serial output path and local pools,
+marks the time it is entered and left in this module's per-process state (a few
+attribute stores, no thread start, no system call). A mark records the object
+waited on: a context, or :class:`Peers` naming the only ranks the wait depends
+on. One daemon thread per process wakes a few times a second and looks at that
+state:
 
 * **Timeout** (``HPCPAR_TIMEOUT=SECONDS``, ``hpcpar.run(main, timeout=...)`` or
   ``hpcpar run --timeout``): a rank blocked in one call longer than that dumps
@@ -11,6 +14,10 @@ and looks at that state:
   ``[rank R]``; asks every other rank to dump theirs and to say which call it is
   in; then ends the job with ``MPI_Abort`` and a message naming which call each
   rank was waiting in.
+* **Plain waits**: with a timeout set, while no call is marked the thread samples
+  the main thread's innermost frame (:mod:`hpcpar.core.plainwait`); the same frame
+  at the same instruction, in a blocking mpi4py call, for longer than the timeout
+  fires the same way. Nothing is added to any call for this.
 * **Finished peers**: a rank that has finished its main function and has waited
   for the others for a moment tells them so. A rank blocked in a collective on
   a context that includes a finished rank can never complete it; it ends the job
@@ -54,7 +61,7 @@ from mpi4py import MPI
 
 from .. import env
 from ..observe import stacks
-from . import watchnet
+from . import plainwait, watchnet
 from .abort import abort
 
 if TYPE_CHECKING:
@@ -62,7 +69,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["watching", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
+__all__ = ["watching", "Peers", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
            "current", "messages", "format_stacks", "EXIT_HANG", "FINISH"]
 
 #: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out):
@@ -81,16 +88,18 @@ _FINISHED_GRACE = 1.0
 _COLLECT = 2.0
 
 _monotonic = time.monotonic
+_ident = threading.get_ident
 
 
 class _State:
     """What this process is doing: the current call as ``(name, since, context)``."""
 
-    __slots__ = ("now", "timeout", "thread", "stopping", "net", "finished", "ahead", "asked",
-                 "dumped", "fired", "notified", "explicit", "epoch", "lock")
+    __slots__ = ("now", "tid", "timeout", "thread", "stopping", "net", "finished", "ahead", "asked",
+                 "dumped", "fired", "notified", "explicit", "epoch", "lock", "spot")
 
     def __init__(self) -> None:
         self.now: tuple | None = None
+        self.tid = 0  # the thread that made the current mark
         self.timeout: float | None = None
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -104,13 +113,14 @@ class _State:
         self.explicit = False
         self.epoch = 0  # final checks (finish) this rank has completed
         self.lock = threading.Lock()  # epoch, finished, ahead, asked, notified and leaving a finish
+        self.spot: plainwait.Spot | None = None  # where the main thread stood at the last tick
 
 
 _S = _State()
 
 
 # ---- marking calls: the hot path ---------------------------------------------------
-def enter(name: str, ctx: Context | None = None) -> tuple | None:
+def enter(name: str, ctx: Context | Peers | Any = None) -> tuple | None:
     """Mark this rank as blocked in ``name`` from now on. **Local**, a few hundred ns.
 
     Returns the previous mark, to be passed to :func:`leave`. A call entered while
@@ -119,6 +129,7 @@ def enter(name: str, ctx: Context | None = None) -> tuple | None:
     prev = _S.now
     if prev is None:
         _S.now = (name, _monotonic(), ctx)
+        _S.tid = _ident()
     return prev
 
 
@@ -132,12 +143,14 @@ class watching:
     """``with watching("halo exchange", ctx):`` marks a blocking region. **Local**.
 
     Use it around point-to-point exchanges or plain mpi4py calls that may block,
-    so that the watchdog's timeout and its report cover them too.
+    so that the watchdog's timeout and its report cover them too. ``ctx``: the
+    context, or :class:`Peers` naming the ranks the wait depends on (any object
+    with ``world_ranks``); None: every rank.
     """
 
     __slots__ = ("name", "ctx", "prev")
 
-    def __init__(self, name: str, ctx: Context | None = None):
+    def __init__(self, name: str, ctx: Context | Peers | Any = None):
         self.name, self.ctx = name, ctx
 
     def __enter__(self) -> watching:
@@ -148,14 +161,33 @@ class watching:
         leave(self.prev)
 
 
+class Peers:
+    """The ranks a wait depends on, for :class:`watching`: ``Peers([0, 3])``. **Local**.
+
+    The watchdog ends the job at once when a rank waits more than a moment for a
+    rank that has finished its main function; a wait that depends on some ranks
+    only (a neighbour, root) names them, so that a rank that finished legitimately
+    elsewhere is not taken for the cause. ``world_ranks`` may be replaced while
+    the wait lasts (as the ranks it waits for change).
+    """
+
+    __slots__ = ("world_ranks",)
+
+    def __init__(self, world_ranks: list[int]):
+        self.world_ranks = list(world_ranks)
+
+
 def marked(name: str) -> Callable[[F], F]:
     """Decorate a method so that it is marked as ``name`` while it runs. **Local**.
 
     The method's ``self`` is recorded as the context (the watchdog reads its
     ``world_ranks``). Costs a few hundred ns per call; calls made inside an
-    already marked call keep the outer mark, as with :func:`enter`.
+    already marked call keep the outer mark, as with :func:`enter`. A second
+    thread that calls a marked method of the same object while the first is
+    inside one gets a ``RuntimeError`` at once (MPI state is not shared safely
+    between two threads in one communicator's collectives).
     """
-    state, mono = _S, _monotonic
+    state, mono, ident = _S, _monotonic, _ident
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -163,6 +195,9 @@ def marked(name: str) -> Callable[[F], F]:
             prev = state.now
             if prev is None:
                 state.now = (name, mono(), self)
+                state.tid = ident()
+            elif prev[2] is self and state.tid != ident():
+                _concurrent(name, prev, self)
             try:
                 return fn(self, *args, **kwargs)
             finally:
@@ -170,6 +205,16 @@ def marked(name: str) -> Callable[[F], F]:
                     state.now = None
         return wrapper  # type: ignore[return-value]
     return deco
+
+
+def _concurrent(name: str, prev: tuple, obj: Any) -> None:
+    """A second thread entered ``name`` on ``obj`` while another thread is in ``prev``."""
+    raise RuntimeError(
+        f"hpcpar: {type(obj).__name__}.{name} was called from thread "
+        f"{threading.current_thread().name!r} of rank {MPI.COMM_WORLD.Get_rank()} while another "
+        f"thread of this rank is inside {prev[0]} on the same object; one {type(obj).__name__} "
+        "serves one thread at a time. Give each thread its own Context (created in the same "
+        "order on every rank), or serialise the calls with a lock.")
 
 
 def current() -> tuple[str, float] | None:
@@ -288,14 +333,17 @@ def _check() -> None:
         net.serve(_S.epoch)
     with _S.lock:
         now, epoch, finished = _S.now, _S.epoch, set(_S.finished)
-        if now is None:
-            return
-        name, since, ctx = now
-        waited = _monotonic() - since
-        notify = (name == FINISH and net is not None and not _S.notified
-                  and waited > _FINISH_NOTICE)
-        if notify:
-            _S.notified = True
+        if now is not None:
+            name, since, ctx = now
+            waited = _monotonic() - since
+            notify = (name == FINISH and net is not None and not _S.notified
+                      and waited > _FINISH_NOTICE)
+            if notify:
+                _S.notified = True
+    if now is None:
+        _check_plain()
+        return
+    _S.spot = None
     if notify:
         assert net is not None  # notify requires it
         net.notice(epoch)
@@ -314,27 +362,54 @@ def _check() -> None:
         _fire(name, waited, timeout)
 
 
+def _check_plain() -> None:
+    """No hpcpar call is marked: a main thread blocked in one mpi4py call times out too."""
+    timeout = _S.timeout
+    if timeout is None:
+        _S.spot = None
+        return
+    now = _monotonic()
+    spot = _S.spot = plainwait.sample(_S.spot, now)
+    if spot is not None and spot.call is not None and not _S.fired and now - spot.since > timeout:
+        _fire(f"a plain MPI call ({spot.call} at {spot.where})", now - spot.since, timeout)
+
+
 def _world_ranks(ctx: Any) -> list[int]:
     """The COMM_WORLD ranks of a context (all ranks when unknown)."""
     ranks = getattr(ctx, "world_ranks", None)
     return list(range(MPI.COMM_WORLD.Get_size())) if ranks is None else ranks
 
 
-def _answer(origin: int) -> str:
-    """A dump round from ``origin`` reached this rank: dump the stacks once, say what it does."""
+def _answer(origin: int) -> tuple[str, str]:
+    """A dump round from ``origin`` reached this rank: dump the stacks once, say what it does
+    and on which host."""
     _S.fired = True  # one rank reports for the job; this one only answers
     doing = _doing()
     if not _S.dumped:
         _S.dumped = True
         _write(f"[rank {MPI.COMM_WORLD.Get_rank()}] hpcpar watchdog: rank {origin} asked for "
                f"this rank's stacks; this rank is {doing}\n" + format_stacks())
-    return doing
+    return doing, _host()
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    try:
+        return MPI.Get_processor_name()
+    except Exception:
+        import socket
+        return socket.gethostname()
 
 
 def _doing() -> str:
     cur = current()
     if cur is None:
-        return "not in an hpcpar call (computing, or in a plain MPI call)"
+        now = _monotonic()
+        spot = _S.spot if _S.spot is not None else plainwait.sample(None, now)
+        if spot is not None and spot.call is not None:
+            return f"not in an hpcpar call: main thread {spot.describe()}"
+        where = "" if spot is None else f"; main thread {spot.describe()}"
+        return f"not in an hpcpar call (computing, or in a plain MPI call){where}"
     name, waited = cur
     if name == FINISH:
         return "finished the main function, waiting for the others"
@@ -351,21 +426,35 @@ def _fire(name: str, waited: float, timeout: float) -> None:
     if not _S.dumped:
         _S.dumped = True
         _write(f"[rank {me}] {head}; stacks of every thread:\n" + format_stacks())
-    lines = {me: _doing()}
+    lines: dict[int, tuple[str, str]] = {me: (_doing(), _host())}
     if net is not None:
         _collect(net, lines)
     groups: dict[str, list[int]] = {}
+    hosts: dict[str, dict[str, list[int]]] = {}
     for r in range(size):
-        what = lines.get(r, "no answer (exited, or busy in C code holding the GIL)")
+        what, host = lines.get(r, ("no answer (exited, or busy in C code holding the GIL)", ""))
         groups.setdefault(what, []).append(r)
+        if host:
+            hosts.setdefault(what, {}).setdefault(host, []).append(r)
     report = "; ".join(f"{'ranks' if len(rs) > 1 else 'rank'} {', '.join(map(str, rs))}: {what}"
-                       for what, rs in groups.items())
+                       + _on_hosts(hosts.get(what, {}), rs) for what, rs in groups.items())
     abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
            "is not in a call, usually mean a collective that only some ranks make (inside "
            "`if ctx.rank == ...:` or a loop whose length differs between ranks).", EXIT_HANG)
 
 
-def _collect(net: watchnet.Net, lines: dict[int, str]) -> None:
+def _on_hosts(hosts: dict[str, list[int]], ranks: list[int]) -> str:
+    """`` (on host h)``, or `` (on hosts h1: ranks 0, 1; h2: rank 2)`` for ranks on several."""
+    if not hosts:
+        return ""
+    if len(hosts) == 1:
+        return f" (on host {next(iter(hosts))})"
+    return " (on hosts " + "; ".join(
+        f"{h}: {'ranks' if len(rs) > 1 else 'rank'} {', '.join(map(str, rs))}"
+        for h, rs in hosts.items()) + ")"
+
+
+def _collect(net: watchnet.Net, lines: dict[int, tuple[str, str]]) -> None:
     """Ask for a dump round and gather the reports into ``lines`` (rank -> what it does).
 
     A phase is the time a round takes to reach every rank through the tree. After

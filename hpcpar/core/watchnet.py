@@ -95,11 +95,12 @@ class Net:
         learn: called with ``(epoch, ranks)`` when this rank learns that those
             ranks wait in the final check ``epoch``.
         dump: called with the origin's rank when a dump round or request reaches
-            this rank; dumps this rank's stacks (once) and returns what it is doing.
+            this rank; dumps this rank's stacks (once) and returns what it is doing
+            and its host name.
     """
 
     def __init__(self, comm: MPI.Comm, learn: Callable[[int, list[int]], None],
-                 dump: Callable[[int], str]) -> None:
+                 dump: Callable[[int], tuple[str, str]]) -> None:
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.learn, self.dump = learn, dump
@@ -114,7 +115,7 @@ class Net:
         self.rounds: dict[int, int] = {}  # root -> origin, for each round this rank forwarded
         self.others: set[int] = set()  # origins other than this rank it heard of
         self.answered: set[int] = set()  # origins this rank has reported to
-        self.reports: dict[int, str] = {}  # rank -> what it does, reported to this rank
+        self.reports: dict[int, tuple[str, str]] = {}  # rank -> (what it does, host)
 
     # ---- sending and receiving ---------------------------------------------------
     def send(self, obj: Any, dest: int, tag: int) -> None:
@@ -145,7 +146,7 @@ class Net:
                 self.start_round(msg)
             elif tag == _TAG_DUMP:  # (root, origin); root None: straight from the origin
                 self._round(msg[0], msg[1])
-            elif tag == _TAG_REPORT:  # (rank, what it does)
+            elif tag == _TAG_REPORT:  # (rank, (what it does, host))
                 self.reports[msg[0]] = msg[1]
         if self.rank == COORDINATOR:
             self._push()

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from mpi4py import MPI
 
+from ..core import watchdog
+from ..core.agreement import Slot, agrees, dtype_code, put, vector
 from ..core.context import Context
 from ..errors import Problem, agree, agree_equal, attempt, fail, raise_problems
 from . import partition
@@ -55,6 +57,9 @@ class Grid:
         halo_shape: the shape of a local array with halo, ``local_shape + 2*halo``.
         global_slices: where this rank's interior sits in the global array.
         neighbors: per axis, ``(lower, upper)`` neighbour ranks, ``MPI.PROC_NULL`` at walls.
+        world_ranks: the ``COMM_WORLD`` ranks a halo exchange of this rank waits for
+            (its neighbours, diagonal ones included, and itself): the hang watchdog
+            reads them.
     """
 
     def __init__(self, ctx: Context, shape: Sequence[int], dims: Sequence[int] | None = None,
@@ -91,6 +96,10 @@ class Grid:
         self._offsets = layout.offsets(corners=True)
         self._tag = {o: i for i, o in enumerate(self._offsets)}
         self._plans: dict[tuple[np.dtype, bool], list] = {}
+        peers = {peer for off in self._offsets
+                 if (peer := layout.neighbor(self.coords, off)) is not None}
+        self.world_ranks: list[int] = sorted({ctx.world_ranks[r] for r in peers}
+                                             | {ctx.world_ranks[self.rank]})
         self._pending: list[MPI.Request] | None = None
         self._pending_array: np.ndarray | None = None
 
@@ -131,6 +140,7 @@ class Grid:
         return a[self._interior]
 
     # ------------------------------------------------------------------ halo exchange
+    @watchdog.marked("Grid.exchange")
     def exchange(self, a: np.ndarray, corners: bool = True) -> np.ndarray:
         """Fill the ghost cells of ``a`` from the neighbouring ranks. **Collective** over the grid.
 
@@ -151,14 +161,22 @@ class Grid:
             ``a``, its ghost cells filled.
 
         Raises:
-            ValueError: on this rank, when ``a`` does not fit the grid (the job's
-                runner then ends the job); RuntimeError when an exchange begun with
+            ValueError: on every rank, when the first exchange of a kind of array
+                (dtype, ``corners``) finds that the ranks' dtypes or ``corners`` differ,
+                or that some rank's array does not fit its block; on this rank alone
+                when a later exchange gets an array that does not fit (the job's
+                runner then ends the job). RuntimeError when an exchange begun with
                 :meth:`exchange_begin` is still pending.
+
+        The first exchange of each dtype and ``corners`` value is checked across the
+        ranks (one fixed-size ``Allreduce``, whatever the number of ranks); later
+        ones are not, so every rank must switch to a new dtype at the same exchange.
         """
         self.exchange_begin(a, corners)
         self.exchange_end()
         return a
 
+    @watchdog.marked("Grid.exchange_begin")
     def exchange_begin(self, a: np.ndarray, corners: bool = True) -> None:
         """Start filling the ghost cells of ``a``; return at once. **Collective** over the grid.
 
@@ -171,8 +189,16 @@ class Grid:
         if self._pending is not None:
             raise RuntimeError("hpcpar.Grid.exchange_begin: an exchange is already pending on "
                                f"rank {self.rank}; call exchange_end() first")
-        self._check_local(a, "exchange_begin", contiguous=True)
-        plan = self._plan(a.dtype, corners)
+        plan = self._plans.get((a.dtype, corners)) if isinstance(a, np.ndarray) else None
+        if plan is None:
+            if not self._plans:  # the first exchange: every rank checks, also a misfit
+                self._agree_layout(a, corners)
+            self._check_local(a, "exchange_begin", contiguous=True)
+            if self._plans:
+                self._agree_layout(a, corners)
+            plan = self._plan(a.dtype, corners)
+        else:
+            self._check_local(a, "exchange_begin", contiguous=True)
         reqs = []
         for peer, rtag, _, _, rtype in plan:
             reqs.append(self.comm.Irecv([a, 1, rtype], peer, rtag))
@@ -181,6 +207,39 @@ class Grid:
         self._pending = reqs
         self._pending_array = a
 
+    def _agree_layout(self, a: Any, corners: bool) -> None:
+        """Check that every rank exchanges an array that fits, of the same dtype. **Collective**.
+
+        One ``Allreduce`` of the agreement vector (:mod:`hpcpar.core.agreement`); only
+        when the ranks disagree are their dtypes gathered to name them (O(P), error path).
+        """
+        where = "hpcpar.Grid.exchange"
+        problem: Problem | None = None
+        if not isinstance(a, np.ndarray):
+            problem = "TypeError", f"expected a NumPy array, got {type(a).__name__}"
+        elif a.shape != self.halo_shape:
+            problem = ("ValueError", f"array of shape {a.shape} does not fit its local shape with "
+                       f"halo {self.halo_shape}; make it with grid.zeros() or grid.empty()")
+        elif not a.flags.c_contiguous or a.dtype.hasobject:
+            problem = ("ValueError", f"the array must be C-contiguous and hold no Python objects "
+                       f"(got dtype {a.dtype}, C-contiguous={a.flags.c_contiguous})")
+        v = vector()
+        put(v, Slot.CALL, 1)
+        put(v, Slot.KIND, int(bool(corners)))
+        if problem is None:
+            put(v, Slot.DTYPE, dtype_code(a.dtype))
+            put(v, Slot.NDIM, a.ndim)
+        else:
+            v[Slot.PROBLEM] = 1
+        r = np.empty_like(v)
+        self.comm.Allreduce(v, r, MPI.MAX)
+        if agrees(r):
+            return
+        agree(self.comm, where, problem, name_ranks=True)
+        agree_equal(self.comm, where, (a.dtype, bool(corners)), "dtype and corners",
+                    lambda m: f"dtype {m[0]}, corners={m[1]}")
+
+    @watchdog.marked("Grid.exchange_end")
     def exchange_end(self) -> np.ndarray | None:
         """Wait for the exchange started by :meth:`exchange_begin`. **Collective** over the grid.
 
@@ -243,6 +302,10 @@ class Grid:
             ValueError: on every rank, when root's array is missing or its shape
                 is not the grid's.
         """
+        with watchdog.watching("Grid.scatter", self._peers(root)):
+            return self._scatter(array, root)
+
+    def _scatter(self, array: np.ndarray | None, root: int) -> np.ndarray:
         where = "hpcpar.Grid.scatter"
         self._check_root(root, where)
         problem: Problem | None = None
@@ -289,6 +352,10 @@ class Grid:
             ValueError: on every rank, when some rank's array has the wrong shape
                 or the dtypes differ between ranks.
         """
+        with watchdog.watching("Grid.gather", self._peers(root)):
+            return self._gather(a, root)
+
+    def _gather(self, a: np.ndarray, root: int) -> np.ndarray | None:
         where = "hpcpar.Grid.gather"
         self._check_root(root, where)
         problem: Problem | None = None
@@ -332,6 +399,13 @@ class Grid:
                 t.Free()
 
     # ------------------------------------------------------------------ checks
+    def _peers(self, root: Any) -> Any:
+        """The ranks scatter/gather waits for: every rank on root, root elsewhere (watchdog)."""
+        world = self.ctx.world_ranks
+        if root == self.rank or not isinstance(root, int) or not 0 <= root < len(world):
+            return self.ctx
+        return watchdog.Peers([world[self.rank], world[root]])
+
     def _check_root(self, root: object, where: str) -> None:
         """Raise when ``root`` is not a rank; every rank passes the same root, so all raise alike."""
         if not (isinstance(root, (int, np.integer)) and not isinstance(root, bool)

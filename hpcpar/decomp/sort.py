@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from ..core import watchdog
 from ..core.context import Context
 from ..errors import Problem, agree, agree_equal, fail
 
@@ -44,6 +45,11 @@ def sample_sort(ctx: Context, keys: np.ndarray, oversample: int | None = None) -
             sortable dtype (a ``TypeError`` too when not an array or not sortable), or
             the dtypes differ between ranks.
     """
+    with watchdog.watching("sample_sort", ctx):
+        return _sort(ctx, keys, oversample)
+
+
+def _sort(ctx: Context, keys: np.ndarray, oversample: int | None) -> np.ndarray:
     where = "hpcpar.sample_sort"
     problem: Problem | None = None
     if not isinstance(keys, np.ndarray):

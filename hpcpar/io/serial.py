@@ -42,12 +42,15 @@ def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], b
     """
     from mpi4py import MPI
 
+    from ..core import watchdog
+
     comm = ctx.comm
     start, count = boxes[ctx.rank]
     if not ctx.is_root:
-        if math.prod(count):
-            comm.Send([as_bytes(block), MPI.BYTE], dest=ctx.root, tag=TAG)
-        agree(comm, where, None, root=ctx.root)
+        with watchdog.watching("Output (sending a block to root)", ctx):
+            if math.prod(count):
+                comm.Send([as_bytes(block), MPI.BYTE], dest=ctx.root, tag=TAG)
+            agree(comm, where, None, root=ctx.root)
         return False
     # Root writes its own block while the next one arrives, then each received
     # block while receiving the one after it: at most two blocks in flight.
@@ -66,11 +69,13 @@ def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], b
     for i, r in enumerate(senders):
         assert pending is not None  # post(i) with i < len(senders)
         buf, req = pending
-        req.Wait()
+        with watchdog.watching("Output (root receiving blocks)", ctx):
+            req.Wait()
         pending = post(i + 1)
         if problem is None:  # keep receiving after an error: every send must be matched
             _, problem = attempt(hyper_write, dset, boxes[r][0], boxes[r][1], buf)
-    agree(comm, where, problem, root=ctx.root)
+    with watchdog.watching("Output (root receiving blocks)", ctx):
+        agree(comm, where, problem, root=ctx.root)
     return True
 
 
@@ -87,6 +92,8 @@ def put_token(ctx: Context, path: str, name: str, root_file: Any, boxes: Sequenc
     """
     import h5py
 
+    from ..core import watchdog
+
     comm = ctx.comm
     start, count = boxes[ctx.rank]
     problem = None
@@ -97,16 +104,18 @@ def put_token(ctx: Context, path: str, name: str, root_file: Any, boxes: Sequenc
         problem = problem or p
         ok = problem is None
     else:
-        ok = comm.recv(source=ctx.rank - 1, tag=TAG)
+        with watchdog.watching("Output (waiting for the previous rank's write)", ctx):
+            ok = comm.recv(source=ctx.rank - 1, tag=TAG)
         if ok and math.prod(count):
             def one() -> None:
                 with h5py.File(path, "r+") as f:
                     hyper_write(f[name], start, count, block)
             _, problem = attempt(one)
             ok = problem is None
-    if ctx.rank + 1 < ctx.size:
-        comm.send(ok, dest=ctx.rank + 1, tag=TAG)
-    problems = comm.allgather(problem)
+    with watchdog.watching("Output (passing the write token)", ctx):
+        if ctx.rank + 1 < ctx.size:
+            comm.send(ok, dest=ctx.rank + 1, tag=TAG)
+        problems = comm.allgather(problem)
     if ctx.is_root:
         f, p = attempt(h5py.File, path, "r+")
         reopened(f)

@@ -19,10 +19,11 @@ from typing import Any
 
 from mpi4py import MPI
 
+from ..core import watchdog
 from ..errors import TaskError
 from ..observe.progress import meter
 
-__all__ = ["Root", "Failure", "TAG", "REQ", "RES", "IDLE_MIN", "IDLE_MAX"]
+__all__ = ["Root", "Failure", "TAG", "REQ", "RES", "IDLE_MIN", "IDLE_MAX", "pack", "sendable"]
 
 TAG = 7  #: every farm message uses one tag on the farm's private communicator
 REQ, RES = 0, 1  #: worker -> root kinds: "results, and give me more" / "results only"
@@ -76,11 +77,60 @@ class Failure:
 
 
 
+def pack(i: int, ok: bool | None, value: Any, rank: int) -> tuple:
+    """A result as it travels: ``(index, ok, pickled value)``; a Failure if it cannot be pickled.
+
+    Each result is pickled on its own, so that root can unpickle each on its own
+    too: one result that cannot be sent, or cannot be unpickled on root, fails its
+    own task and nothing else.
+    """
+    if ok is None:
+        return i, None, None
+    try:
+        return i, ok, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        err = TypeError(f"the result of task {i} cannot be sent to root: {type(exc).__name__}: {exc}")
+        return i, False, pickle.dumps(Failure(i, rank, err), pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(item: tuple, source: int) -> tuple:
+    """Root's side of :func:`pack`: ``(index, ok, value)``."""
+    i, ok, payload = item
+    if ok is None:
+        return item
+    try:
+        return i, ok, pickle.loads(payload)
+    except Exception as exc:
+        err = TypeError(f"the result of task {i} from rank {source} cannot be unpickled on root: "
+                        f"{type(exc).__name__}: {exc} (an exception class whose __init__ takes "
+                        "other arguments than its args, say; make it picklable or return "
+                        "plain data)")
+        return i, False, Failure(i, source, err)
+
+
+def sendable(i: int, task: Any, rank: int, dest: int) -> Any:
+    """``task`` if it pickles, else a Failure that takes its place (the worker reports it)."""
+    try:
+        pickle.dumps(task, pickle.HIGHEST_PROTOCOL)
+        return task
+    except Exception as exc:
+        return Failure(i, rank, TypeError(f"task {i} cannot be sent from root (rank {rank}) to "
+                                          f"rank {dest}: {type(exc).__name__}: {exc}"))
+
+
 class Root:
-    """Root's side: the task queue, the answers to requests, its own tasks."""
+    """Root's side: the task queue, the answers to requests, its own tasks.
+
+    ``world``: the ``COMM_WORLD`` rank of each rank of the farm. While root waits,
+    the hang watchdog records the ranks it waits for: those not yet told to stop.
+    """
 
     def __init__(self, comm: MPI.Intracomm, fn: Callable[[Any], Any], tasks: list,
-                 chunksize: int, ordered: bool, progress: bool, errors: str):
+                 chunksize: int, ordered: bool, progress: bool, errors: str,
+                 world: list[int] | None = None):
+        self.world = list(range(comm.Get_size())) if world is None else list(world)
+        self.watch = watchdog.Peers(self.world)
+        self.broken: TaskError | None = None  # the helper thread failed
         self.comm, self.fn, self.tasks = comm, fn, tasks
         self.n, self.cs, self.ordered, self.errors = len(tasks), chunksize, ordered, errors
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
@@ -133,12 +183,20 @@ class Root:
 
     def _serve(self, msg, source: int) -> None:
         kind, done, want = msg.recv()
-        self._record(done)
+        self._record([_unpack(item, source) for item in done])
         if kind == REQ:
             chunks = self._grant(want)
             if not chunks:
                 self.stopped += 1
-            self.sends.append(self.comm.isend(chunks, dest=source, tag=TAG))
+                gone = self.world[source]
+                self.watch.world_ranks = [r for r in self.watch.world_ranks if r != gone]
+            try:
+                req = self.comm.isend(chunks, dest=source, tag=TAG)
+            except Exception:  # some task cannot be pickled: it fails, the others go
+                chunks = [(start, [sendable(start + k, t, self.rank, source)
+                                   for k, t in enumerate(items)]) for start, items in chunks]
+                req = self.comm.isend(chunks, dest=source, tag=TAG)
+            self.sends.append(req)
             if len(self.sends) > 16:
                 self.sends = [r for r in self.sends if not r.Test()]
 
@@ -155,17 +213,31 @@ class Root:
         return self.next >= self.n or self.cancel
 
     def _helper(self, stop: threading.Event) -> None:
-        """Answer requests while root's main thread is busy in a long task."""
+        """Answer requests while root's main thread is busy in a long task.
+
+        Whatever goes wrong here becomes a :class:`TaskError` that root's main thread
+        raises; the farm stops handing out tasks.
+        """
         pause = IDLE_MIN
-        while not stop.is_set():
-            served = 0
-            if self.lock.acquire(blocking=False):
-                try:
-                    served = self._serve_pending()
-                finally:
-                    self.lock.release()
-            pause = IDLE_MIN if served else min(2 * pause, _HELPER_MAX)
-            stop.wait(pause)
+        try:
+            while not stop.is_set():
+                served = 0
+                if self.lock.acquire(blocking=False):
+                    try:
+                        served = self._serve_pending()
+                    finally:
+                        self.lock.release()
+                pause = IDLE_MIN if served else min(2 * pause, _HELPER_MAX)
+                stop.wait(pause)
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            err = TaskError(f"hpcpar.farm: root's helper thread (rank {self.rank}) failed with "
+                            f"{type(exc).__name__}: {exc}\n{tb}", None, self.rank,
+                            type(exc).__name__, tb)
+            err.__cause__ = exc
+            with self.lock:
+                self.broken = err
+                self.cancel = True
 
     # -- the main loop
     def run(self) -> Iterator[Any]:
@@ -179,11 +251,13 @@ class Root:
         want = 0  # next index to yield when ordered
         mine = None  # root's own current chunk: (start, items, position)
         idle = IDLE_MIN
+        waiting, prev = False, None  # root is marked waiting for the workers
         try:
             while True:
                 with self.lock:
-                    if self.size > 1:
-                        self._serve_pending()
+                    served = self._serve_pending() if self.size > 1 else 0
+                    if self.broken is not None:
+                        raise self.broken
                     if mine is None:
                         chunk = self._take()
                         mine = (chunk[0], chunk[1], 0) if chunk else None
@@ -191,6 +265,9 @@ class Root:
                     self.arrived.clear()
                     done = (mine is None and self._finished() and self.outstanding == 0
                             and self.stopped == self.size - 1)
+                if waiting and (served or ready or done):
+                    watchdog.leave(prev)
+                    waiting = False
                 for i, ok, value in ready:
                     if ok is False and self.errors == "raise":
                         continue
@@ -215,6 +292,9 @@ class Root:
                         stop.set()
                         helper.join()
                         helper = None
+                    if not waiting:
+                        prev, waiting = watchdog.enter("farm (root waiting for results)",
+                                                       self.watch), True
                     if self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG):
                         idle = IDLE_MIN
                     else:
@@ -228,13 +308,18 @@ class Root:
             self._drain()
             raise
         finally:
+            if waiting:
+                watchdog.leave(prev)
             if helper is not None:
                 assert stop is not None  # set together with helper
                 stop.set()
                 helper.join()
             if self.bar is not None:
                 self.bar.close()
-        MPI.Request.Waitall(self.sends)
+        with watchdog.watching("farm (root sending)", self.watch):
+            MPI.Request.Waitall(self.sends)
+        if self.broken is not None:
+            raise self.broken
         if self.errors == "raise" and self.first_failure is not None:
             raise self.first_failure.error()
 
@@ -280,12 +365,13 @@ class Root:
         with self.lock:
             self.cancel = True
         idle = IDLE_MIN
-        while True:
-            with self.lock:
-                self._serve_pending()
-                self.arrived.clear()
-                if self.outstanding <= 0 and self.stopped == self.size - 1:
-                    break
-            time.sleep(idle)
-            idle = min(2 * idle, IDLE_MAX)
-        MPI.Request.Waitall(self.sends)
+        with watchdog.watching("farm (root stopping early, waiting for the workers)", self.watch):
+            while True:
+                with self.lock:
+                    self._serve_pending()
+                    self.arrived.clear()
+                    if self.outstanding <= 0 and self.stopped == self.size - 1:
+                        break
+                time.sleep(idle)
+                idle = min(2 * idle, IDLE_MAX)
+            MPI.Request.Waitall(self.sends)

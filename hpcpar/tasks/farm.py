@@ -22,7 +22,6 @@ nothing behind.
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -30,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from mpi4py import MPI
 
+from ..core import watchdog
 from ..errors import Problem, TaskError, agree, problem_of
-from ._farm_root import IDLE_MAX, IDLE_MIN, REQ, RES, TAG, Failure, Root
+from ._farm_root import IDLE_MAX, IDLE_MIN, REQ, RES, TAG, Failure, Root, pack
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -125,9 +125,10 @@ def farm_iter(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | Non
         if ctx.is_root:
             n = len(items)
             cs = chunksize if chunksize is not None else default_chunksize(n, ctx.size)
-            yield from Root(fcomm, fn, items, cs, ordered, progress, errors).run()
+            yield from Root(fcomm, fn, items, cs, ordered, progress, errors, ctx.world_ranks).run()
         else:
-            _work(fcomm, fn, ctx.root, errors)
+            _work(fcomm, fn, ctx.root, errors,
+                  watchdog.Peers([ctx.world_ranks[ctx.rank], ctx.world_ranks[ctx.root]]))
     finally:
         fcomm.Free()
 
@@ -174,17 +175,8 @@ def _run_one(fn: Callable[[Any], Any], i: int, task: Any, rank: int) -> tuple[bo
         return False, Failure(i, rank, exc)
 
 
-def _picklable(item: tuple, rank: int) -> tuple:
-    i, ok, value = item
-    try:
-        pickle.dumps(value)
-        return item
-    except Exception as exc:
-        err = TypeError(f"the result of task {i} cannot be sent to root: {type(exc).__name__}: {exc}")
-        return i, False, Failure(i, rank, err)
-
-
-def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str) -> None:
+def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str,
+          watch: Any = None) -> None:
     """A worker's loop: ask, compute, ask again before the last task it holds.
 
     One request is outstanding at a time. A request asks for ``want`` chunks;
@@ -202,11 +194,7 @@ def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str)
 
     def post(kind):
         nonlocal done
-        try:
-            sends.append(comm.isend((kind, done, want), dest=root, tag=TAG))
-        except Exception:
-            done = [_picklable(item, rank) for item in done]
-            sends.append(comm.isend((kind, done, want), dest=root, tag=TAG))
+        sends.append(comm.isend((kind, done, want), dest=root, tag=TAG))
         done = []
         if len(sends) > 8:
             sends[:] = [r for r in sends if not r.Test()]
@@ -217,7 +205,8 @@ def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str)
         if asked and (not queue or comm.iprobe(source=root, tag=TAG)):
             if not queue and not comm.iprobe(source=root, tag=TAG):
                 want = min(2 * want, _MAX_WANT)  # it will have to wait: ask for more next time
-                _await(comm, root)
+                with watchdog.watching("farm (worker waiting for tasks from root)", watch):
+                    _await(comm, root)
             chunks = comm.recv(source=root, tag=TAG)
             asked = False
             if not chunks:
@@ -233,9 +222,13 @@ def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str)
         if failed:
             done.append((i, None, None))  # skipped: the farm is failing
             continue
-        ok, value = _run_one(fn, i, task, rank)
-        done.append((i, ok, value))
+        if isinstance(task, Failure):  # root could not send this task
+            ok, value = False, task
+        else:
+            ok, value = _run_one(fn, i, task, rank)
+        done.append(pack(i, ok, value, rank))
         failed = failed or (not ok and errors == "raise")
     if done:
         post(RES)
-    MPI.Request.Waitall(sends)
+    with watchdog.watching("farm (worker sending results)", watch):
+        MPI.Request.Waitall(sends)

@@ -16,8 +16,10 @@ once per rank and reuse it, also across farm tasks.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing.context as mpc
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -160,6 +162,8 @@ class LocalPool:
 
     def __init__(self, workers: int, kind: str):
         self.workers, self.kind = workers, kind
+        #: what the hang watchdog records while this rank waits for its pool: only itself
+        self.world_ranks: list[int] = [_world_rank()]
         if kind == "process":
             self._ex: cf.Executor = cf.ProcessPoolExecutor(workers, mp_context=WorkerContext())
         else:
@@ -171,10 +175,28 @@ class LocalPool:
 
     def map(self, fn: Callable, *iterables: Iterable, chunksize: int = 1,
             timeout: float | None = None) -> Iterator:
-        """``fn`` over the items, results in order (as ``Executor.map``)."""
+        """``fn`` over the items, results in order (as ``Executor.map``).
+
+        Waiting for each result is marked in the hang watchdog (``local pool``).
+        """
         if self.kind == "process":
-            return self._ex.map(fn, *iterables, chunksize=chunksize, timeout=timeout)
-        return self._ex.map(fn, *iterables, timeout=timeout)
+            it = self._ex.map(fn, *iterables, chunksize=chunksize, timeout=timeout)
+        else:
+            it = self._ex.map(fn, *iterables, timeout=timeout)
+        return self._watched(it)
+
+    def _watched(self, it: Iterator) -> Iterator:
+        while True:
+            with _watching("local pool (waiting for a result)", self):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+
+    def _results(self, futs: list[cf.Future]) -> list:
+        with _watching("local pool (waiting for results)", self):
+            return [f.result() for f in futs]
 
     def map_array(self, fn: Callable[[np.ndarray], Any], array: np.ndarray, axis: int = 0,
                   blocks: int | None = None) -> list:
@@ -215,7 +237,7 @@ class LocalPool:
             view = arr.view()
             view.flags.writeable = False
             futs = [self._ex.submit(fn, _take(view, axis, a, b)) for a, b in bounds]
-            return [f.result() for f in futs]
+            return self._results(futs)
         shm = shared_memory.SharedMemory(create=True, size=max(1, arr.nbytes))
         try:
             shared = np.ndarray(arr.shape, arr.dtype, buffer=shm.buf)
@@ -223,7 +245,7 @@ class LocalPool:
             del shared
             spec = (shm.name, arr.shape, arr.dtype.str if not arr.dtype.fields else arr.dtype, axis)
             futs = [self._ex.submit(_apply_block, fn, spec, a, b) for a, b in bounds]
-            return [f.result() for f in futs]
+            return self._results(futs)
         finally:
             shm.close()
             shm.unlink()
@@ -240,6 +262,21 @@ class LocalPool:
 
     def __repr__(self) -> str:
         return f"<hpcpar.LocalPool {self.workers} {self.kind} workers>"
+
+
+def _world_rank() -> int:
+    """This process's ``COMM_WORLD`` rank (0 when MPI is not loaded or not initialised)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 0
+    return int(mpi.COMM_WORLD.Get_rank())
+
+
+def _watching(name: str, pool: LocalPool) -> contextlib.AbstractContextManager:
+    """The hang watchdog's mark for a wait on the pool; nothing when hpcpar's MPI side is not
+    loaded (a pool needs no MPI, and marking must not start it)."""
+    watchdog = sys.modules.get("hpcpar.core.watchdog")
+    return contextlib.nullcontext() if watchdog is None else watchdog.watching(name, pool)
 
 
 def _take(arr: np.ndarray, axis: int, a: int, b: int) -> np.ndarray:

@@ -13,6 +13,7 @@ communicator, freed at the end.
 
 from __future__ import annotations
 
+import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpi4py import MPI
 
+from ..core import watchdog
 from ..decomp import partition
 from ..errors import Problem, TaskError, agree, agree_equal
 
@@ -109,10 +111,13 @@ def pipeline(ctx: Context, stages: Sequence[Callable[[Any], Any]], items: Iterab
         pcomm.Free()
         return None
     mine = list(partition.block_range(nstages, used, ctx.rank))
+    # what the hang watchdog records while this rank waits: itself and the rank it waits for
+    world = ctx.world_ranks
+    watch = watchdog.Peers([world[ctx.rank], world[(ctx.rank - 1) % used]])
     try:
         if ctx.is_root:
-            return _root(pcomm, stages, mine, items, window, used)
-        _middle(pcomm, stages, mine, used)
+            return _root(pcomm, stages, mine, items, window, used, watch)
+        _middle(pcomm, stages, mine, used, watch)
         return None
     finally:
         pcomm.Free()
@@ -145,30 +150,59 @@ def _serial(stages, items) -> list:
     return out
 
 
-def _wait(comm, source) -> None:
-    """Block until a message from ``source`` is waiting, sleeping rather than spinning."""
-    pause = _IDLE_MIN
-    while not comm.iprobe(source=source, tag=_TAG):
-        time.sleep(pause)
-        pause = min(2 * pause, _IDLE_MAX)
+def _wait(comm, source, watch) -> None:
+    """Block until a message from ``source`` is waiting, sleeping rather than spinning.
+
+    ``watch``: what the hang watchdog records meanwhile (:class:`hpcpar.core.watchdog.Peers`).
+    """
+    if comm.iprobe(source=source, tag=_TAG):
+        return
+    with watchdog.watching("pipeline (waiting for the previous stage)", watch):
+        pause = _IDLE_MIN
+        while not comm.iprobe(source=source, tag=_TAG):
+            time.sleep(pause)
+            pause = min(2 * pause, _IDLE_MAX)
 
 
-def _middle(comm, stages, mine, used) -> None:
+def _dump(index: int, value: Any, stage: int, rank: int, dest: int) -> tuple[int, bytes]:
+    """An item as it travels: ``(index, pickled value)``; a failure of ``stage`` if it cannot."""
+    try:
+        return index, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        err = TypeError(f"the output of stage {stage} cannot be sent to rank {dest}: "
+                        f"{type(exc).__name__}: {exc}")
+        return index, pickle.dumps(_StageFailure(index, stage, rank, err), pickle.HIGHEST_PROTOCOL)
+
+
+def _load(msg: tuple[int, bytes], stage: int, source: int, rank: int) -> tuple[int, Any]:
+    """The other side of :func:`_dump`; ``stage``: the sender's last stage."""
+    index, payload = msg
+    try:
+        return index, pickle.loads(payload)
+    except Exception as exc:
+        err = TypeError(f"the output of stage {stage} from rank {source} cannot be unpickled on "
+                        f"rank {rank}: {type(exc).__name__}: {exc}")
+        return index, _StageFailure(index, stage, source, err)
+
+
+def _middle(comm, stages, mine, used, watch) -> None:
     rank = comm.Get_rank()
     dest = (rank + 1) % used  # the last stage's rank sends to root
     while True:
-        _wait(comm, rank - 1)
+        _wait(comm, rank - 1, watch)
         msg = comm.recv(source=rank - 1, tag=_TAG)
         if msg is _EOS or msg == _EOS:
-            comm.send(_EOS, dest=dest, tag=_TAG)
+            with watchdog.watching("pipeline (sending to the next stage)", watch):
+                comm.send(_EOS, dest=dest, tag=_TAG)
             return
-        index, value = msg
+        index, value = _load(msg, mine[0] - 1, rank - 1, rank)
         if not isinstance(value, _StageFailure):
             value = _apply(stages, mine, index, value, rank)
-        comm.send((index, value), dest=dest, tag=_TAG)
+        with watchdog.watching("pipeline (sending to the next stage)", watch):
+            comm.send(_dump(index, value, mine[-1], rank, dest), dest=dest, tag=_TAG)
 
 
-def _root(comm, stages, mine, items, window, used) -> list:
+def _root(comm, stages, mine, items, window, used, watch) -> list:
     last = used - 1
     sends: list[MPI.Request] = []
     out: dict[int, Any] = {}
@@ -185,7 +219,7 @@ def _root(comm, stages, mine, items, window, used) -> list:
 
     def take(msg):
         nonlocal inflight, failure
-        index, value = msg
+        index, value = _load(msg, len(stages) - 1, last, 0)
         inflight -= 1
         if isinstance(value, _StageFailure):
             if failure is None or value.index < failure.index:
@@ -207,7 +241,7 @@ def _root(comm, stages, mine, items, window, used) -> list:
                     failure = failure or value
                     end()
                     continue
-                sends.append(comm.isend((fed, value), dest=1, tag=_TAG))
+                sends.append(comm.isend(_dump(fed, value, mine[-1], 0, 1), dest=1, tag=_TAG))
                 fed += 1
                 inflight += 1
                 if len(sends) > 2 * window:
@@ -218,13 +252,14 @@ def _root(comm, stages, mine, items, window, used) -> list:
                         raise AssertionError("hpcpar.pipeline: end of stream came back early")
                     take(msg)
                 continue
-            _wait(comm, last)
+            _wait(comm, last, watch)
             msg = comm.recv(source=last, tag=_TAG)
             if msg == _EOS:
                 break
             take(msg)
     finally:
-        MPI.Request.Waitall(sends)
+        with watchdog.watching("pipeline (sending)", watch):
+            MPI.Request.Waitall(sends)
     if failure is not None:
         raise failure.error()
     return [out[i] for i in range(fed)]
