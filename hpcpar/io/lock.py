@@ -1,4 +1,4 @@
-"""Who owns an output file: root's lock, taken before anything is truncated, and disk space reserved before a write.
+"""Who owns an output file: root's lock, taken before anything is truncated; disk space reserved first.
 
 :class:`hpcpar.Output` never destroys a file another process is writing. Before
 HDF5 opens the file, root opens it itself (``O_RDWR | O_CREAT``, never
