@@ -226,14 +226,15 @@ class Output:
         if self.closed:
             problem = problem or f"{self.path} is closed"
         elif self._failed is not None and op != "close":
-            problem = problem or (f"an earlier write failed, so this Output writes nothing more "
-                                  f"({self._failed}); close it: what was written before is kept")
+            problem = problem or ("OSError", f"an earlier write failed, so this Output writes nothing "
+                                  f"more ({self._failed}); close it: what was written before is kept")
         heads = self.ctx.comm.allgather((op, name, payload, problem))
         calls = {(h[0], h[1]) for h in heads}
         if len(calls) > 1:
             raise_problems(f"hpcpar.Output({self.path!r})", [("ValueError", "ranks are in different calls: "
                    + "; ".join(f"rank {r}: {h[0]}({h[1]!r})" for r, h in enumerate(heads)))])
-        raise_problems(where, [None if h[3] is None else ("ValueError", h[3]) for h in heads])
+        raise_problems(where, [h[3] if h[3] is None or isinstance(h[3], tuple) else ("ValueError", h[3])
+                               for h in heads])
         return [h[2] for h in heads]
 
     def flush(self) -> None:
