@@ -33,11 +33,13 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 
 import hpcpar
+from hpcpar.launch.options import job_args
 
 LOOPBACK_NAMES = {"localhost"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The job's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url", nargs="?", help="start URL (loopback only)")
     p.add_argument("--serve-demo", action="store_true",
@@ -50,7 +52,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=8, help="fetching threads per rank (default 8)")
     p.add_argument("--batch", type=int, default=16, help="URLs per pipeline item (default 16)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    return p.parse_args(argv)
+    return p
+
+
+#: Output-file options, checked before the job starts (directory exists and is writable).
+OUTPUTS: tuple[str, ...] = ()
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, or None (the same on every rank)."""
+    if args.pages < 1:
+        return f"--pages must be >= 1, got {args.pages}"
+    if args.max_pages < 1:
+        return f"--max-pages must be >= 1, got {args.max_pages}"
+    if args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    if args.batch < 1:
+        return f"--batch must be >= 1, got {args.batch}"
+    if not args.timeout > 0:
+        return f"--timeout must be > 0 seconds, got {args.timeout:g}"
+    if not args.serve_demo and not args.url:
+        return "give a start URL or --serve-demo"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked (without the output-path checks of :func:`main`)."""
+    p = parser()
+    args = p.parse_args(argv)
+    why = check(args)
+    if why:
+        p.error(why)
+    return args
 
 
 # ---------------------------------------------------------------- the generated site
@@ -254,7 +287,7 @@ def crawl(ctx: hpcpar.Context, start: str | None, threads: int = 8, batch: int =
 
 
 def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> dict | None:
-    args = parse_args(argv)
+    args = job_args(ctx, parser(), argv, check, OUTPUTS)
     if not args.serve_demo and not args.url:
         raise SystemExit("crawler: give a start URL or --serve-demo")
     server = targets = None

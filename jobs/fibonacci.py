@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 import hpcpar
+from hpcpar.launch.options import job_args
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The job's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=3000, help="how many inputs (default 3000)")
     p.add_argument("--max-n", type=int, default=20000, help="largest n (default 20000)")
@@ -45,11 +47,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="resume from FILE when it exists, and keep the finished tasks' results in it")
     p.add_argument("--every", type=int, default=10, metavar="K",
                    help="with --checkpoint: save after every K finished tasks (default 10), and at the end")
-    args = p.parse_args(argv)
-    if args.every < 1:
-        p.error(f"--every must be at least 1, got {args.every}")
+    return p
+
+
+#: Output-file options, checked before the job starts (directory exists and is writable).
+OUTPUTS: tuple[str, ...] = ('checkpoint',)
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, or None (the same on every rank)."""
+    if args.count < 0:
+        return f"--count must be >= 0, got {args.count}"
+    if args.max_n < 0:
+        return f"--max-n must be >= 0, got {args.max_n}"
     if args.chunk < 1:
-        p.error(f"--chunk must be at least 1, got {args.chunk}")
+        return f"--chunk must be >= 1, got {args.chunk}"
+    if args.every < 1:
+        return f"--every must be >= 1, got {args.every}"
+    if args.workers is not None and args.workers < 1:
+        return f"--workers must be >= 1, got {args.workers}"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked (without the output-path checks of :func:`main`)."""
+    p = parser()
+    args = p.parse_args(argv)
+    why = check(args)
+    if why:
+        p.error(why)
     return args
 
 
@@ -261,7 +287,7 @@ def digest(results: list[int]) -> str:
 
 
 def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> list[int] | None:
-    args = parse_args(argv)
+    args = job_args(ctx, parser(), argv, check, OUTPUTS)
     ns = inputs(args.count, args.max_n, args.seed) if ctx.is_root else None
     t0 = time.perf_counter()
     try:

@@ -40,6 +40,7 @@ import numpy as np
 import hpcpar
 from hpcpar import slurm
 from hpcpar.bench.kernels import heat_stencil  # the stencil `hpcpar bench halo` measures
+from hpcpar.launch.options import job_args
 
 #: Defaults of this job's sbatch script (``hpcpar slurm render-all`` writes slurm/heat.sbatch):
 #: USR1 two minutes before the limit, then checkpoint, requeue and resume.
@@ -51,7 +52,8 @@ SLURM = {"ntasks": 4, "time": 30, "signal": 120, "requeue": True,
 R_MAX = 0.25
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The job's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=512, help="interior grid points per side (default 512)")
     p.add_argument("--steps", type=int, default=500, help="time steps (default 500)")
@@ -69,19 +71,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", metavar="FILE",
                    help="save a checkpoint every --every steps; resume from FILE when it exists")
     p.add_argument("--every", type=int, default=100, metavar="K",
-                   help="checkpoint interval in steps (default 100)")
+                   help="checkpoint interval in steps, and the last step (default 100)")
     p.add_argument("--stop-check", type=int, default=10, metavar="K",
                    help="check every K steps whether any rank got SIGUSR1 (Slurm's time-limit "
                    "warning); then save the checkpoint, requeue when the job allows it, and end "
                    "(default 10; 0: never)")
-    args = p.parse_args(argv)
+    return p
+
+
+#: Output-file options, checked before the run (directory exists and is writable).
+OUTPUTS = ("png", "save_npy", "out", "checkpoint")
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, or None (the same on every rank)."""
     for name in ("snapshot_every", "every", "steps"):
         if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+            return f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}"
+    if args.n < 1:
+        return f"--n must be >= 1, got {args.n}"
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        return f"--alpha must be a positive diffusivity, got {args.alpha:g}"
+    if not 0 < args.r <= R_MAX:
+        return f"--r must be in (0, {R_MAX}] (the explicit scheme is unstable above it), got {args.r:g}"
+    if args.stop_check < 0:
+        return f"--stop-check must be >= 0, got {args.stop_check}"
     if args.every == 0 and args.checkpoint:
-        p.error("--every must be >= 1 with --checkpoint")
+        return "--every must be >= 1 with --checkpoint"
     if args.snapshot_every and not args.out:
-        p.error("--snapshot-every needs --out FILE")
+        return "--snapshot-every needs --out FILE"
+    try:
+        dims = _parse_dims(args.dims)
+    except ValueError as exc:
+        return str(exc)
+    if dims is not None and (len(dims) != 2 or min(dims) < 1):
+        return f"--dims must be two positive numbers like 2x2, got {args.dims!r}"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked (without the output-path checks of :func:`main`)."""
+    p = parser()
+    args = p.parse_args(argv)
+    why = check(args)
+    if why:
+        p.error(why)
     return args
 
 
@@ -286,7 +320,7 @@ def open_output(ctx: hpcpar.Context, path: str, grid: hpcpar.Grid,
 
 
 def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | None:
-    args = parse_args(argv)
+    args = job_args(ctx, parser(), argv, check, OUTPUTS)
     if args.png:  # fail early, before the run, when matplotlib is missing
         try:
             import matplotlib  # noqa: F401
@@ -326,6 +360,9 @@ def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | Non
         if reached < args.steps:
             return stopped_early(ctx, grid, u, reached, args, ckpt)
         done = args.steps - start
+        if ckpt is not None and args.steps % args.every and args.steps > start:
+            with ctx.timer("output"):  # the final state, also when --steps < --every
+                ckpt.save(args.steps, u=(grid, u), n=args.n, r=args.r, alpha=args.alpha)
         if out is not None:
             with ctx.timer("output"):
                 out.write("u", grid, u)

@@ -27,9 +27,11 @@ from hpcpar import partition
 # gives the uint16 escape counts of rows y0:y1 of the image spanning REGION.
 from hpcpar.bench.kernels import MANDELBROT_REGION as REGION
 from hpcpar.bench.kernels import mandelbrot_rows as rows
+from hpcpar.launch.options import job_args
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The job's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=800, help="pixels per row (default 800)")
     p.add_argument("--height", type=int, default=600, help="rows (default 600)")
@@ -38,7 +40,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--png", metavar="PATH", help="write the image as a PNG (needs matplotlib)")
     p.add_argument("--out", metavar="FILE",
                    help="write the image to HDF5 (dataset 'image', each rank its rows)")
-    return p.parse_args(argv)
+    return p
+
+
+#: Output-file options, checked before the job starts (directory exists and is writable).
+OUTPUTS: tuple[str, ...] = ('png', 'out')
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, or None (the same on every rank)."""
+    if args.width < 1:
+        return f"--width must be >= 1, got {args.width}"
+    if args.height < 1:
+        return f"--height must be >= 1, got {args.height}"
+    if args.max_iter < 1:
+        return f"--max-iter must be >= 1, got {args.max_iter}"
+    if args.rows < 1:
+        return f"--rows must be >= 1, got {args.rows}"
+    if args.max_iter > 65535:
+        return f"--max-iter must be <= 65535 (escape counts are stored as uint16), got {args.max_iter}"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked (without the output-path checks of :func:`main`)."""
+    p = parser()
+    args = p.parse_args(argv)
+    why = check(args)
+    if why:
+        p.error(why)
+    return args
 
 
 def static_block(ctx: hpcpar.Context, width: int, height: int, max_iter: int) -> tuple[np.ndarray, float]:
@@ -121,7 +152,7 @@ WRITERS = {"png": write_png, "out": write_h5}
 
 
 def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | None:
-    args = parse_args(argv)
+    args = job_args(ctx, parser(), argv, check, OUTPUTS)
     w, h, m = args.width, args.height, args.max_iter
     ctx.barrier()
     t0 = time.perf_counter()

@@ -20,14 +20,39 @@ import numpy as np
 
 import hpcpar
 from hpcpar import partition
+from hpcpar.launch.options import count, job_args
+
+
+def parser() -> argparse.ArgumentParser:
+    """The job's options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=count, default=40_000_000, help="total number of samples (default 4e7)")
+    p.add_argument("--seed", type=int, default=2024, help="seed of the root SeedSequence")
+    p.add_argument("--chunk", type=int, default=1_000_000, help="samples per random stream")
+    return p
+
+
+#: Output-file options, checked before the job starts (directory exists and is writable).
+OUTPUTS: tuple[str, ...] = ()
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, or None (the same on every rank)."""
+    if args.samples < 1:
+        return f"--samples must be >= 1, got {args.samples}"
+    if args.chunk < 1:
+        return f"--chunk must be >= 1, got {args.chunk}"
+    return None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=float, default=4e7, help="total number of samples (default 4e7)")
-    p.add_argument("--seed", type=int, default=2024, help="seed of the root SeedSequence")
-    p.add_argument("--chunk", type=int, default=1_000_000, help="samples per random stream")
-    return p.parse_args(argv)
+    """The options, checked (without the output-path checks of :func:`main`)."""
+    p = parser()
+    args = p.parse_args(argv)
+    why = check(args)
+    if why:
+        p.error(why)
+    return args
 
 
 def count_hits(rng: np.random.Generator, n: int, batch: int = 1 << 20) -> int:
@@ -59,7 +84,7 @@ def estimate(ctx: hpcpar.Context, samples: int, seed: int, chunk: int) -> tuple[
 
 
 def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> float:
-    args = parse_args(argv)
+    args = job_args(ctx, parser(), argv, check, OUTPUTS)
     samples = int(args.samples)
     t0 = time.perf_counter()
     pi, hits = estimate(ctx, samples, args.seed, args.chunk)

@@ -20,21 +20,46 @@ import numpy as np
 
 import hpcpar
 from hpcpar import partition
+from hpcpar.launch.options import count, job_args
 from hpcpar.sort import sample_sort
 
 DTYPES = ("int64", "int32", "float64", "float32", "uint8")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The job's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=float, default=1e7, help="total number of keys (default 1e7)")
+    p.add_argument("--n", type=count, default=10_000_000, help="total number of keys (default 1e7)")
     p.add_argument("--dtype", default="int64", choices=DTYPES, help="key type (default int64)")
     p.add_argument("--distinct", type=int, default=0,
                    help="draw keys from this many distinct values (duplicates); 0: the whole range")
     p.add_argument("--seed", type=int, default=7, help="random seed")
     p.add_argument("--check", action="store_true",
                    help="also gather everything on root and compare with np.sort")
-    return p.parse_args(argv)
+    return p
+
+
+#: Output-file options, checked before the job starts (directory exists and is writable).
+OUTPUTS: tuple[str, ...] = ()
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, or None (the same on every rank)."""
+    if args.n < 0:
+        return f"--n must be >= 0, got {args.n}"
+    if args.distinct < 0:
+        return f"--distinct must be >= 0, got {args.distinct}"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked (without the output-path checks of :func:`main`)."""
+    p = parser()
+    args = p.parse_args(argv)
+    why = check(args)
+    if why:
+        p.error(why)
+    return args
 
 
 def make_keys(n_total: int, dtype: str, distinct: int, seed: int, size: int, rank: int) -> np.ndarray:
@@ -93,7 +118,7 @@ def verify(ctx: hpcpar.Context, keys: np.ndarray, result: np.ndarray) -> str | N
 
 
 def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray:
-    args = parse_args(argv)
+    args = job_args(ctx, parser(), argv, check, OUTPUTS)
     n = int(args.n)
     if n < 0:
         raise ValueError(f"--n must be >= 0, got {args.n}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from .. import env
 from ..errors import CollectiveError, agree, attempt, raise_problems
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
+from .lock import RESERVE_MARGIN, FileLock, reserve, trim
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
 from .slabs import (
@@ -51,6 +53,15 @@ GATHER_BYTES = 64 * 2**20
 #: File modes of :class:`Output` (``"x"`` is a synonym of ``"w-"``).
 _FILE_MODES = {"w": "w", "w-": "w-", "x": "w-", "a": "a", "r+": "r+"}
 _ABANDONED: list = []  # mpio files of an Output left by an error on one rank (never closed here)
+#: Attribute of a dataset whose data is being written; left in place when the write fails.
+INCOMPLETE = "hpcpar_incomplete"
+
+
+def _hosted(problem: tuple[str, str] | None) -> tuple[str, str] | None:
+    """An I/O problem with this host's name added (usage problems stay as they are)."""
+    if problem is None or problem[0] in ("ValueError", "KeyError", "TypeError"):
+        return problem
+    return problem[0], f"{problem[1]} (on host {socket.gethostname()})"
 
 
 class Output:
@@ -92,12 +103,23 @@ class Output:
         path: the absolute path of the file.
         file_mode: the HDF5 open mode.
 
+    Ownership and failures: root locks the file before HDF5 opens (and, for
+    ``mode="w"``, truncates) it and holds the lock until :meth:`close`
+    (:mod:`hpcpar.io.lock`), so a file another process is writing is never
+    touched. Before each write root reserves the disk blocks it needs, so a full
+    disk or a file-size limit raises before anything is written. After any I/O
+    error every later call on the Output raises (``OSError``) instead of writing;
+    what was written before stays readable once it is closed. A dataset whose
+    data did not all arrive keeps the attribute ``hpcpar_incomplete``.
+
     Raises:
         FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
         ValueError: on every rank, naming the path and what to do, before any
             file is created: missing directory, read-only location, existing file
             with ``mode="w-"``, unknown mode, a forced ``io`` that cannot work, or
             ranks that disagree about the I/O path.
+        OSError: on every rank, when another process holds the file open for
+            writing (nothing is changed).
     """
 
     def __init__(self, ctx: Context, path: str | os.PathLike[str], mode: str = "w", *, io: str | None = None,
@@ -105,6 +127,8 @@ class Output:
                  provenance: bool = True):
         self.ctx = ctx
         self._file: Any = None  # the h5py.File where this rank holds it
+        self._lock: FileLock | None = None  # root's hold on the file
+        self._failed: str | None = None  # the I/O error that ended this Output's writes
         self._wrote = False
         self.closed = True
         where = f"hpcpar.Output({os.fspath(path)!r})"
@@ -130,7 +154,18 @@ class Output:
 
         why = check_path(self.path, self.file_mode) if ctx.is_root else None
         agree(ctx.comm, self._where, why, root=ctx.root)
-        self._open(self.file_mode)
+        h5mode = self.file_mode
+        if ctx.is_root:
+            self._lock, why = attempt(FileLock, self.path, exclusive_create=h5mode == "w-")
+            why = _hosted(why)
+            if self._lock is not None and self._lock.created:
+                h5mode = "w"  # the empty file this lock created is ours to fill
+        agree(ctx.comm, self._where, why, root=ctx.root)
+        try:
+            self._open(ctx.comm.bcast(h5mode, root=ctx.root) if self.mode == "mpio" else h5mode)
+        except CollectiveError:
+            self._unlock(remove=True)
+            raise
         self.closed = False
         if provenance:
             self.attrs.update(provenance_attrs(ctx, self.mode, decomposition))
@@ -148,37 +183,68 @@ class Output:
                 self._file, problem = attempt(h5py.File, self.path, h5mode)
             agree(self.ctx.comm, self._where, problem, root=self.ctx.root)
 
+    def _unlock(self, remove: bool = False) -> None:
+        """Root drops its lock (and, with ``remove``, the empty file the lock created)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            if remove and lock.created:
+                attempt(os.unlink, self.path)
+            lock.release()
+
+    def _reserve(self, f: Any, nbytes: int) -> None:
+        """Root: make sure ``nbytes`` more (and some metadata) fit in the file. **Local**."""
+        if self._lock is not None:
+            reserve(self._lock, int(f.id.get_filesize()) + int(nbytes) + RESERVE_MARGIN)
+
     def _holder(self, fn, where: str, share: bool = False):
         """Run ``fn(file)`` where the file is held: every rank (mpio) or root (serial).
 
-        **Collective**. Errors are raised on every rank. With ``share`` every rank
-        gets root's result; otherwise ranks that do not hold the file get None.
+        **Collective**. Errors are raised on every rank (an I/O error also ends the
+        Output's writes). With ``share`` every rank gets root's result; otherwise
+        ranks that do not hold the file get None.
         """
-        if self.mode == "mpio":
-            res, problem = attempt(fn, self._file)
-            agree(self.ctx.comm, where, problem)
-            return res
-        res, problem = attempt(fn, self._file) if self.ctx.is_root else (None, None)
-        agree(self.ctx.comm, where, problem, root=self.ctx.root)
+        try:
+            if self.mode == "mpio":
+                res, problem = attempt(fn, self._file)
+                agree(self.ctx.comm, where, _hosted(problem))
+                return res
+            res, problem = attempt(fn, self._file) if self.ctx.is_root else (None, None)
+            agree(self.ctx.comm, where, _hosted(problem), root=self.ctx.root)
+        except CollectiveError as exc:
+            self._fail(exc)
+            raise
         return self.ctx.comm.bcast(res, root=self.ctx.root) if share else res
+
+    def _fail(self, exc: CollectiveError) -> None:
+        """After an I/O error (raised alike on every rank): refuse every later write."""
+        if isinstance(exc, OSError) and self._failed is None:
+            self._failed = str(exc)
 
     def _exchange(self, op: str, name: str, payload: Any, problem: str | None) -> list:
         """**Collective**: every rank's payload; raises on every rank on any problem."""
         where = f"hpcpar.Output.{op.split('(')[0]}({name!r})"
         if self.closed:
             problem = problem or f"{self.path} is closed"
+        elif self._failed is not None and op != "close":
+            problem = problem or ("OSError", f"an earlier write failed, so this Output writes nothing "
+                                  f"more ({self._failed}); close it: what was written before is kept")
         heads = self.ctx.comm.allgather((op, name, payload, problem))
         calls = {(h[0], h[1]) for h in heads}
         if len(calls) > 1:
             raise_problems(f"hpcpar.Output({self.path!r})", [("ValueError", "ranks are in different calls: "
                    + "; ".join(f"rank {r}: {h[0]}({h[1]!r})" for r, h in enumerate(heads)))])
-        raise_problems(where, [None if h[3] is None else ("ValueError", h[3]) for h in heads])
+        raise_problems(where, [h[3] if h[3] is None or isinstance(h[3], tuple) else ("ValueError", h[3])
+                               for h in heads])
         return [h[2] for h in heads]
 
     def flush(self) -> None:
         """Flush HDF5's buffers to the file. **Collective**."""
         self._exchange("flush", "/", None, None)
-        self._holder(lambda f: f.flush(), f"hpcpar.Output({self.path!r}).flush")
+
+        def flush(f: Any) -> None:
+            self._reserve(f, 0)  # room for the metadata the flush writes
+            f.flush()
+        self._holder(flush, f"hpcpar.Output({self.path!r}).flush")
 
     def close(self) -> None:
         """Close the file. **Collective**; safe to call twice."""
@@ -188,11 +254,18 @@ class Output:
         f, self._file = self._file, None
         problem = None
         if f is not None:
+            if self._lock is not None:
+                attempt(self._reserve, f, 0)  # room for the metadata the close writes
             _, problem = attempt(f.close)
-        if self.mode == "mpio":
-            agree(self.ctx.comm, f"{self._where}.close", problem)
-        else:
-            agree(self.ctx.comm, f"{self._where}.close", problem, root=self.ctx.root)
+        try:
+            if self.mode == "mpio":
+                agree(self.ctx.comm, f"{self._where}.close", _hosted(problem))
+                problem = None  # every rank has closed: root may trim the file now
+            if self._lock is not None and problem is None:
+                _, problem = attempt(trim, self.path)
+        finally:
+            self._unlock()
+        agree(self.ctx.comm, f"{self._where}.close", _hosted(problem), root=self.ctx.root)
 
     def _abandon(self) -> None:
         """Drop the file without communicating (after an error on this rank only)."""
@@ -202,6 +275,7 @@ class Output:
         elif self._file is not None:
             _ABANDONED.append(self._file)  # an mpio close is collective: never run it here
         self._file = None
+        self._unlock()
 
     def __enter__(self) -> Output:
         return self
@@ -282,6 +356,7 @@ class Output:
             def scalar(f):
                 if self.ctx.is_root:
                     f[name][()] = array
+                del f[name].attrs[INCOMPLETE]
             self._holder(scalar, f"hpcpar.Output.write_root({name!r})")
             self._wrote = self._wrote or self.ctx.is_root
             return
@@ -328,7 +403,11 @@ class Output:
                          compression_opts=compression_opts, attrs=attrs,
                          cover=sum(math.prod(c) for _, c in slabs) == math.prod(gshape))
         else:
-            self._holder(lambda f: f[name].resize(steps + 1, axis=0), where)
+            def grow(f: Any) -> None:
+                self._reserve(f, math.prod(gshape) * dtype.itemsize)
+                f[name].resize(steps + 1, axis=0)
+                f[name].attrs[INCOMPLETE] = True
+            self._holder(grow, where)
         slabs = [((steps, *s), (1, *c)) for s, c in slabs]
         self._put(name, dtype, slabs, np.asarray(data).reshape((1, *np.shape(data))))
         return steps
@@ -473,6 +552,7 @@ class Output:
             if name in f:
                 raise ValueError(f"{name!r} already exists in {self.path}; choose another name "
                                  "or open the file with mode='w'")
+            self._reserve(f, math.prod(shape) * np.dtype(dtype).itemsize)
             kw = {}
             if maxshape is not None:
                 kw["maxshape"] = maxshape
@@ -487,20 +567,33 @@ class Output:
             d = f.create_dataset(name, shape=shape, dtype=dtype, **kw)
             for k, v in attrs.items():
                 d.attrs[k] = v
+            if math.prod(shape) > 0:
+                d.attrs[INCOMPLETE] = True  # until every rank's data is in (see _put)
 
         self._holder(create, where)
 
     def _put(self, name: str, dtype: np.dtype, slabs, block) -> None:
-        """Move every rank's slab into dataset ``name``. **Collective**."""
+        """Move every rank's slab into dataset ``name``, then clear its ``hpcpar_incomplete``
+        mark; an I/O error leaves the mark and ends the Output's writes. **Collective**."""
+        if all(math.prod(c) == 0 for _, c in slabs):
+            return  # nothing to write anywhere (HDF5 refuses even empty selections then)
+        try:
+            self._move(name, dtype, slabs, block)
+        except CollectiveError as exc:
+            self._fail(exc)
+            raise
+        self._holder(lambda f: f[name].attrs.__delitem__(INCOMPLETE),
+                     f"hpcpar.Output({self.path!r}): completing {name!r}")
+
+    def _move(self, name: str, dtype: np.dtype, slabs, block) -> None:
+        """The data movement of :meth:`_put`, by the I/O path. **Collective**."""
         where = f"hpcpar.Output({self.path!r}): writing {name!r}"
         ctx = self.ctx
         start, count = slabs[ctx.rank]
         block = np.asarray(block) if block is not None else np.empty(count, dtype)
-        if all(math.prod(c) == 0 for _, c in slabs):
-            return  # nothing to write anywhere (HDF5 refuses even empty selections then)
         if self.mode == "mpio":
             _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
-            agree(ctx.comm, where, problem)
+            agree(ctx.comm, where, _hosted(problem))
             self._wrote = True
             return
         total = sum(math.prod(c) for _, c in slabs) * dtype.itemsize

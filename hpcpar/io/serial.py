@@ -108,7 +108,7 @@ def put_token(ctx: Context, path: str, name: str, root_file: Any, boxes: Sequenc
             ok = comm.recv(source=ctx.rank - 1, tag=TAG)
         if ok and math.prod(count):
             def one() -> None:
-                with h5py.File(path, "r+") as f:
+                with h5py.File(path, "r+", locking=False) as f:  # root holds the file's lock
                     hyper_write(f[name], start, count, block)
             _, problem = attempt(one)
             ok = problem is None

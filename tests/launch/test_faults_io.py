@@ -121,3 +121,79 @@ def test_damaged_checkpoint_uses_the_previous_one_or_fails_clearly(tmp_path, how
     os.unlink(f"{ck}.prev")
     r = run_fault(3, path, args=["load", str(ck)])
     caught_on_every_rank(r, 3, "OSError", f"{ck} is not a readable HDF5 file, truncated or corrupted")
+
+
+# ---- nothing already written is lost: two writers, options checked before computing ----------
+HOLD_JOB = """
+    import sys, time, numpy as np, hpcpar
+    def main(ctx):
+        with hpcpar.Output(ctx, sys.argv[1], "w") as out:
+            out.write("x", np.full(4, 7.0))
+            out.flush()
+            if ctx.is_root:
+                print("holding", flush=True)
+            time.sleep(float(sys.argv[2]))
+            out.write("y", np.full(2, 1.0))
+    hpcpar.run(main)
+"""
+
+
+def test_a_second_job_writing_the_same_file_fails_and_the_first_keeps_its_file(tmp_path):
+    import subprocess
+    import sys
+
+    from hpcpar.launch import launch_argv
+
+    (tmp_path / "hold").mkdir()
+    hold = script(tmp_path / "hold", HOLD_JOB)  # another script: the fault check looks for its own
+    target = tmp_path / "shared.h5"
+    first = subprocess.Popen(launch_argv(2, [sys.executable, hold, str(target), "6"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "holding"
+        r = run_fault(3, script(tmp_path, IO_JOB), args=["w", str(target)])
+        caught_on_every_rank(r, 3, "OSError", f"{target} is open for writing in another process")
+    finally:
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    import h5py
+    with h5py.File(target, "r") as f:  # the first job's file is whole
+        assert f["x"][()].tolist() == [7.0] * 8 and f["y"][()].tolist() == [1.0] * 4
+
+
+BAD_OPTIONS = [
+    ("heat.py", ["--png", "{tmp}/missing/u.png", "--n", "16", "--steps", "2"], "--png"),
+    ("heat.py", ["--save-npy", "{tmp}/missing/u.npy"], "directory"),
+    ("heat.py", ["--checkpoint", "/nonexistent/c.h5", "--steps", "10"], "--checkpoint /nonexistent/c.h5"),
+    ("heat.py", ["--alpha", "0"], "--alpha must be a positive"),
+    ("heat.py", ["--alpha", "-1"], "--alpha must be a positive"),
+    ("pi.py", ["--samples", "1.5"], "not a whole number"),
+    ("mandelbrot.py", ["--max-iter", "70000"], "--max-iter must be <= 65535"),
+    ("mandelbrot.py", ["--width", "-5"], "--width must be >= 1"),
+    ("fibonacci.py", ["--count", "-3"], "--count must be >= 0"),
+    ("fibonacci.py", ["--checkpoint", "{tmp}/missing/f.ckpt"], "does not exist"),
+    ("sort.py", ["--n", "2.5"], "not a whole number"),
+]
+
+
+@pytest.mark.parametrize("job,args,text", BAD_OPTIONS, ids=[f"{j}{' '.join(a)[:30]}" for j, a, _ in BAD_OPTIONS])
+def test_bad_job_options_fail_before_computing_with_one_error(tmp_path, job, args, text):
+    from helpers import JOBS
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = run_mpi(3, [str(JOBS / job), *args], timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and text in errors[0], r.stderr
+    assert "Traceback" not in r.stderr.replace("exited with status 2", ""), r.stderr
+
+
+def test_heat_saves_its_checkpoint_also_when_steps_are_fewer_than_every(tmp_path):
+    from helpers import JOBS
+
+    ck = tmp_path / "c.h5"
+    r = run_mpi(2, [str(JOBS / "heat.py"), "--n", "16", "--steps", "10", "--checkpoint", str(ck)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    import h5py
+    with h5py.File(ck, "r") as f:
+        assert int(f.attrs["step"]) == 10

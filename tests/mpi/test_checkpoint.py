@@ -151,3 +151,90 @@ def test_an_unreadable_checkpoint_without_a_previous_one_is_a_clear_error(ctx, s
     ctx.barrier()
     with pytest.raises(OSError, match="the previous checkpoint is unreadable too"):
         ck.load()
+
+
+# ---------------------------------------------------------------- verified checkpoints
+def flip_a_data_byte(path, name="fields/x"):
+    """Flip one byte inside the stored data of ``name`` (root only)."""
+    with h5py.File(path, "r") as f:
+        offset = f[name].id.get_offset()
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 3)
+        b = fh.read(1)
+        fh.seek(offset + 3)
+        fh.write(bytes([b[0] ^ 0x10]))
+
+
+def set_step(path, step):
+    with h5py.File(path, "r+") as f:
+        f.attrs["step"] = step
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "edited step"])
+def test_a_damaged_checkpoint_is_never_loaded_as_valid(ctx, shared_dir, how, capfd):
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    ck.save(1, x=block_of(9, ctx), t=1.5)
+    ck.save(2, x=block_of(9, ctx, 2.0), t=2.5)
+    if ctx.is_root:
+        flip_a_data_byte(ck.path) if how == "flipped byte" else set_step(ck.path, 7)
+    ctx.barrier()
+    step, f = Checkpoint(ctx, ck.path).load()
+    assert_all(step == 1 and f["t"] == 1.5, f"loaded step {step}, want the previous one", ctx=ctx)
+    assert_equal_all(f["x"], block_of(9, ctx), ctx=ctx)
+    err = capfd.readouterr().err
+    assert_all("is damaged" in err or not ctx.is_root, f"root warns: {err!r}", ctx=ctx)
+    if ctx.is_root:
+        os.unlink(ck.prev_path)
+    ctx.barrier()
+    with pytest.raises(OSError, match="is damaged"):
+        Checkpoint(ctx, ck.path).load()
+
+
+def test_a_stale_previous_checkpoint_of_another_run_is_never_used(ctx, shared_dir):
+    old = Checkpoint(ctx, shared_dir / "c.h5")
+    old.save(1, x=block_of(4, ctx))
+    old.save(2, x=block_of(4, ctx))  # c.h5.prev: the old run's step 1
+    if ctx.is_root:
+        os.unlink(old.path)  # a fresh start
+    ctx.barrier()
+    new = Checkpoint(ctx, old.path)
+    assert_all(new.load() is None, "no checkpoint after the main file was removed", ctx=ctx)
+    new.save(5, x=block_of(4, ctx, 5.0))
+    assert_all(not os.path.exists(new.prev_path), "the other run's .prev was kept", ctx=ctx)
+    if ctx.is_root:
+        flip_a_data_byte(new.path)
+    ctx.barrier()
+    with pytest.raises(OSError, match="is damaged"):
+        Checkpoint(ctx, new.path).load()
+    # a run that saves over another run's checkpoint without loading it keeps no .prev either
+    other = Checkpoint(ctx, shared_dir / "d.h5")
+    other.save(1, x=block_of(4, ctx))
+    other.save(2, x=block_of(4, ctx))
+    third = Checkpoint(ctx, other.path)
+    third.save(9, x=block_of(4, ctx))
+    assert_all(not os.path.exists(third.prev_path), "another run's checkpoint became .prev", ctx=ctx)
+    third.save(10, x=block_of(4, ctx))
+    assert_all(os.path.exists(third.prev_path), "its own checkpoint is kept as .prev", ctx=ctx)
+    resumed = Checkpoint(ctx, other.path)
+    assert_all(resumed.load()[0] == 10 and resumed.run_id == third.run_id, "run id inherited", ctx=ctx)
+
+
+def test_ranks_that_disagree_on_step_get_an_error_on_every_rank(ctx, shared_dir):
+    if ctx.size < 2:
+        pytest.skip("needs two ranks to disagree")
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    with pytest.raises(ValueError, match=r"every rank must pass the same step; got rank 0: step 0; rank 1: step 1"):
+        ck.save(ctx.rank, x=block_of(4, ctx))
+    assert_all(not ck.exists(), "a checkpoint was written", ctx=ctx)
+
+
+def test_checksums_survive_a_different_number_of_ranks_and_every_field_kind(ctx, shared_dir):
+    # saved by a sub-communicator of the first ranks, loaded by all of them
+    grid = BlockGrid(ctx, (4, 5))
+    u = grid.zeros()
+    grid.interior(u)[...] = np.arange(20.0).reshape(4, 5)[grid.global_slices]
+    ck = Checkpoint(ctx, shared_dir / "c.h5")
+    rows = np.arange(ctx.rank * 3, ctx.rank * 3 + ctx.rank % 2 + 1, dtype=np.int16)
+    ck.save(4, u=(grid, u), rows=rows, tag=np.bytes_(b"ok"), flags=np.ones(ctx.rank + 1, bool))
+    step, f = Checkpoint(ctx, ck.path).load(grid=grid)
+    assert_all(step == 4 and f["tag"] == b"ok", f"{step} {f['tag']!r}", ctx=ctx)

@@ -9,6 +9,7 @@ makes every test assert that the automatic path is mpio.
 import os
 import shutil
 import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -447,3 +448,134 @@ def test_h5dump_reads_what_the_ranks_wrote(ctx, shared_dir):
         failed = [k for k, ok in checks.items() if not ok]
         problem = f"{mode}: h5dump disagrees on {failed}:\n{text}{r.stderr}" if failed else None
     assert_all(problem is None, problem or "", ctx=ctx)
+
+
+# ---------------------------------------------------------------- nothing already written is lost
+def holder(path):
+    """Another process that holds ``path`` open for writing with h5py (HDF5's own lock)."""
+    code = ("import sys, h5py; f = h5py.File(sys.argv[1], 'a'); print('ready', flush=True); "
+            "sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+@pytest.mark.parametrize("mode", ["w", "a", "r+"])
+def test_a_file_another_process_writes_is_never_truncated(ctx, shared_dir, mode):
+    path = shared_dir / "held.h5"
+    if ctx.is_root:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.arange(5.0)
+    proc = holder(path) if ctx.is_root else None
+    try:
+        before = path.read_bytes() if ctx.is_root else None
+        ctx.barrier()
+        with pytest.raises(OSError, match=r"open for writing in another process .*nothing was changed"):
+            Output(ctx, path, mode)
+        after = path.read_bytes() if ctx.is_root else None
+        assert_all(before == after, "the file another process holds was changed", ctx=ctx)
+    finally:
+        if proc is not None:
+            proc.communicate("", timeout=30)
+    ctx.barrier()
+    with Output(ctx, path, mode) as out:  # once it is free, it opens as usual
+        out.write("y", np.arange(2.0))
+    assert_all(whole(ctx, path, "y") is None or len(whole(ctx, path, "y")) == 2 * ctx.size, "y", ctx=ctx)
+
+
+def test_an_open_output_holds_its_file(ctx, shared_dir):
+    path = shared_dir / "mine.h5"
+    with Output(ctx, path) as out:
+        out.write("x", np.arange(3.0))
+        out.flush()
+        problem = None
+        if ctx.is_root:  # a second hpcpar job is refused and changes nothing
+            code = ("import sys, hpcpar; hpcpar.run(lambda ctx: hpcpar.Output(ctx, sys.argv[1], 'w'))")
+            alone = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "MPI", "HYDRA"))}
+            try:
+                r = subprocess.run([sys.executable, "-c", code, str(path)], env=alone,
+                                   capture_output=True, text=True, timeout=30)
+                problem = (None if r.returncode != 0 and "open for writing in another process" in r.stderr
+                           else f"a second Output opened it: {r.returncode} {r.stderr}")
+            except Exception as exc:
+                problem = repr(exc)
+        assert_all(problem is None, problem or "", ctx=ctx)
+        out.write("z", np.arange(2.0))
+    got = whole(ctx, path, "x")
+    assert_all(got is None or got.tolist() == list(range(3)) * ctx.size, f"x: {got}", ctx=ctx)
+
+
+def fill(out, name, nbytes, ctx):
+    """Write about ``nbytes`` in total, split over the ranks."""
+    n = nbytes // 8 // ctx.size
+    out.write(name, np.full(n, float(ctx.rank + 1)))
+
+
+def check_after_failure(ctx, out, path, first, cut=None):
+    """Later calls raise, close works, and what was written before reads back intact."""
+    for call in (lambda: out.write("later", np.zeros(2)), out.flush, lambda: out.attrs.update({"k": 1})):
+        with pytest.raises(OSError, match="an earlier write failed, so this Output writes nothing more"):
+            call()
+    out.close()
+    problem = None
+    if ctx.is_root:
+        with h5py.File(path, "r") as f:
+            a = f[first][()]
+            if not (len(a) and all((a == v).sum() == len(a) // ctx.size for v in range(1, ctx.size + 1))):
+                problem = f"{first} did not survive: {a[:5]}"
+            elif "later" in f:
+                problem = "a write after the failure reached the file"
+            elif cut is not None and cut in f and not f[cut].attrs.get("hpcpar_incomplete", False):
+                problem = f"the cut-short dataset {cut} is not marked hpcpar_incomplete"
+    assert_all(problem is None, problem or "", ctx=ctx)
+
+
+@pytest.mark.parametrize("io,gather", PATHS, ids=PATH_IDS)
+def test_a_full_disk_keeps_what_was_written_and_ends_the_writes(ctx, shared_dir, io, gather):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = shared_dir / "disk"
+    problem = None
+    if ctx.is_root:
+        disk.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+        problem = None if r.returncode == 0 else r.stderr
+    problem = ctx.comm.bcast(problem, root=0)
+    if problem:
+        pytest.skip(f"cannot mount a tmpfs here: {problem}")
+    try:
+        path = disk / "o.h5"
+        out = open_out(ctx, path, io, gather)
+        fill(out, "a", 2**20, ctx)
+        out.flush()
+        with pytest.raises(OSError, match=r"No space left on device.*on host"):
+            fill(out, "b", 2 * 2**20, ctx)
+        check_after_failure(ctx, out, path, "a", cut="b")
+    finally:
+        ctx.barrier()
+        if ctx.is_root:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_write_cut_short_is_marked_incomplete(ctx, shared_dir):
+    """Rank 1 may not write past 64 KiB (RLIMIT_FSIZE): its slab of the token path fails."""
+    import resource
+
+    if ctx.size < 2:
+        pytest.skip("needs a second rank that writes its own slab")
+    path = shared_dir / "cut.h5"
+    out = open_out(ctx, path, "serial", 0)
+    fill(out, "a", 2**16, ctx)
+    out.flush()
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if ctx.rank == 1:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**16, old[1]))
+    try:
+        with pytest.raises(OSError, match="rank 1"):
+            fill(out, "b", 2**20, ctx)
+    finally:
+        if ctx.rank == 1:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+    check_after_failure(ctx, out, path, "a", cut="b")

@@ -1,0 +1,157 @@
+"""Who owns an output file: root's lock, taken before anything is truncated; disk space reserved first.
+
+:class:`hpcpar.Output` never destroys a file another process is writing. Before
+HDF5 opens the file, root opens it itself (``O_RDWR | O_CREAT``, never
+``O_TRUNC``) and takes an *open file description* lock (Linux ``F_OFD_SETLK``,
+elsewhere a POSIX ``lockf`` lock) on it, which it holds until the Output is
+closed; then it checks, with a ``flock`` probe, that no other program holds
+HDF5's own lock on it (h5py, ``h5dump -w``, another serial hpcpar job). Only
+then does HDF5 open and, for ``mode="w"``, truncate the file. The OFD lock does
+not conflict with HDF5's ``flock`` in the same process and survives the open and
+close of other descriptors of the file (the serial path's token passing).
+
+:func:`reserve` makes the file system allocate the blocks a write is about to
+use (``posix_fallocate``), so a full disk or a file-size limit is found before
+HDF5 writes anything, and the file stays consistent.
+
+Everything here is **local** (root calls it); nothing communicates.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+__all__ = ["FileLock", "reserve", "trim", "RESERVE_MARGIN"]
+
+#: Bytes reserved beyond a write's data for the metadata HDF5 adds with it.
+RESERVE_MARGIN = 256 * 2**10
+
+_OFD = getattr(fcntl, "F_OFD_SETLK", None)
+
+
+def _ofd_lock(fd: int) -> None:
+    """An exclusive whole-file lock owned by the open file description ``fd``."""
+    if _OFD is None:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    # struct flock {short l_type; short l_whence; off_t l_start; off_t l_len; pid_t l_pid;}
+    arg = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    fcntl.fcntl(fd, _OFD, arg)
+
+
+def _busy(exc: OSError) -> bool:
+    return exc.errno in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+class FileLock:
+    """Root's hold on an output file while an :class:`hpcpar.Output` has it open. **Local**.
+
+    Args:
+        path: the file.
+        exclusive_create: fail when the file exists (``mode="w-"``).
+
+    Attributes:
+        created: whether this lock created the (empty) file.
+
+    Raises:
+        FileExistsError: with ``exclusive_create``, when the file exists.
+        BlockingIOError: when another process holds the file (message says what to do).
+        OSError: when the file cannot be opened.
+    """
+
+    def __init__(self, path: str, *, exclusive_create: bool = False):
+        self.path = path
+        self.created = False
+        flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if exclusive_create else 0)
+        if not exclusive_create:
+            try:
+                self.fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                self.fd = os.open(path, flags | os.O_EXCL, 0o666)
+                self.created = True
+        else:
+            self.fd = os.open(path, flags, 0o666)
+            self.created = True
+        try:
+            self._take()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _take(self) -> None:
+        held = (f"{self.path} is open for writing in another process (another job, h5py, "
+                "an HDF5 tool); nothing was changed. Wait for it to finish, or write to "
+                "another path")
+        try:
+            _ofd_lock(self.fd)
+        except OSError as exc:
+            if _busy(exc):
+                raise BlockingIOError(exc.errno, held) from None
+            if exc.errno not in (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise  # file systems without locks: rely on the probe below
+        probe = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(probe, fcntl.LOCK_UN)
+        except OSError as exc:
+            if _busy(exc):
+                raise BlockingIOError(exc.errno, held) from None
+        finally:
+            os.close(probe)
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor); safe to call twice."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def reserve(lock: FileLock, end: int) -> None:
+    """Make sure the first ``end`` bytes of the locked file have disk blocks. **Local**.
+
+    Raises:
+        OSError: ``ENOSPC`` (disk or quota full), ``EFBIG`` (file-size limit), ...,
+            with a message naming the file and the size; nothing was written.
+    """
+    if end <= 0 or lock.fd < 0:
+        return
+    try:
+        os.posix_fallocate(lock.fd, 0, end)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return  # no fallocate here: the write itself will find out
+        raise OSError(exc.errno, f"cannot reserve {end:,} bytes for {lock.path}: "
+                      f"{os.strerror(exc.errno)}; free space (or raise the limit) and write "
+                      "again; what was written before is kept") from None
+
+
+#: The HDF5 superblock's signature (at offset 0 of a file without a user block).
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def trim(path: str) -> None:
+    """Give back what :func:`reserve` allocated beyond the end of a closed HDF5 file. **Local**.
+
+    Reads the end-of-file address from the superblock and truncates the file to
+    it; does nothing for a file it cannot parse (e.g. one with a user block).
+    """
+    with open(path, "rb+") as f:
+        head = f.read(96)
+        if not head.startswith(_SIGNATURE) or len(head) < 16:
+            return
+        version = head[8]
+        if version in (0, 1):
+            size, at = head[13], 24 + (4 if version == 1 else 0)
+        elif version in (2, 3):
+            size, at = head[9], 12
+        else:
+            return
+        if size not in (2, 4, 8) or len(head) < at + 3 * size:
+            return
+        base = int.from_bytes(head[at:at + size], "little")
+        end = base + int.from_bytes(head[at + 2 * size:at + 3 * size], "little")
+        if 0 < end < os.fstat(f.fileno()).st_size:
+            os.ftruncate(f.fileno(), end)
