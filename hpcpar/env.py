@@ -12,7 +12,7 @@ __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
-    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
+    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_TRACE", "HPCPAR_TRACE_EVENTS",
     "get", "get_float", "flag",
 ]
 
@@ -84,6 +84,18 @@ HPCPAR_MPICC = "HPCPAR_MPICC"
 #: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
 #: else ``~/.cache/hpcpar``).
 HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
+
+#: Path of a timeline trace that ``hpcpar.run`` writes on root at the end: every
+#: rank's timer regions, collectives (with the time waited for the last rank), Grid
+#: exchanges, farm tasks, pipeline items, Output writes and checkpoint saves, in the
+#: Chrome Trace Event format (Perfetto, chrome://tracing; ``hpcpar trace FILE --png``).
+#: A name ending ``.gz`` is gzip-compressed. ``hpcpar run --trace`` and
+#: ``hpcpar.run(main, trace=...)`` set it too. Default: no trace.
+HPCPAR_TRACE = "HPCPAR_TRACE"
+
+#: Spans each rank keeps for the trace (default 250000, about 13 MB); later spans
+#: are counted but not kept, and root says so.
+HPCPAR_TRACE_EVENTS = "HPCPAR_TRACE_EVENTS"
 
 
 def get(name: str, default: str | None = None) -> str | None:

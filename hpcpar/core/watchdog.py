@@ -54,6 +54,7 @@ from mpi4py import MPI
 
 from .. import env
 from ..observe import stacks
+from ..observe.trace import MARK, RECORDER
 from . import watchnet
 from .abort import abort
 
@@ -135,17 +136,20 @@ class watching:
     so that the watchdog's timeout and its report cover them too.
     """
 
-    __slots__ = ("name", "ctx", "prev")
+    __slots__ = ("name", "ctx", "prev", "t0")
 
     def __init__(self, name: str, ctx: Context | None = None):
         self.name, self.ctx = name, ctx
 
     def __enter__(self) -> watching:
         self.prev = enter(self.name, self.ctx)
+        self.t0 = time.perf_counter() if RECORDER.on and self.prev is None else 0.0
         return self
 
     def __exit__(self, *exc: object) -> None:
         leave(self.prev)
+        if self.t0:  # traced (HPCPAR_TRACE)
+            RECORDER.add(MARK, self.name, self.t0, time.perf_counter())
 
 
 def marked(name: str) -> Callable[[F], F]:
@@ -155,7 +159,7 @@ def marked(name: str) -> Callable[[F], F]:
     ``world_ranks``). Costs a few hundred ns per call; calls made inside an
     already marked call keep the outer mark, as with :func:`enter`.
     """
-    state, mono = _S, _monotonic
+    state, mono, rec = _S, _monotonic, RECORDER
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -164,6 +168,8 @@ def marked(name: str) -> Callable[[F], F]:
             if prev is None:
                 state.now = (name, mono(), self)
             try:
+                if prev is None and rec.on:  # tracing (HPCPAR_TRACE): record the call's span
+                    return rec.collective(name, self, fn, args, kwargs)
                 return fn(self, *args, **kwargs)
             finally:
                 if prev is None:

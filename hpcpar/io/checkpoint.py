@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CollectiveError, agree, attempt, fail
+from ..observe.trace import CHECKPOINT, step_bytes, traced
 from .output import Output
 from .read import read, read_grid
 from .slabs import is_grid
@@ -82,6 +83,7 @@ class Checkpoint:
     def __repr__(self) -> str:
         return f"<hpcpar.Checkpoint {self.path!r}>"
 
+    @traced(CHECKPOINT, "Checkpoint.save", step_bytes)
     def save(self, step: int, **fields: Any) -> None:
         """Write ``fields`` and ``step`` atomically over the previous checkpoint. **Collective**.
 

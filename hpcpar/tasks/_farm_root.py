@@ -20,6 +20,7 @@ from typing import Any
 from mpi4py import MPI
 
 from ..errors import TaskError
+from ..observe import trace
 from ..observe.progress import meter
 
 __all__ = ["Root", "Failure", "TAG", "REQ", "RES", "IDLE_MIN", "IDLE_MAX"]
@@ -260,7 +261,7 @@ class Root:
                         k = j
                         break
                 try:
-                    results.append((start + j, True, fn(items[j])))
+                    results.append((start + j, True, trace.task(fn, items[j], start + j, rank)))
                 except Exception as exc:
                     results.append((start + j, False, Failure(start + j, rank, exc)))
                     if raise_:
