@@ -169,7 +169,7 @@ def marked(name: str) -> Callable[[F], F]:
                 state.now = (name, mono(), self)
             try:
                 if prev is None and rec.on:  # tracing (HPCPAR_TRACE): record the call's span
-                    return rec.collective(name, self, fn, args, kwargs)
+                    return rec.collective(name, self, fn, args, kwargs, state.now)
                 return fn(self, *args, **kwargs)
             finally:
                 if prev is None:

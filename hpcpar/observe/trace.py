@@ -3,7 +3,7 @@
 While tracing is off, every hook costs one attribute check (``RECORDER.on``).
 While it is on, a span costs one clock read and one tuple appended to a list
 (about 1 µs, see BENCHMARKS.md); every :data:`CHUNK` spans the list becomes a
-NumPy structured array of :data:`EVENT` (53 bytes a span). A rank keeps at most
+NumPy structured array of :data:`EVENT` (44 bytes a span). A rank keeps at most
 ``HPCPAR_TRACE_EVENTS`` spans (default :data:`DEFAULT_EVENTS`); once the buffer is
 full, later spans are counted but not kept (the trace then ends early on that rank,
 and root says so). Starting, aligning the clocks and writing the file live in
@@ -43,25 +43,28 @@ ARGS: dict[int, tuple[str | None, str | None]] = {
     CHECKPOINT: ("step", None), MARK: (None, None), WAIT: (None, None),
 }
 
-#: One span: start and end (``time.perf_counter`` of this rank), seconds waited for
-#: the last rank (collectives, filled in at the end; -1 unknown), kind, index into the
-#: rank's name table, bytes moved, two kind-specific integers (:data:`ARGS`).
-EVENT = np.dtype([("t0", "f8"), ("t1", "f8"), ("wait", "f8"), ("kind", "u1"), ("name", "i4"),
-                  ("nbytes", "i8"), ("a", "i8"), ("b", "i8")])
+#: One span: start and end (``time.perf_counter`` of this rank), index into the rank's
+#: table of (kind, name) pairs, bytes moved, two kind-specific integers (:data:`ARGS`).
+EVENT = np.dtype([("t0", "f8"), ("t1", "f8"), ("what", "i4"), ("nbytes", "i8"), ("a", "i8"),
+                  ("b", "i8")])
 
 #: Spans per chunk: the unit of conversion to NumPy and of the transfer to root.
 CHUNK = 4096
-#: Spans a rank keeps by default (``HPCPAR_TRACE_EVENTS``): about 13 MB.
+#: Spans a rank keeps by default (``HPCPAR_TRACE_EVENTS``): about 11 MB.
 DEFAULT_EVENTS = 250_000
 
 _clock = time.perf_counter
+#: Whether ``time.monotonic`` (the watchdog's entry time, reused for collectives) reads
+#: the same clock as ``time.perf_counter`` (true on Linux: both CLOCK_MONOTONIC).
+_SAME_CLOCK = (time.get_clock_info("monotonic").implementation
+               == time.get_clock_info("perf_counter").implementation)
 
 
 class Recorder:
     """This process's spans. **Local**; one instance, :data:`RECORDER`."""
 
     __slots__ = ("on", "cur", "chunks", "cap", "kept", "dropped", "names", "ids", "contexts",
-                 "world", "calls")
+                 "world", "serials")
 
     def __init__(self) -> None:
         self.on = False
@@ -74,18 +77,19 @@ class Recorder:
         self.cap = max(CHUNK, int(cap))
         self.kept = 0
         self.dropped = 0
-        self.names: list[str] = []
-        self.ids: dict[str, int] = {}
+        self.names: list[tuple[int, str]] = []  # (kind, name) by index
+        self.ids: list[dict[str, int]] = [{} for _ in KINDS]  # per kind: name -> index
         self.contexts: dict[int, tuple[Any, int]] = {}  # id(ctx) -> (ctx, serial)
         self.world = world
-        self.calls: list[int] = []  # collectives so far, per context serial
+        self.serials = 0  # contexts spanning the job seen so far
 
-    def name_id(self, name: str) -> int:
-        """The index of ``name`` in this rank's name table (added on first use)."""
-        i = self.ids.get(name)
+    def name_id(self, kind: int, name: str) -> int:
+        """The index of ``(kind, name)`` in this rank's table (added on first use)."""
+        ids = self.ids[kind]
+        i = ids.get(name)
         if i is None:
-            i = self.ids[name] = len(self.names)
-            self.names.append(str(name))
+            i = ids[name] = len(self.names)
+            self.names.append((kind, str(name)))
         return i
 
     def add(self, kind: int, name: str, t0: float, t1: float, nbytes: int = 0,
@@ -94,11 +98,11 @@ class Recorder:
         if self.kept >= self.cap:
             self.dropped += 1
             return
-        i = self.ids.get(name)
+        i = self.ids[kind].get(name)
         if i is None:
-            i = self.name_id(name)
+            i = self.name_id(kind, name)
         cur = self.cur
-        cur.append((t0, t1, -1.0, kind, i, nbytes, a, b))
+        cur.append((t0, t1, i, nbytes, a, b))
         if len(cur) >= CHUNK:
             self.spill()
 
@@ -114,31 +118,28 @@ class Recorder:
         self.spill()
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, EVENT)
 
-    def collective(self, name: str, ctx: Any, fn: Callable, args: tuple, kwargs: dict) -> Any:
+    def collective(self, name: str, ctx: Any, fn: Callable, args: tuple, kwargs: dict,
+                   mark: Any) -> Any:
         """Run ``fn(ctx, *args, **kwargs)`` and record it as a collective span. **Local**.
 
-        Collectives of contexts that span the whole job are numbered per context
-        (``a``: the context, ``b``: the call), so that the end of the run can match
-        the same call on every rank and compute how long each waited.
+        ``mark`` is the watchdog's ``(name, entry time, context)`` of this call.
+
+        Contexts that span the whole job are numbered in the order first used
+        (``a``); the end of the run numbers each one's calls (``b``) and so matches
+        the same call on every rank to compute how long each waited.
         """
-        t0 = _clock()
+        t0 = mark[1] if _SAME_CLOCK else _clock()
         try:
             return fn(ctx, *args, **kwargs)
         finally:
             t1 = _clock()
             got = self.contexts.get(id(ctx))
             if got is None or got[0] is not ctx:
-                serial = len(self.calls) if getattr(ctx, "size", 0) == self.world else -1
-                if serial >= 0:
-                    self.calls.append(0)
+                serial = -1
+                if getattr(ctx, "size", 0) == self.world:
+                    serial, self.serials = self.serials, self.serials + 1
                 got = self.contexts[id(ctx)] = (ctx, serial)
-            serial = got[1]
-            call = -1
-            if serial >= 0:
-                call = self.calls[serial]
-                self.calls[serial] = call + 1
-            self.add(COLLECTIVE, name, t0, t1, getattr(args[0], "nbytes", 0) if args else 0,
-                     serial, call)
+            self.add(COLLECTIVE, name, t0, t1, getattr(args[0], "nbytes", 0) if args else 0, got[1])
 
 
 #: The recorder of this process.

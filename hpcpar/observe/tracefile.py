@@ -136,7 +136,7 @@ def end(ctx: Any, stream: IO[str] | None = None) -> str | None:
     rec.on = False
     comm = ctx.comm
     ev = rec.events()
-    _waits(comm, ev, rec, _STATE["offset"])
+    wait = _waits(comm, ev, rec, _STATE["offset"])
     from mpi4py import MPI
 
     total = comm.allreduce(len(ev), op=MPI.SUM)
@@ -148,7 +148,7 @@ def end(ctx: Any, stream: IO[str] | None = None) -> str | None:
         comm.recv(source=0, tag=_GO)
         comm.send(head, dest=0, tag=_DATA)
         for i in range(0, len(ev), trace.CHUNK):
-            comm.send(ev[i:i + trace.CHUNK], dest=0, tag=_DATA)
+            comm.send((ev[i:i + trace.CHUNK], wait[i:i + trace.CHUNK]), dest=0, tag=_DATA)
         rec.reset(trace.CHUNK, 1)
         return None
     path = _STATE["path"]
@@ -157,7 +157,7 @@ def end(ctx: Any, stream: IO[str] | None = None) -> str | None:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wt", encoding="utf-8") as fh:
         w = _Writer(fh, _STATE["origin"], comm.Get_size())
-        w.rank(head, [ev])
+        w.rank(head, [(ev, wait)])
         for r in range(1, comm.Get_size()):
             comm.send(None, dest=r, tag=_GO)
             other = comm.recv(source=r, tag=_DATA)
@@ -177,25 +177,39 @@ def end(ctx: Any, stream: IO[str] | None = None) -> str | None:
     return path
 
 
-def _waits(comm: Any, ev: np.ndarray, rec: trace.Recorder, offset: float) -> None:
-    """Fill ``ev['wait']`` of the collectives of job-wide contexts (see the module doc)."""
+def _waits(comm: Any, ev: np.ndarray, rec: trace.Recorder, offset: float) -> np.ndarray:
+    """Number the collectives of job-wide contexts (``ev['b']``) and return the seconds each
+    span waited for the last rank (-1: not a collective, or unknown; see the module doc)."""
     from mpi4py import MPI
 
-    nctx = comm.allreduce(len(rec.calls), op=MPI.MIN)
+    wait = np.full(len(ev), -1.0)
+    nctx = comm.allreduce(rec.serials, op=MPI.MIN)
+    kinds = np.array([k for k, _ in rec.names] or [0], dtype=np.int64)
+    coll = np.flatnonzero((kinds[ev["what"]] == trace.COLLECTIVE) if len(ev) else np.zeros(0, bool))
+    coll = coll[(ev["a"][coll] >= 0) & (ev["a"][coll] < nctx)]
     if nctx == 0:
-        return
-    coll = np.flatnonzero((ev["kind"] == trace.COLLECTIVE) & (ev["a"] >= 0) & (ev["a"] < nctx))
-    counts = np.bincount(ev["a"][coll], minlength=nctx)[:nctx].astype(np.int64)
+        return wait
+    # the k-th recorded call of a context is its k-th call (spans are dropped only at the end)
+    ctxs = ev["a"][coll]
+    order = np.argsort(ctxs, kind="stable")
+    counts = np.bincount(ctxs, minlength=nctx).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    calls = np.empty(len(coll), np.int64)
+    calls[order] = np.arange(len(coll)) - np.repeat(starts, counts)
+    ev["b"][coll] = calls
+    if comm.Get_size() == 1:  # nobody to wait for
+        wait[coll] = 0.0
+        return wait
     comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.MIN)
-    keep = coll[ev["b"][coll] < counts[ev["a"][coll]]]
-    # position of each kept call in one vector laid out context after context
-    base = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    slot = base[ev["a"][keep]] + ev["b"][keep]
+    fits = calls < counts[ctxs]
+    keep, ctxs, calls = coll[fits], ctxs[fits], calls[fits]
+    # one vector of entry times, context after context
+    slot = np.concatenate(([0], np.cumsum(counts)[:-1]))[ctxs] + calls
     entry = np.full(int(counts.sum()), -np.inf)
     entry[slot] = ev["t0"][keep] + offset
     comm.Allreduce(MPI.IN_PLACE, entry, op=MPI.MAX)
-    ev["wait"][keep] = np.clip(entry[slot] - offset - ev["t0"][keep], 0.0,
-                               ev["t1"][keep] - ev["t0"][keep])
+    wait[keep] = np.clip(entry[slot] - offset - ev["t0"][keep], 0.0, ev["t1"][keep] - ev["t0"][keep])
+    return wait
 
 
 class _Writer:
@@ -227,16 +241,18 @@ class _Writer:
                    "args": {"sort_index": rank}})
         names = head["names"]
         zero = self.origin - head["offset"]  # root's start, on this rank's clock
-        for chunk in chunks:
-            self._spans(chunk, names, zero, pid, rank)
+        for chunk, wait in chunks:
+            self._spans(chunk, wait, names, zero, pid, rank)
 
-    def _spans(self, ev: np.ndarray, names: list[str], zero: float, pid: int, rank: int) -> None:
+    def _spans(self, ev: np.ndarray, waits: np.ndarray, table: list[tuple[int, str]], zero: float,
+               pid: int, rank: int) -> None:
         ts = np.round((ev["t0"] - zero) * 1e6, 3).tolist()
         dur = np.round((ev["t1"] - ev["t0"]) * 1e6, 3).tolist()
-        wait = np.round(ev["wait"] * 1e6, 3).tolist()
-        rows = zip(ts, dur, wait, ev["kind"].tolist(), ev["name"].tolist(), ev["nbytes"].tolist(),
+        wait = np.where(waits >= 0, np.round(waits * 1e6, 3), -1.0).tolist()
+        rows = zip(ts, dur, wait, ev["what"].tolist(), ev["nbytes"].tolist(),
                    ev["a"].tolist(), ev["b"].tolist())
-        for t, d, w, kind, name, nbytes, a, b in rows:
+        for t, d, w, what, nbytes, a, b in rows:
+            kind, name = table[what]
             args: dict[str, Any] = {}
             if nbytes:
                 args["bytes"] = nbytes
@@ -248,11 +264,11 @@ class _Writer:
             if w >= 0:
                 args["wait_us"] = w
             cat = trace.KINDS[kind]
-            self._put({"ph": "X", "name": names[name], "cat": cat, "pid": pid, "tid": rank,
+            self._put({"ph": "X", "name": name, "cat": cat, "pid": pid, "tid": rank,
                        "ts": t, "dur": d, "args": args})
             if w > 0:
                 self._put({"ph": "X", "name": "wait", "cat": "wait", "pid": pid, "tid": rank,
-                           "ts": t, "dur": w, "args": {"in": names[name]}})
+                           "ts": t, "dur": w, "args": {"in": name}})
 
     def close(self) -> None:
         self.fh.write("\n]}\n")

@@ -20,7 +20,8 @@ def test_tracing_off_records_nothing_and_on_records_a_span():
     rec.add(trace.REGION, "compute", 1.0, 2.0)
     rec.add(trace.REGION, "compute", 2.0, 3.0, 8, 1, 2)
     ev = rec.events()
-    assert list(ev["t0"]) == [1.0, 2.0] and rec.names == ["compute"] and list(ev["nbytes"]) == [0, 8]
+    assert list(ev["t0"]) == [1.0, 2.0] and list(ev["nbytes"]) == [0, 8]
+    assert rec.names == [(trace.REGION, "compute")] and list(ev["what"]) == [0, 0]
 
 
 def test_a_full_recorder_counts_what_it_drops():
