@@ -148,7 +148,9 @@ def plot(data: dict, path: str, title: str = "") -> None:
     bx.set_xlim(0, 100)
     bx.set_xlabel("% of the window")
     bx.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=7, frameon=False)
+    height = 1.6 + 0.16 * n  # inches: room above the axes for the legends, then the title
+    fig.subplots_adjust(top=1 - 0.55 / height)
     if title:
-        fig.suptitle(title, fontsize=10, y=1.0 + 0.35 / (1.6 + 0.16 * n))
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
