@@ -67,6 +67,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         extra[env.HPCPAR_REPORT] = "1"
     if args.report_json:
         extra[env.HPCPAR_REPORT_JSON] = os.path.abspath(args.report_json)
+    if args.trace:
+        extra[env.HPCPAR_TRACE] = os.path.abspath(args.trace)
     try:
         hosts = _run_hosts(args)
         return launch(args.script, script_args, ranks, extra, hosts=hosts, launcher_args=args.launcher_arg)
@@ -86,6 +88,23 @@ def _run_hosts(args: argparse.Namespace) -> list[Host] | None:
     if args.hostfile:
         return read_hostfile(args.hostfile)
     return None
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from .observe import gantt, tracefile
+
+    try:
+        data = tracefile.read(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"hpcpar trace: {exc}", file=sys.stderr)
+        return 2
+    print(gantt.format_summary(gantt.summarize(data)))
+    if args.png:
+        try:
+            gantt.plot(data, args.png, title=args.title or os.path.basename(args.file))
+        except RuntimeError as exc:
+            print(f"hpcpar trace: {exc}", file=sys.stderr)
+            return 1
+        print(f"chart written to {args.png}")
+    return 0
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
@@ -383,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher-arg", action="append", default=[], metavar="ARG",
                    help="pass ARG to the launcher as it is (repeatable; write --launcher-arg=-ARG "
                    "for an ARG that starts with -), e.g. --launcher-arg=-launcher --launcher-arg=ssh")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write a per-rank timeline (Chrome Trace Event JSON for Perfetto or "
+                   "chrome://tracing; FILE.gz compressed) at the end (sets HPCPAR_TRACE)")
     p.add_argument("script", help="the Python script to run on every rank")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     p.set_defaults(func=_cmd_run)
@@ -402,6 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the table as JSON")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
     p.set_defaults(func=_cmd_scale, args=[])
+
+    p = sub.add_parser(
+        "trace", help="summarize a trace written by --trace / HPCPAR_TRACE, or draw it as a PNG",
+        description="Print, per rank, the time spent computing, communicating, in I/O and waiting "
+        "for other ranks over the trace's window; --png draws a Gantt chart (one row per rank, a "
+        "colour per kind of span, and those four parts per rank; needs matplotlib).",
+        epilog="example: hpcpar run -n 4 --trace run.json jobs/heat.py && "
+        "hpcpar trace run.json --png run.png")
+    p.add_argument("file", help="the trace (JSON, or gzip-compressed JSON)")
+    p.add_argument("--png", metavar="FILE", help="draw the Gantt chart into FILE (.png, .svg, .pdf)")
+    p.add_argument("--title", help="the chart's title (default: the file name)")
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("bench", help="measure hpcpar against the baselines it runs itself",
                        description="Benchmarks print ratios against baselines run in the same "

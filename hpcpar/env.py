@@ -13,7 +13,7 @@ __all__ = [
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
     "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RUN_DIR", "HPCPAR_LARGE_COUNT",
-    "HPCPAR_EXPECT_LARGE_COUNT", "HPCPAR_TEST_BIGMEM_HELD",
+    "HPCPAR_EXPECT_LARGE_COUNT", "HPCPAR_TEST_BIGMEM_HELD", "HPCPAR_TRACE", "HPCPAR_TRACE_EVENTS",
     "get", "get_float", "flag",
 ]
 
@@ -89,6 +89,18 @@ HPCPAR_MPICC = "HPCPAR_MPICC"
 #: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
 #: else ``~/.cache/hpcpar``).
 HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
+
+#: Path of a timeline trace that ``hpcpar.run`` writes on root at the end: every
+#: rank's timer regions, collectives (with the time waited for the last rank), Grid
+#: exchanges, farm tasks, pipeline items, Output writes and checkpoint saves, in the
+#: Chrome Trace Event format (Perfetto, chrome://tracing; ``hpcpar trace FILE --png``).
+#: A name ending ``.gz`` is gzip-compressed. ``hpcpar run --trace`` and
+#: ``hpcpar.run(main, trace=...)`` set it too. Default: no trace.
+HPCPAR_TRACE = "HPCPAR_TRACE"
+
+#: Spans each rank keeps for the trace (default 250000, about 13 MB); later spans
+#: are counted but not kept, and root says so.
+HPCPAR_TRACE_EVENTS = "HPCPAR_TRACE_EVENTS"
 
 
 #: ``0``: messages over ``2**31 - 1`` bytes travel in units of derived datatypes

@@ -36,6 +36,8 @@ BENCHMARKS = {
     "farm": ("hpcpar.bench.farm",
              "task farm vs MPICommExecutor and multiprocessing.Pool; Mandelbrot efficiency; "
              "local_pool speedup"),
+    "trace": ("hpcpar.bench.trace",
+              "the cost of one traced span (HPCPAR_TRACE) per hook, and of tracing off"),
     "scale": ("hpcpar.bench.scale",
               "MPI calls and bytes per rank of each checked collective vs raw mpi4py, per rank count"),
 }

@@ -21,8 +21,9 @@ from mpi4py import MPI
 
 from .. import env
 from ..launch.family import mismatch, refuse
-from ..observe import timing
+from ..observe import timing, tracefile
 from ..observe.info import mpi_library
+from ..observe.trace import RECORDER, WAIT
 from ..slurm import job as slurm_job
 from . import preempt, watchdog
 from .abort import abort
@@ -99,13 +100,22 @@ def _finishing(ctx: Context, body: Callable[[], Any]) -> Any:
         result = body()
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
-            ctx.finish()
+            _finish(ctx)
         raise
-    ctx.finish()
+    _finish(ctx)
     return result
 
 
-def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+def _finish(ctx: Context) -> None:
+    """``ctx.finish()``; traced as a wait span (the rank waits there for the slowest)."""
+    t0 = time.perf_counter()
+    ctx.finish()
+    if RECORDER.on:
+        RECORDER.add(WAIT, "finish", t0, time.perf_counter())
+
+
+def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, trace: str | None = None,
+        **kwargs: Any) -> Any:
     """Build a :class:`Context`, call ``main(ctx, *args, **kwargs)`` and return its value.
 
     **Collective** over ``COMM_WORLD``: every rank of the job calls it. An uncaught
@@ -132,7 +142,12 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
         timeout: seconds a rank may stay blocked in one hpcpar call before the
             watchdog dumps every rank's stacks and aborts the job (exit status
             124); None: ``HPCPAR_TIMEOUT`` (default: no limit). Not passed to ``main``.
+        trace: path of a timeline trace root writes at the end (Chrome Trace Event
+            JSON, see :mod:`hpcpar.observe.tracefile`); None: ``HPCPAR_TRACE``
+            (default: none). Every rank passes the same value. Not passed to ``main``.
     """
+    path = trace
+
     def body():
         check_launcher()
         if timeout is not None:
@@ -145,7 +160,10 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, **kw
         ctx = Context()
         timing.REGISTRY.started = time.perf_counter()
         try:
+            tracing = tracefile.begin(ctx, path)
             result = _finishing(ctx, lambda: main(ctx, *args, **kwargs))
+            if tracing:
+                tracefile.end(ctx)  # after finish(): every rank is here
             _final_report(ctx)  # after finish(): every rank is here
             if ctx.is_root:
                 slurm_job.job_finished(ctx.rank, ctx.size)

@@ -61,6 +61,7 @@ from mpi4py import MPI
 
 from .. import env
 from ..observe import stacks
+from ..observe.trace import MARK, RECORDER
 from . import plainwait, watchnet
 from .abort import abort
 
@@ -148,17 +149,20 @@ class watching:
     with ``world_ranks``); None: every rank.
     """
 
-    __slots__ = ("name", "ctx", "prev")
+    __slots__ = ("name", "ctx", "prev", "t0")
 
     def __init__(self, name: str, ctx: Context | Peers | Any = None):
         self.name, self.ctx = name, ctx
 
     def __enter__(self) -> watching:
         self.prev = enter(self.name, self.ctx)
+        self.t0 = time.perf_counter() if RECORDER.on and self.prev is None else 0.0
         return self
 
     def __exit__(self, *exc: object) -> None:
         leave(self.prev)
+        if self.t0:  # traced (HPCPAR_TRACE)
+            RECORDER.add(MARK, self.name, self.t0, time.perf_counter())
 
 
 class Peers:
@@ -187,7 +191,7 @@ def marked(name: str) -> Callable[[F], F]:
     inside one gets a ``RuntimeError`` at once (MPI state is not shared safely
     between two threads in one communicator's collectives).
     """
-    state, mono, ident = _S, _monotonic, _ident
+    state, mono, ident, rec = _S, _monotonic, _ident, RECORDER
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -199,6 +203,8 @@ def marked(name: str) -> Callable[[F], F]:
             elif prev[2] is self and state.tid != ident():
                 _concurrent(name, prev, self)
             try:
+                if prev is None and rec.on:  # tracing (HPCPAR_TRACE): record the call's span
+                    return rec.collective(name, self, fn, args, kwargs, state.now)
                 return fn(self, *args, **kwargs)
             finally:
                 if prev is None:

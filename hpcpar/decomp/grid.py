@@ -19,6 +19,7 @@ from ..core import watchdog
 from ..core.agreement import Slot, agrees, dtype_code, put, vector
 from ..core.context import Context
 from ..errors import Problem, agree, agree_equal, attempt, fail, raise_problems
+from ..observe.trace import EXCHANGE, traced
 from . import partition
 
 __all__ = ["Grid"]
@@ -177,6 +178,7 @@ class Grid:
         return a
 
     @watchdog.marked("Grid.exchange_begin")
+    @traced(EXCHANGE, "exchange_begin", lambda self, a, corners=True: self._sent(a, corners))
     def exchange_begin(self, a: np.ndarray, corners: bool = True) -> None:
         """Start filling the ghost cells of ``a``; return at once. **Collective** over the grid.
 
@@ -240,6 +242,7 @@ class Grid:
                     lambda m: f"dtype {m[0]}, corners={m[1]}")
 
     @watchdog.marked("Grid.exchange_end")
+    @traced(EXCHANGE, "exchange_end")
     def exchange_end(self) -> np.ndarray | None:
         """Wait for the exchange started by :meth:`exchange_begin`. **Collective** over the grid.
 
@@ -251,6 +254,11 @@ class Grid:
         if reqs:
             MPI.Request.Waitall(reqs)
         return a
+
+    def _sent(self, a: np.ndarray, corners: bool) -> tuple[int, int, int]:
+        """(bytes sent, neighbours, -1) of an exchange of ``a``: the trace's details."""
+        plan = self._plan(a.dtype, corners) if isinstance(a, np.ndarray) else []
+        return sum(p[2].Get_size() for p in plan), len(plan), -1
 
     def _plan(self, dtype: np.dtype, corners: bool) -> list:
         """Per neighbour: (peer, recv tag, send type, send tag, recv type); built once per dtype."""

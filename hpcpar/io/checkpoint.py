@@ -33,6 +33,7 @@ import numpy as np
 
 from ..decomp import partition
 from ..errors import CollectiveError, agree, agree_equal, attempt, collective_error, fail
+from ..observe.trace import CHECKPOINT, step_bytes, traced
 from .digest import box_digest, meta_digest
 from .output import Output
 from .read import read, read_grid
@@ -102,6 +103,7 @@ class Checkpoint:
     def __repr__(self) -> str:
         return f"<hpcpar.Checkpoint {self.path!r}>"
 
+    @traced(CHECKPOINT, "Checkpoint.save", step_bytes)
     def save(self, step: int, **fields: Any) -> None:
         """Write ``fields`` and ``step`` atomically over the previous checkpoint. **Collective**.
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import env
 from ..errors import CollectiveError, agree, attempt, raise_problems
+from ..observe.trace import IO, array_bytes, traced
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
 from .lock import RESERVE_MARGIN, FileLock, reserve, trim
@@ -303,6 +304,7 @@ class Output:
                      lambda fn, where, share: self._holder(fn, where, share=share))
 
     # ------------------------------------------------------------ writes
+    @traced(IO, "Output.write", array_bytes)
     def write(self, name: str, local: np.ndarray | Grid, axis: Any = 0, *,
               compression: str | int | None = None, compression_opts: Any = None,
               attrs: dict[str, Any] | None = None) -> None:
@@ -334,6 +336,7 @@ class Output:
                      compression_opts=compression_opts, attrs=attrs, cover=cover)
         self._put(name, dtype, slabs, data)
 
+    @traced(IO, "Output.write_root", array_bytes)
     def write_root(self, name: str, array: Any, *, compression: str | int | None = None,
                    compression_opts: Any = None, attrs: dict[str, Any] | None = None) -> None:
         """Write an array that only root has. **Collective**: other ranks pass anything
@@ -366,6 +369,7 @@ class Output:
         block = array if self.ctx.is_root else np.empty(empty[1], dtype)
         self._put(name, dtype, slabs, block)
 
+    @traced(IO, "Output.append", array_bytes)
     def append(self, name: str, local: np.ndarray | Grid, axis: Any = 0, *,
                compression: str | int | None = None, compression_opts: Any = None,
                attrs: dict[str, Any] | None = None) -> int:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .trace import RECORDER, REGION
+
 if TYPE_CHECKING:
     from ..core.context import Context
 
@@ -44,8 +46,11 @@ class Region:
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0:
-            self.total += time.perf_counter() - self._start
+            end = time.perf_counter()
+            self.total += end - self._start
             self.calls += 1
+            if RECORDER.on:  # tracing (HPCPAR_TRACE)
+                RECORDER.add(REGION, self.name, self._start, end)
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)

@@ -21,6 +21,7 @@ from mpi4py import MPI
 
 from ..core import watchdog
 from ..errors import TaskError
+from ..observe import trace
 from ..observe.progress import meter
 
 __all__ = ["Root", "Failure", "TAG", "REQ", "RES", "IDLE_MIN", "IDLE_MAX", "pack", "sendable"]
@@ -345,7 +346,7 @@ class Root:
                         k = j
                         break
                 try:
-                    results.append((start + j, True, fn(items[j])))
+                    results.append((start + j, True, trace.task(fn, items[j], start + j, rank)))
                 except Exception as exc:
                     results.append((start + j, False, Failure(start + j, rank, exc)))
                     if raise_:

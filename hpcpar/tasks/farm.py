@@ -31,6 +31,7 @@ from mpi4py import MPI
 
 from ..core import watchdog
 from ..errors import Problem, TaskError, agree, problem_of
+from ..observe import trace
 from ._farm_root import IDLE_MAX, IDLE_MIN, REQ, RES, TAG, Failure, Root, pack
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def _await(comm: MPI.Intracomm, source: int) -> None:
 
 def _run_one(fn: Callable[[Any], Any], i: int, task: Any, rank: int) -> tuple[bool, Any]:
     try:
-        return True, fn(task)
+        return True, trace.task(fn, task, i, rank)
     except Exception as exc:
         return False, Failure(i, rank, exc)
 

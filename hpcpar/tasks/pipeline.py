@@ -24,6 +24,7 @@ from mpi4py import MPI
 from ..core import watchdog
 from ..decomp import partition
 from ..errors import Problem, TaskError, agree, agree_equal
+from ..observe import trace
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -134,7 +135,7 @@ def _joined(problems: list[Problem]) -> Problem | None:
 def _apply(stages, mine, index, value, rank):
     for s in mine:
         try:
-            value = stages[s](value)
+            value = trace.task(stages[s], value, index, s, trace.ITEM, "item")
         except Exception as exc:
             return _StageFailure(index, s, rank, exc)
     return value
