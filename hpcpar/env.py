@@ -12,7 +12,7 @@ __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
-    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
+    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_LAUNCHER_PID", "HPCPAR_GUARDIAN_FD",
     "get", "get_float", "flag",
 ]
 
@@ -84,6 +84,16 @@ HPCPAR_MPICC = "HPCPAR_MPICC"
 #: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
 #: else ``~/.cache/hpcpar``).
 HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
+
+#: Set by ``hpcpar run`` for its ranks: ``PID@HOST`` of the ``hpcpar run`` process.
+#: The rank guardians on that host end their rank within a fraction of a second
+#: once that process is gone (even after ``kill -9`` of it). Not for users to set.
+HPCPAR_LAUNCHER_PID = "HPCPAR_LAUNCHER_PID"
+
+#: Set by ``hpcpar run``'s rank guardian for its rank: ``FD@PID``, the guardian's pipe
+#: and pid, on which :func:`hpcpar.abort` says that the rank reported its own failure,
+#: so the guardian does not report it a second time. Not for users to set.
+HPCPAR_GUARDIAN_FD = "HPCPAR_GUARDIAN_FD"
 
 
 def get(name: str, default: str | None = None) -> str | None:
