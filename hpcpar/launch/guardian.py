@@ -109,7 +109,7 @@ def _say(text: str) -> None:
 def _ask_hydra_to_abort(code: int) -> None:
     """Under MPICH's Hydra, ask it to end the job with ``code`` (PMI-1 ``abort`` on ``PMI_FD``)."""
     fd = os.environ.get("PMI_FD", "")
-    if not fd.isdigit():
+    if not fd.isdigit() or "PMI_JOBID" in os.environ:  # Slurm's PMI-2 server sets PMI_JOBID
         return
     time.sleep(_env.get_float(_env.HPCPAR_ABORT_GRACE, 0.2))  # let the report reach the launcher
     try:
