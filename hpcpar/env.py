@@ -14,6 +14,7 @@ __all__ = [
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
     "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RUN_DIR", "HPCPAR_LARGE_COUNT",
     "HPCPAR_EXPECT_LARGE_COUNT", "HPCPAR_TEST_BIGMEM_HELD", "HPCPAR_TRACE", "HPCPAR_TRACE_EVENTS",
+    "HPCPAR_LAUNCHER_PID", "HPCPAR_GUARDIAN_FD",
     "get", "get_float", "flag",
 ]
 
@@ -121,6 +122,16 @@ HPCPAR_EXPECT_LARGE_COUNT = "HPCPAR_EXPECT_LARGE_COUNT"
 #: ``/tmp/hpcpar-bigmem.lock`` (``flock /tmp/hpcpar-bigmem.lock ...``), so the tests
 #: that need several GB do not take it again.
 HPCPAR_TEST_BIGMEM_HELD = "HPCPAR_TEST_BIGMEM_HELD"
+
+#: Set by ``hpcpar run`` for its ranks: ``PID@HOST`` of the ``hpcpar run`` process.
+#: The rank guardians on that host end their rank within a fraction of a second
+#: once that process is gone (even after ``kill -9`` of it). Not for users to set.
+HPCPAR_LAUNCHER_PID = "HPCPAR_LAUNCHER_PID"
+
+#: Set by ``hpcpar run``'s rank guardian for its rank: ``FD@PID``, the guardian's pipe
+#: and pid, on which :func:`hpcpar.abort` says that the rank reported its own failure,
+#: so the guardian does not report it a second time. Not for users to set.
+HPCPAR_GUARDIAN_FD = "HPCPAR_GUARDIAN_FD"
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from typing import NoReturn
@@ -30,6 +31,7 @@ def abort(message: str, code: int = 1) -> NoReturn:
         pass
     sys.stderr.write(message if message.endswith("\n") else message + "\n")
     sys.stderr.flush()
+    _tell_guardian()
     size = MPI.COMM_WORLD.Get_size()
     if size > 1:
         # Give the stderr pipe a moment to drain through the launcher before the
@@ -37,3 +39,19 @@ def abort(message: str, code: int = 1) -> NoReturn:
         time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
         MPI.COMM_WORLD.Abort(code)
     os._exit(code)
+
+
+def _tell_guardian() -> None:
+    """Under ``hpcpar run``, tell this rank's guardian that the failure is reported.
+
+    ``HPCPAR_GUARDIAN_FD`` is ``FD@PID``: the guardian's pipe and its pid. Only its
+    direct child, the rank, writes, and only into a pipe.
+    """
+    fd, _, guardian = (env.get(env.HPCPAR_GUARDIAN_FD) or "").partition("@")
+    if not (fd.isdigit() and guardian.isdigit()) or os.getppid() != int(guardian):
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(int(fd)).st_mode):
+            os.write(int(fd), b"reported\n")
+    except OSError:
+        pass

@@ -1,15 +1,31 @@
-"""The rank guardian used by ``hpcpar run``: report a rank killed by a signal, by rank.
+"""The rank guardian used by ``hpcpar run``: name a rank that dies without a report, end with its status.
 
 ``hpcpar run`` starts ``python .../hpcpar/launch/guardian.py SCRIPT ARGS`` on every rank.
 The guardian imports nothing of hpcpar or MPI (it is run as a file, not as a
-module of the package) except its sibling ``variables.py``, loaded from the file
-beside it (the one list of launcher variables); it starts the real rank, ``python -m hpcpar.core.script
-SCRIPT ARGS``, as its child and waits. When the rank dies from a signal
-(``kill -9``, the OOM killer) the guardian prints ``hpcpar: rank R of N (pid P)
-was killed by signal 9 (SIGKILL)`` and exits with 128 + the signal, so the
-launcher ends the job and the log names the rank. MPICH's own message names a
-pid of the job, not necessarily the killed one. The child is asked to die with
-its guardian (``PR_SET_PDEATHSIG``), so no rank outlives the job.
+module of the package) except the pure modules ``variables.py`` and
+``lifeline.py`` beside it and ``../env.py`` (loaded from their files); it starts the real rank,
+``python -m hpcpar.core.script SCRIPT ARGS``, as its child and waits.
+
+How the rank ended decides what the guardian says and how it ends itself:
+
+* status 0, or a failure the rank reported itself (:func:`hpcpar.abort` writes to
+  ``HPCPAR_GUARDIAN_FD``): nothing to add; the guardian exits with the same status.
+* ``os._exit(n)``, a crash in C code that exits: ``hpcpar: rank R of N (host H, pid
+  P) exited with status n without reporting an error``; the job ends with status n.
+* killed by a signal (``kill -9``, the OOM killer, ``os.abort()``): ``hpcpar: rank R
+  of N (host H, pid P) was killed by signal 6 (SIGABRT)``; the guardian then dies by
+  the same signal, so MPI's launcher tears the job down on every host.
+
+Under MPICH's Hydra the guardian also asks the launcher to abort the job (the PMI
+``abort`` command on the rank's ``PMI_FD``) with status n, or 128 + the signal:
+Hydra would otherwise combine the statuses of the ranks it killed with this one.
+
+SIGTERM, SIGINT and SIGHUP sent to the guardian (the launcher stopping the job)
+are passed to the rank, which gets ``STOP_GRACE`` seconds before SIGKILL; the
+guardian then dies by that signal without blaming the rank. SIGUSR1 and SIGUSR2
+are passed on too. The rank dies with its guardian (``PR_SET_PDEATHSIG``), the
+guardian with its parent, and a guardian on the host of ``hpcpar run`` ends its
+rank once that process is gone (``HPCPAR_LAUNCHER_PID``), also after ``kill -9``.
 """
 
 from __future__ import annotations
@@ -17,77 +33,180 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from types import ModuleType
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
-def _sibling(name: str) -> ModuleType:
-    """The module ``name.py`` beside this file, loaded without the package or sys.path."""
-    spec = importlib.util.spec_from_file_location(
-        f"_hpcpar_guardian_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
+
+def _load(name: str, path: str) -> ModuleType:
+    """The module at ``path``, loaded without the package or sys.path."""
+    spec = importlib.util.spec_from_file_location(f"_hpcpar_guardian_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_variables = _sibling("variables")
+_variables = _load("variables", os.path.join(_HERE, "variables.py"))
+_env = _load("env", os.path.join(os.path.dirname(_HERE), "env.py"))
+_lifeline = _load("lifeline", os.path.join(_HERE, "lifeline.py"))
+_ledger = _load("ledger", os.path.join(_HERE, "ledger.py"))
 launched_rank, launched_size = _variables.launched_rank, _variables.launched_size
-_ledger = _sibling("ledger")
+
+#: Seconds between the guardian's checks that its parent and ``hpcpar run`` still live.
+POLL = 0.2
+#: Seconds a rank has to end after a stop signal passed on to it, before SIGKILL.
+STOP_GRACE = 3.0
+#: Signals that stop the job from outside: passed to the rank, never blamed on it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Seconds the guardian waits for Hydra to act on its abort request before it ends itself.
+ABORT_WAIT = 2.0
 
 
-def _known(value: int | None) -> str:
-    return "?" if value is None else str(value)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the guardian dies (Linux only)."""
+def _signal_name(signum: int) -> str:
     try:
-        import ctypes
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
+
+def _launcher_pid() -> int | None:
+    """The pid of ``hpcpar run`` when it runs on this host, else None."""
+    value = os.environ.get(_env.HPCPAR_LAUNCHER_PID, "")
+    pid, _, host = value.partition("@")
+    if pid.isdigit() and host == socket.gethostname():
+        return int(pid)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _who(pid: int) -> str:
+    rank, size = launched_rank(), launched_size(slurm=True)
+    return (f"rank {'?' if rank is None else rank} of {'?' if size is None else size} "
+            f"(host {socket.gethostname()}, pid {pid})")
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(f"hpcpar: {text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
         pass
 
 
+def _ask_hydra_to_abort(code: int) -> None:
+    """Under MPICH's Hydra, ask it to end the job with ``code`` (PMI-1 ``abort`` on ``PMI_FD``)."""
+    fd = os.environ.get("PMI_FD", "")
+    if not fd.isdigit() or "PMI_JOBID" in os.environ:  # Slurm's PMI-2 server sets PMI_JOBID
+        return
+    time.sleep(_env.get_float(_env.HPCPAR_ABORT_GRACE, 0.2))  # let the report reach the launcher
+    try:
+        os.write(int(fd), f"cmd=abort exitcode={code}\n".encode())
+    except OSError:
+        return
+    time.sleep(ABORT_WAIT)  # Hydra now ends every process, this one included
+
+
+def _die_by(signum: int) -> None:
+    """End this process by ``signum`` (no core file), as its rank ended."""
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        time.sleep(1.0)
+    except (OSError, ValueError):
+        pass
+    os._exit(128 + signum)
+
+
+def _reported(fd: int) -> bool:
+    """Whether the rank wrote on its guardian pipe (it reported its own failure)."""
+    try:
+        return bool(os.read(fd, 64))
+    except (BlockingIOError, OSError):
+        return False
+
+
 def main(argv: list[str]) -> int:
+    parent = os.getppid()
+    _lifeline.die_with_parent(signal.SIGKILL)
+    launcher = _launcher_pid()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_inheritable(write_end, True)
     cmd = [sys.executable, "-m", "hpcpar.core.script", *argv]
     # close_fds=False: the launcher passes its connection (e.g. PMI_FD) as an inherited fd
-    proc = subprocess.Popen(cmd, close_fds=False,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    marker = {_env.HPCPAR_GUARDIAN_FD: f"{write_end}@{os.getpid()}"}
+    proc = subprocess.Popen(cmd, close_fds=False, env={**os.environ, **marker},
+                            preexec_fn=_lifeline.die_with_parent)
+    os.close(write_end)
     # Across hosts (hpcpar run --hosts): where this rank runs, and later that it ended.
     ledger, me = os.environ.get(_ledger.RUN_DIR), launched_rank()
     _ledger.started(ledger, me, proc.pid)
     keep = _ledger.witness(ledger, me)  # noqa: F841  (open while the guardian lives)
+    stopped: list[tuple[int, float]] = []
 
-    def forward(s: int, f: object) -> None:
-        if s in (signal.SIGTERM, signal.SIGINT):
-            _ledger.ended(ledger, me, -s)
-        proc.send_signal(s)
+    def stop(signum: int, frame: object) -> None:
+        if not stopped:
+            stopped.append((signum, time.monotonic()))
+            _ledger.ended(ledger, me, -signum)
+        proc.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, forward)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda s, f: proc.send_signal(s))
+    if not _lifeline.parent_is(parent):  # the parent died before the guardian asked to die with it
+        proc.kill()
+    orphaned = False
     while True:
         try:
-            code = proc.wait()
+            code = proc.wait(timeout=POLL)
             break
-        except InterruptedError:
-            continue
+        except subprocess.TimeoutExpired:
+            pass
+        if stopped and time.monotonic() - stopped[0][1] > STOP_GRACE:
+            proc.kill()
+        if not _lifeline.parent_is(parent) or (launcher is not None and not _alive(launcher)):
+            orphaned = True  # the launcher is gone: nobody is left to end this rank
+            proc.kill()
     _ledger.ended(ledger, me, code)
-    if code < 0:
-        signum = -code
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        rank, size = _known(launched_rank()), _known(launched_size(slurm=True))
-        sys.stderr.write(f"hpcpar: rank {rank} of {size} (pid {proc.pid}) "
-                         f"was killed by signal {signum} ({name}); the launcher ends the other ranks\n")
-        sys.stderr.flush()
-        return 128 + sig
-    return code
+    if stopped:
+        _die_by(stopped[0][0])
+    if orphaned:
+        return 128 + signal.SIGKILL
+    if code == 0 or (code > 0 and _reported(read_end)):
+        return code
+    if code > 0:
+        _say(f"{_who(proc.pid)} exited with status {code} without reporting an error "
+             "(os._exit, or an exit from C code); the job is ended")
+        _ask_hydra_to_abort(code)
+        return code
+    signum = -code
+    _say(f"{_who(proc.pid)} was killed by signal {signum} ({_signal_name(signum)}); the job is ended")
+    _ask_hydra_to_abort(128 + signum)
+    _die_by(signum)
+    return 128 + signum
 
 
 if __name__ == "__main__":

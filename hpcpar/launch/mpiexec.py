@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 
-from . import ledger
+from .. import env
+from . import ledger, lifeline
 from .command import Host, is_open_mpi, launch_argv, launcher, workstation_options
 
 __all__ = ["launcher", "launch_command", "launch"]
@@ -34,13 +38,72 @@ def launch_command(script: str, args: list[str], ranks: int, python: str | None 
                        hosts=hosts, launcher_args=launcher_args)
 
 
+#: Signals that stop ``hpcpar run`` and, through it, the whole job.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Seconds MPI's launcher has to end the job after ``hpcpar run`` is stopped, before SIGKILL.
+STOP_GRACE = 4.0
+
+
+class _Stopped(Exception):
+    """Raised in ``hpcpar run``'s main thread by a stop signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    """The ``preexec_fn`` of MPI's launcher: stop signals unblocked, SIGTERM when ``parent`` dies."""
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        lifeline.die_with_parent(signal.SIGTERM)
+        if not lifeline.parent_is(parent):
+            os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
+def _end_job(proc: subprocess.Popen, signum: int) -> int:
+    """End the job after ``hpcpar run`` got ``signum``; say so in one line; return 128 + ``signum``."""
+    for sig in STOP_SIGNALS:  # a second signal must not interrupt the clean-up
+        if signal.getsignal(sig) is _raise_stopped:
+            signal.signal(sig, signal.SIG_IGN)
+    try:
+        proc.send_signal(signal.SIGTERM)  # MPI's launcher ends every rank, on every host
+        proc.wait(timeout=STOP_GRACE)
+        how = "ended the job"
+    except subprocess.TimeoutExpired:
+        proc.kill()  # the guardians then end their ranks: their launcher is gone
+        proc.wait()
+        how = f"killed MPI's launcher after {STOP_GRACE:g} s"
+    try:
+        name = signal.Signals(signum).name
+        print(f"hpcpar run: the launcher was stopped by signal {signum} ({name}) and {how}; "
+              f"exit status {128 + signum}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # no terminal left after SIGHUP
+        pass
+    return 128 + signum
+
+
 def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None,
            hosts: list[Host] | None = None, launcher_args: list[str] | None = None) -> int:
-    """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
+    """Run ``script`` on ``ranks`` ranks; return the job's exit status. **Local**.
 
     ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
     When Open MPI's launcher is told to oversubscribe (more ranks than cores), a one-line
-    note says so on stderr. ``hosts`` and ``launcher_args``: see :func:`launch_command`.
+    note says so on stderr. ``hosts`` and ``launcher_args``: see :func:`launch_command`;
+    with hosts, a run ledger (:mod:`hpcpar.launch.ledger`) names the ranks of a host
+    that was lost without a word.
+
+    The launcher owns its job: SIGTERM, SIGINT or SIGHUP to this process (unless
+    ignored when it started) ends every process of the job within ``STOP_GRACE``
+    seconds, prints one line naming the signal and returns 128 + the signal. When this
+    process dies without that chance (``kill -9``), MPI's launcher gets SIGTERM from the
+    kernel and the rank guardians on this host end their ranks
+    (``HPCPAR_LAUNCHER_PID``). MPI's launcher killed by a signal gives 128 + it.
 
     Raises:
         FileNotFoundError: when ``script`` does not exist or no MPI launcher is found.
@@ -61,22 +124,38 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
     _, note = workstation_options(cmd, ranks)
     if note:
         print(note, file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
+    job_env = {**os.environ, **extra_env, env.HPCPAR_LAUNCHER_PID: f"{os.getpid()}@{socket.gethostname()}"}
     try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        code = 130
-    if run_dir is not None:
-        text = None
-        if code not in (0, 130):
+        code, stopped = _run(cmd, job_env)
+        if run_dir is not None and code != 0 and not stopped:
             ledger.settle(run_dir, ranks)
             text = ledger.lost_ranks_text(run_dir, ranks)
-        if text:
-            print(text, file=sys.stderr, flush=True)
-        shutil.rmtree(run_dir, ignore_errors=True)
+            if text:
+                print(text, file=sys.stderr, flush=True)
+    finally:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
     return code
+
+
+def _run(cmd: list[str], job_env: dict[str, str]) -> tuple[int, bool]:
+    """Run MPI's launcher as the job's owner; (exit status, whether a stop signal ended it)."""
+    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    caught = [sig for sig in STOP_SIGNALS if main_thread and signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in caught}
+    proc = None
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, caught)  # no stop between fork and wait
+        try:
+            proc = subprocess.Popen(cmd, env=job_env, preexec_fn=_child_setup(os.getpid()))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
+        code = proc.wait()
+        return (128 - code if code < 0 else code), False
+    except _Stopped as stop:
+        if proc is None:
+            return 128 + stop.signum, True
+        return _end_job(proc, stop.signum), True
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -8,6 +8,7 @@ process of the job behind.
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -164,7 +165,9 @@ def test_kill_9_of_one_rank_under_hpcpar_run(tmp_path):
     assert time.monotonic() - t0 < 10
     assert r.returncode != 0
     pid = re.search(r"rank 1 pid (\d+)", r.stdout).group(1)
-    assert f"hpcpar: rank 1 of 3 (pid {pid}) was killed by signal 9 (SIGKILL)" in r.stderr, r.stderr
+    host = socket.gethostname()
+    assert f"hpcpar: rank 1 of 3 (host {host}, pid {pid}) was killed by signal 9 (SIGKILL)" in r.stderr, r.stderr
+    assert r.returncode == 128 + 9, r.stderr
     time.sleep(0.2)
     assert not job_pids(path), "orphan processes"
 
