@@ -186,8 +186,7 @@ class Checkpoint:
                 elif kinds[name] == "block":
                     out.write(key, value, attrs={"layout": "block"})
                 else:
-                    scalar = np.asarray(value) if ctx.is_root else None
-                    out.write_root(key, scalar, attrs={"layout": "value"})
+                    out.write_root(key, np.asarray(value) if ctx.is_root else None, attrs={"layout": "value"})
             out.attrs.update({"fields": ",".join(fields), "digests": sums[:len(digests)],
                               "meta_digest": meta})
             return out.wrote or ctx.is_root

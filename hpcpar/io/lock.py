@@ -22,9 +22,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 
-__all__ = ["FileLock", "reserve", "trim", "RESERVE_MARGIN"]
+__all__ = ["FileLock", "reserve", "trim", "hosted", "RESERVE_MARGIN", "INCOMPLETE"]
+
+#: Attribute of a dataset whose data is being written; left in place when the write fails.
+INCOMPLETE = "hpcpar_incomplete"
 
 #: Bytes reserved beyond a write's data for the metadata HDF5 adds with it.
 RESERVE_MARGIN = 256 * 2**10
@@ -124,7 +128,7 @@ def reserve(lock: FileLock, end: int) -> None:
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             return  # no fallocate here: the write itself will find out
         raise OSError(exc.errno, f"cannot reserve {end:,} bytes for {lock.path}: "
-                      f"{os.strerror(exc.errno)}; free space (or raise the limit) and write "
+                      f"{os.strerror(exc.errno or 0)}; free space (or raise the limit) and write "
                       "again; what was written before is kept") from None
 
 
@@ -155,3 +159,10 @@ def trim(path: str) -> None:
         end = base + int.from_bytes(head[at + 2 * size:at + 3 * size], "little")
         if 0 < end < os.fstat(f.fileno()).st_size:
             os.ftruncate(f.fileno(), end)
+
+
+def hosted(problem: tuple[str, str] | None) -> tuple[str, str] | None:
+    """An I/O problem with this host's name added (usage problems stay as they are). **Local**."""
+    if problem is None or problem[0] in ("ValueError", "KeyError", "TypeError"):
+        return problem
+    return problem[0], f"{problem[1]} (on host {socket.gethostname()})"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..errors import CollectiveError, agree, attempt, raise_problems
 from ..observe.trace import IO, array_bytes, traced
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
-from .lock import RESERVE_MARGIN, FileLock, reserve, trim
+from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, hosted, reserve, trim
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
 from .slabs import (
@@ -33,10 +32,12 @@ from .slabs import (
     check_block,
     check_dtype,
     check_name,
-    grid_slab,
+    extendible,
+    grid_payload,
     grid_slabs,
     hyper_write,
     is_grid,
+    new_dataset,
 )
 
 if TYPE_CHECKING:
@@ -54,17 +55,6 @@ GATHER_BYTES = 64 * 2**20
 #: File modes of :class:`Output` (``"x"`` is a synonym of ``"w-"``).
 _FILE_MODES = {"w": "w", "w-": "w-", "x": "w-", "a": "a", "r+": "r+"}
 _ABANDONED: list = []  # mpio files of an Output left by an error on one rank (never closed here)
-#: Attribute of a dataset whose data is being written; left in place when the write fails.
-INCOMPLETE = "hpcpar_incomplete"
-
-
-def _hosted(problem: tuple[str, str] | None) -> tuple[str, str] | None:
-    """An I/O problem with this host's name added (usage problems stay as they are)."""
-    if problem is None or problem[0] in ("ValueError", "KeyError", "TypeError"):
-        return problem
-    return problem[0], f"{problem[1]} (on host {socket.gethostname()})"
-
-
 class Output:
     """One HDF5 file written by every rank of ``ctx``: a **collective** context manager.
 
@@ -104,14 +94,9 @@ class Output:
         path: the absolute path of the file.
         file_mode: the HDF5 open mode.
 
-    Ownership and failures: root locks the file before HDF5 opens (and, for
-    ``mode="w"``, truncates) it and holds the lock until :meth:`close`
-    (:mod:`hpcpar.io.lock`), so a file another process is writing is never
-    touched. Before each write root reserves the disk blocks it needs, so a full
-    disk or a file-size limit raises before anything is written. After any I/O
-    error every later call on the Output raises (``OSError``) instead of writing;
-    what was written before stays readable once it is closed. A dataset whose
-    data did not all arrive keeps the attribute ``hpcpar_incomplete``.
+    Root locks the file before HDF5 opens (or truncates) it, until :meth:`close`, and
+    reserves the disk blocks of each write first (:mod:`hpcpar.io.lock`). After an I/O
+    error later calls raise; what was written before stays readable.
 
     Raises:
         FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -158,7 +143,7 @@ class Output:
         h5mode = self.file_mode
         if ctx.is_root:
             self._lock, why = attempt(FileLock, self.path, exclusive_create=h5mode == "w-")
-            why = _hosted(why)
+            why = hosted(why)
             if self._lock is not None and self._lock.created:
                 h5mode = "w"  # the empty file this lock created is ours to fill
         agree(ctx.comm, self._where, why, root=ctx.root)
@@ -184,16 +169,13 @@ class Output:
                 self._file, problem = attempt(h5py.File, self.path, h5mode)
             agree(self.ctx.comm, self._where, problem, root=self.ctx.root)
 
-    def _unlock(self, remove: bool = False) -> None:
-        """Root drops its lock (and, with ``remove``, the empty file the lock created)."""
+    def _unlock(self, remove: bool = False) -> None:  # root drops its lock (and an empty file it made)
         lock, self._lock = self._lock, None
         if lock is not None:
-            if remove and lock.created:
-                attempt(os.unlink, self.path)
+            attempt(os.unlink, self.path) if remove and lock.created else None
             lock.release()
 
-    def _reserve(self, f: Any, nbytes: int) -> None:
-        """Root: make sure ``nbytes`` more (and some metadata) fit in the file. **Local**."""
+    def _reserve(self, f: Any, nbytes: int) -> None:  # root: room for nbytes more and metadata
         if self._lock is not None:
             reserve(self._lock, int(f.id.get_filesize()) + int(nbytes) + RESERVE_MARGIN)
 
@@ -207,21 +189,19 @@ class Output:
         try:
             if self.mode == "mpio":
                 res, problem = attempt(fn, self._file)
-                agree(self.ctx.comm, where, _hosted(problem))
+                agree(self.ctx.comm, where, hosted(problem))
                 return res
             res, problem = attempt(fn, self._file) if self.ctx.is_root else (None, None)
-            agree(self.ctx.comm, where, _hosted(problem), root=self.ctx.root)
+            agree(self.ctx.comm, where, hosted(problem), root=self.ctx.root)
         except CollectiveError as exc:
             self._fail(exc)
             raise
         return self.ctx.comm.bcast(res, root=self.ctx.root) if share else res
 
-    def _fail(self, exc: CollectiveError) -> None:
-        """After an I/O error (raised alike on every rank): refuse every later write."""
-        if isinstance(exc, OSError) and self._failed is None:
-            self._failed = str(exc)
+    def _fail(self, exc: CollectiveError) -> None:  # after an I/O error: refuse every later write
+        self._failed = self._failed or (str(exc) if isinstance(exc, OSError) else None)
 
-    def _exchange(self, op: str, name: str, payload: Any, problem: str | None) -> list:
+    def _exchange(self, op: str, name: str, payload: Any, problem: str | tuple[str, str] | None) -> list:
         """**Collective**: every rank's payload; raises on every rank on any problem."""
         where = f"hpcpar.Output.{op.split('(')[0]}({name!r})"
         if self.closed:
@@ -255,18 +235,17 @@ class Output:
         f, self._file = self._file, None
         problem = None
         if f is not None:
-            if self._lock is not None:
-                attempt(self._reserve, f, 0)  # room for the metadata the close writes
+            attempt(self._reserve, f, 0)  # room for the metadata the close writes (root)
             _, problem = attempt(f.close)
         try:
             if self.mode == "mpio":
-                agree(self.ctx.comm, f"{self._where}.close", _hosted(problem))
+                agree(self.ctx.comm, f"{self._where}.close", hosted(problem))
                 problem = None  # every rank has closed: root may trim the file now
             if self._lock is not None and problem is None:
                 _, problem = attempt(trim, self.path)
         finally:
             self._unlock()
-        agree(self.ctx.comm, f"{self._where}.close", _hosted(problem), root=self.ctx.root)
+        agree(self.ctx.comm, f"{self._where}.close", hosted(problem), root=self.ctx.root)
 
     def _abandon(self) -> None:
         """Drop the file without communicating (after an error on this rank only)."""
@@ -433,7 +412,7 @@ class Output:
         """
         where = f"hpcpar.Output.steps({name!r})"
         self._exchange("steps", name, None, check_name(name))
-        return int(self._holder(lambda f: self._extendible(f, name).shape[0], where, share=True))
+        return int(self._holder(lambda f: extendible(f, name, self.path).shape[0], where, share=True))
 
     def truncate(self, name: str, steps: int) -> None:
         """Keep only the first ``steps`` steps of the extendible dataset ``name``. **Collective**.
@@ -465,7 +444,7 @@ class Output:
         keep = heads[0]
 
         def shrink(f: Any) -> None:
-            d = self._extendible(f, name)
+            d = extendible(f, name, self.path)
             if keep > d.shape[0]:
                 raise ValueError(f"{name!r} has {d.shape[0]} steps; cannot truncate it to {keep}")
             d.resize(keep, axis=0)
@@ -495,35 +474,14 @@ class Output:
         ranks that held it). **Local**."""
         return self._wrote
 
-    def _extendible(self, f: Any, name: str) -> Any:
-        """The h5py dataset ``name`` of ``f``, checked to be extendible (made by append)."""
-        import h5py
-
-        if name not in f:
-            raise KeyError(f"{self.path} has no dataset {name!r}")
-        d = f[name]
-        if not isinstance(d, h5py.Dataset) or not d.shape or d.maxshape[0] is not None:
-            raise ValueError(f"{name!r} is not an extendible dataset (one made by Output.append)")
-        return d
-
     # ------------------------------------------------------------ internals
     def _layout(self, op, name, local, axis):
         """``(data, global shape, dtype, [(start, count) per rank])`` of a block or
         Grid write, agreed and checked on every rank. **Collective**."""
         problem = check_name(name)
         if is_grid(local):
-            grid, field, data, payload = local, axis, None, None
-            if problem is None:
-                try:
-                    slab = grid_slab(grid, self.ctx)
-                    data = np.asarray(grid.interior(field))
-                    if data.shape != slab[2]:
-                        raise ValueError(f"grid.interior(a) has shape {data.shape}, but this "
-                                         f"rank's global_slices cover {slab[2]}")
-                    problem = check_dtype(data.dtype)
-                    payload = (slab, data.dtype)
-                except Exception as exc:  # reported on every rank
-                    problem = str(exc)
+            grid, field = local, axis
+            data, payload, problem = grid_payload(grid, field, self.ctx, problem)
             heads = self._exchange(f"{op}(grid)", name, payload, problem)
             gshape, dtype, slabs = grid_slabs(heads, f"hpcpar.Output.write({name!r})")
             if not self._decomposition_set:
@@ -557,22 +515,8 @@ class Output:
                 raise ValueError(f"{name!r} already exists in {self.path}; choose another name "
                                  "or open the file with mode='w'")
             self._reserve(f, math.prod(shape) * np.dtype(dtype).itemsize)
-            kw = {}
-            if maxshape is not None:
-                kw["maxshape"] = maxshape
-            if chunks is not None:
-                kw["chunks"] = chunks
-            if compression is not None:
-                kw["compression"] = compression
-                if compression_opts is not None:
-                    kw["compression_opts"] = compression_opts
-            if cover and compression is None and math.prod(shape) > 0:
-                kw["fill_time"] = "never"  # every element is written: skip the fill pass
-            d = f.create_dataset(name, shape=shape, dtype=dtype, **kw)
-            for k, v in attrs.items():
-                d.attrs[k] = v
-            if math.prod(shape) > 0:
-                d.attrs[INCOMPLETE] = True  # until every rank's data is in (see _put)
+            new_dataset(f, name, shape, dtype, attrs, maxshape=maxshape, chunks=chunks, cover=cover,
+                        compression=compression, compression_opts=compression_opts)
 
         self._holder(create, where)
 
@@ -586,18 +530,16 @@ class Output:
         except CollectiveError as exc:
             self._fail(exc)
             raise
-        self._holder(lambda f: f[name].attrs.__delitem__(INCOMPLETE),
-                     f"hpcpar.Output({self.path!r}): completing {name!r}")
+        self._holder(lambda f: f[name].attrs.__delitem__(INCOMPLETE), f"{self._where}: completing {name!r}")
 
-    def _move(self, name: str, dtype: np.dtype, slabs, block) -> None:
-        """The data movement of :meth:`_put`, by the I/O path. **Collective**."""
+    def _move(self, name: str, dtype: np.dtype, slabs, block) -> None:  # _put's data movement
         where = f"hpcpar.Output({self.path!r}): writing {name!r}"
         ctx = self.ctx
         start, count = slabs[ctx.rank]
         block = np.asarray(block) if block is not None else np.empty(count, dtype)
         if self.mode == "mpio":
             _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
-            agree(ctx.comm, where, _hosted(problem))
+            agree(ctx.comm, where, hosted(problem))
             self._wrote = True
             return
         total = sum(math.prod(c) for _, c in slabs) * dtype.itemsize

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Box", "Slab", "check_dtype", "check_name", "is_grid", "grid_slab", "grid_slabs",
            "check_block", "block_slabs", "overlaps", "append_chunks", "as_bytes",
-           "hyper_write", "hyper_read", "CHUNK_BYTES"]
+           "hyper_write", "hyper_read", "CHUNK_BYTES", "grid_payload", "new_dataset",
+           "extendible"]
 
 #: A box of a dataset: ``(start, count)``, one entry per dimension.
 Box = tuple[tuple[int, ...], tuple[int, ...]]
@@ -221,3 +222,65 @@ def hyper_read(dset: Any, start: Sequence[int], count: Sequence[int], dxpl: Any 
     mspace = h5s.create_simple(tuple(count))
     dset.id.read(mspace, fspace, out, dxpl=dxpl)
     return out
+
+
+def grid_payload(grid: Grid, field: Any, ctx: Context, problem: str | None
+                 ) -> tuple[np.ndarray | None, tuple[Slab, np.dtype] | None, str | None]:
+    """``(interior data, (slab, dtype), problem)`` of this rank's part of a Grid write. **Local**."""
+    if problem is not None:
+        return None, None, problem
+    try:
+        slab = grid_slab(grid, ctx)
+        data = np.asarray(grid.interior(field))
+        if data.shape != slab[2]:
+            raise ValueError(f"grid.interior(a) has shape {data.shape}, but this "
+                             f"rank's global_slices cover {slab[2]}")
+        return data, (slab, data.dtype), check_dtype(data.dtype)
+    except Exception as exc:  # reported on every rank
+        return None, None, str(exc)
+
+
+def new_dataset(f: Any, name: str, shape: tuple[int, ...], dtype: Any, attrs: dict[str, Any], *,
+                maxshape: Any = None, chunks: Any = None, compression: Any = None,
+                compression_opts: Any = None, cover: bool = False) -> Any:
+    """Create dataset ``name`` in the h5py file ``f``, marked ``hpcpar_incomplete`` until written.
+
+    **Local** (collective over the file's communicator on the mpio path). ``cover``:
+    every element will be written, so HDF5's fill pass is skipped.
+    """
+    from .lock import INCOMPLETE
+
+    kw: dict[str, Any] = {}
+    if maxshape is not None:
+        kw["maxshape"] = maxshape
+    if chunks is not None:
+        kw["chunks"] = chunks
+    if compression is not None:
+        kw["compression"] = compression
+        if compression_opts is not None:
+            kw["compression_opts"] = compression_opts
+    if cover and compression is None and math.prod(shape) > 0:
+        kw["fill_time"] = "never"
+    d = f.create_dataset(name, shape=shape, dtype=dtype, **kw)
+    for k, v in attrs.items():
+        d.attrs[k] = v
+    if math.prod(shape) > 0:
+        d.attrs[INCOMPLETE] = True  # until every rank's data is in (Output._put clears it)
+    return d
+
+
+def extendible(f: Any, name: str, path: str) -> Any:
+    """The h5py dataset ``name`` of the open file ``f`` (at ``path``), checked to be
+    extendible (made by ``Output.append``). **Local**.
+
+    Raises:
+        KeyError: no such dataset. ValueError: it cannot grow along its first axis.
+    """
+    import h5py
+
+    if name not in f:
+        raise KeyError(f"{path} has no dataset {name!r}")
+    d = f[name]
+    if not isinstance(d, h5py.Dataset) or not d.shape or d.maxshape[0] is not None:
+        raise ValueError(f"{name!r} is not an extendible dataset (one made by Output.append)")
+    return d
