@@ -12,7 +12,7 @@ __all__ = [
     "HPCPAR_MPIEXEC", "HPCPAR_ABORT_GRACE", "HPCPAR_REPORT", "HPCPAR_REPORT_JSON",
     "HPCPAR_PROGRESS", "HPCPAR_PROGRESS_EVERY", "HPCPAR_LOG_ALL", "HPCPAR_LOG_LEVEL",
     "HPCPAR_TIMEOUT", "HPCPAR_DEBUG", "HPCPAR_CHECKS", "HPCPAR_H5", "HPCPAR_EXPECT_H5_MODE", "HPCPAR_REQUEUE",
-    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE",
+    "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RELAY",
     "get", "get_float", "flag",
 ]
 
@@ -84,6 +84,12 @@ HPCPAR_MPICC = "HPCPAR_MPICC"
 #: Directory of the compiled counting libraries (default ``$XDG_CACHE_HOME/hpcpar``,
 #: else ``~/.cache/hpcpar``).
 HPCPAR_COUNT_CACHE = "HPCPAR_COUNT_CACHE"
+
+
+#: ``1`` (set by ``hpcpar run`` in the ranks it starts): the launcher relays the
+#: ranks' stderr, printing identical failure reports and argument-parsing output once;
+#: ranks other than 0 hold what ``argparse`` prints and hand it to the relay.
+HPCPAR_RELAY = "HPCPAR_RELAY"
 
 
 def get(name: str, default: str | None = None) -> str | None:

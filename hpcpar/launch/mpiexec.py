@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
+from .. import env
 from .command import launch_argv, launcher, workstation_options
+from .relay import relay
 
 __all__ = ["launcher", "launch_command", "launch"]
 
@@ -26,25 +29,32 @@ def launch_command(script: str, args: list[str], ranks: int, python: str | None 
     return launch_argv(ranks, [python or sys.executable, guardian, script, *args])
 
 
-def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None) -> int:
+def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None,
+           module: bool = False) -> int:
     """Run ``script`` on ``ranks`` ranks; return the job's exit status (130 on Ctrl-C). **Local**.
 
-    ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
-    When Open MPI's launcher is told to oversubscribe (more ranks than cores), a one-line
-    note says so on stderr.
+    ``module``: ``script`` is a module name, run as ``python -m script``. ``extra_env`` is
+    added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``). The job's stderr
+    goes through :func:`hpcpar.launch.relay.relay` (the same failure of several ranks
+    printed once). When Open MPI's launcher is told to oversubscribe (more ranks than
+    cores), a one-line note says so on stderr.
 
     Raises:
         FileNotFoundError: when ``script`` does not exist or no MPI launcher is found.
     """
-    if not os.path.exists(script):
+    if module:
+        script, args = "-m", [script, *args]
+    elif not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
     cmd = launch_command(script, args, ranks)
     _, note = workstation_options(launcher(), ranks)
     if note:
         print(note, file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env={**os.environ, **extra_env} if extra_env else None)
+    proc, relaying = _start_relayed(cmd, {**os.environ, **(extra_env or {}), env.HPCPAR_RELAY: "1"})
     try:
-        return proc.wait()
+        code = proc.wait()
+        relaying.join(timeout=5)  # a process of the job left behind may hold the pipe open
+        return code
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         try:
@@ -52,3 +62,14 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
         except subprocess.TimeoutExpired:
             proc.kill()
         return 130
+
+
+def _start_relayed(cmd: list[str], environ: dict[str, str]) -> tuple[subprocess.Popen, threading.Thread]:
+    """Start ``cmd`` with its stderr read by the relay in a thread, which writes to ours."""
+    proc = subprocess.Popen(cmd, env=environ, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    out = getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer
+    thread = threading.Thread(target=relay, args=(proc.stderr.fileno(), out),
+                              name="hpcpar-relay", daemon=True)
+    thread.start()
+    return proc, thread
