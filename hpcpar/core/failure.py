@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import env
+
+if TYPE_CHECKING:
+    import traceback
 
 __all__ = ["EXIT_INTERRUPTED", "HEADER", "describe", "usage_exit", "end_job"]
 
@@ -31,7 +33,7 @@ HEADER = "rank {rank} of {size} failed: {what}"
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
-def _hidden(frame: traceback.FrameSummary) -> bool:
+def _hidden(frame: traceback.FrameSummary) -> bool:  # traceback loads on the failure path only
     name = frame.filename
     return name.startswith(_PACKAGE) or name in ("<frozen runpy>", "<frozen importlib._bootstrap>") \
         or os.path.basename(name) == "runpy.py"
@@ -42,6 +44,8 @@ def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
     if id(te) in seen:
         return
     seen.add(id(te))
+    import traceback
+
     kept = [f for f in te.stack if not _hidden(f)]
     if kept and len(kept) != len(te.stack):  # an error inside hpcpar alone keeps its frames
         te.stack = traceback.StackSummary.from_list(kept)
@@ -53,6 +57,8 @@ def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
 def traceback_text(exc: BaseException) -> str:
     """The traceback of ``exc`` as Python prints it, hpcpar's frames left out unless
     ``HPCPAR_DEBUG=1``. **Local**."""
+    import traceback
+
     te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     if not env.flag(env.HPCPAR_DEBUG, False):
         _trim(te, set())
@@ -62,6 +68,8 @@ def traceback_text(exc: BaseException) -> str:
 def describe(exc: BaseException, rank: int, size: int) -> str:
     """The failure report of ``exc`` on ``rank`` of ``size``: a header and the traceback,
     every line of it prefixed ``[rank R]``. **Local**."""
+    import traceback
+
     what = "".join(traceback.format_exception_only(type(exc), exc)).strip().split("\n")[-1]
     lines = "".join(f"[rank {rank}] {line}\n" for line in traceback_text(exc).rstrip("\n").split("\n"))
     return HEADER.format(rank=rank, size=size, what=what) + "\n" + lines

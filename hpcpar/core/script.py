@@ -26,6 +26,10 @@ import runpy
 import sys
 import types
 from importlib.machinery import SourceFileLoader
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import env
 from ..launch.variables import launched_rank, launched_size
@@ -91,10 +95,16 @@ def finish_program() -> None:
     """
     from mpi4py import MPI
 
+    world = MPI.COMM_WORLD
+    used_hpcpar = "hpcpar.core.context" in sys.modules
+    if not used_hpcpar and env.get(env.HPCPAR_TIMEOUT) is None:  # no watchdog to run: a barrier
+        if world.Get_size() > 1:
+            world.Barrier()
+        _completed(world)
+        return
     from . import watchdog
 
-    world = MPI.COMM_WORLD
-    watchdog.start(world="hpcpar.core.context" in sys.modules)
+    watchdog.start(world=used_hpcpar)
     prev = watchdog.enter(watchdog.FINISH)
     completed = False
     try:
@@ -103,12 +113,19 @@ def finish_program() -> None:
         completed = True
     finally:
         watchdog.leave_finish(prev, completed)
+    _completed(world)
+
+
+def _completed(world: Any) -> None:
+    """Root records COMPLETED inside a Slurm job."""
     if os.environ.get("SLURM_JOB_ID"):
         from ..slurm import job as slurm_job
 
         if world.Get_rank() == 0:
             slurm_job.job_finished(0, world.Get_size())
-        if slurm_job.requeue_pending():
+        if slurm_job.requeue_pending() and "hpcpar.core.watchdog" in sys.modules:
+            from . import watchdog
+
             watchdog.stop()  # before the requeue's exit handler finalizes MPI
 
 

@@ -13,7 +13,6 @@ Importing this module loads no MPI.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import sys
 from typing import IO, Any
@@ -96,6 +95,8 @@ def held() -> str:
 def report() -> None:
     """After ``argparse`` ended the program: write the marked digest (and, on ranks other
     than 0, the held text) to stderr for the launcher's relay. **Local**."""
+    import hashlib
+
     text = held()
     rank = _S["rank"]
     digest = hashlib.sha1(text.encode()).hexdigest()[:16]

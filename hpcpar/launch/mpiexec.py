@@ -26,7 +26,9 @@ def launch_command(script: str, args: list[str], ranks: int, python: str | None 
         FileNotFoundError: when no MPI launcher is found (see :func:`launcher`).
     """
     guardian = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
-    return launch_argv(ranks, [python or sys.executable, guardian, script, *args])
+    # -S: the guardian needs only the standard library; skipping site (and the packages'
+    # .pth files) saves a good part of its start-up. The rank it starts has the full site.
+    return launch_argv(ranks, [python or sys.executable, "-S", guardian, script, *args])
 
 
 def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None,
