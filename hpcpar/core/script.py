@@ -26,10 +26,7 @@ import runpy
 import sys
 import types
 from importlib.machinery import SourceFileLoader
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 from .. import env
 from ..launch.variables import launched_rank, launched_size
@@ -87,33 +84,43 @@ def finish_program() -> None:
     """The final check after a program ended normally with MPI still initialised. **Collective**
     over ``COMM_WORLD``.
 
-    A barrier of every rank, marked as the watchdog's ``finish``: with ``HPCPAR_TIMEOUT``
-    a rank that returned while others still wait in a collective ends the job with the
-    watchdog's report (status 124) instead of hanging. When the program used hpcpar's
-    contexts, the watchdog's messages also tell ranks blocked in their collectives.
-    Root then records COMPLETED inside a Slurm job.
+    A barrier of every rank on a private duplicate of ``COMM_WORLD``, marked as the
+    watchdog's ``finish``: with ``HPCPAR_TIMEOUT`` a rank that returned while others
+    still wait in a collective ends the job with the watchdog's report (status 124)
+    instead of hanging. (MPI was initialised by the program, so the duplicate is made
+    here; the ranks still in a plain MPI call cannot answer the watchdog.) Root then
+    records COMPLETED inside a Slurm job.
     """
     from mpi4py import MPI
 
     world = MPI.COMM_WORLD
-    used_hpcpar = "hpcpar.core.context" in sys.modules
-    if not used_hpcpar and env.get(env.HPCPAR_TIMEOUT) is None:  # no watchdog to run: a barrier
-        if world.Get_size() > 1:
-            world.Barrier()
+    if env.get(env.HPCPAR_TIMEOUT) is None and "hpcpar.core.context" not in sys.modules:
+        if world.Get_size() > 1:  # no watchdog to run: a barrier
+            _private(world).Barrier()
         _completed(world)
         return
     from . import watchdog
 
-    watchdog.start(world=used_hpcpar)
+    watchdog.start(world="hpcpar.core.context" in sys.modules and _mpi_multiple())
     prev = watchdog.enter(watchdog.FINISH)
     completed = False
     try:
         if world.Get_size() > 1:
-            world.Barrier()
+            _private(world).Barrier()
         completed = True
     finally:
         watchdog.leave_finish(prev, completed)
     _completed(world)
+
+
+def _private(world: Any) -> Any:
+    """A duplicate of ``world`` for the final check (freed at ``MPI_Finalize``)."""
+    return world.Dup()
+
+
+def _mpi_multiple() -> bool:
+    mpi = sys.modules["mpi4py.MPI"]
+    return bool(mpi.Query_thread() == mpi.THREAD_MULTIPLE)
 
 
 def _completed(world: Any) -> None:
