@@ -38,6 +38,7 @@ import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
+
 TYPE_CHECKING = False  # typing itself is not imported: it costs every rank ~8 ms of start-up
 if TYPE_CHECKING:
     from typing import Any

@@ -67,8 +67,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     program = args.program
     if not program or program == ["-m"]:
-        print("hpcpar run: no program given: hpcpar run -n N SCRIPT [ARGS] or hpcpar run -n N -m MODULE [ARGS]",
-              file=sys.stderr)
+        print("hpcpar run: no program given: hpcpar run -n N SCRIPT [ARGS] "
+              "or hpcpar run -n N -m MODULE [ARGS]", file=sys.stderr)
         return 2
     ranks = args.ranks if args.ranks is not None else 1
     if ranks < 1:

@@ -177,14 +177,14 @@ def run_program(argv: list[str]) -> int:
             _run_module(argv[1], argv[2:])
         else:
             _run_file(argv[0], argv[1:])
-    except BaseException as exc:  # noqa: BLE001 - every way out of the program is handled
+    except BaseException as exc:
         code = _failed(exc)
         if code:
             return code
     if _mpi_live():
         try:
             finish_program()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             failure.end_job(exc)
     return 0
 

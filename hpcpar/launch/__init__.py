@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = ["launch", "launch_command", "launch_argv", "launcher"]
 
-_NAMES = {"launch": ".mpiexec", "launch_command": ".mpiexec", "launch_argv": ".command", "launcher": ".command"}
+_NAMES = {"launch": ".mpiexec", "launch_command": ".mpiexec",
+          "launch_argv": ".command", "launcher": ".command"}
 
 
 def __getattr__(name: str) -> Any:
