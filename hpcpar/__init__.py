@@ -116,7 +116,7 @@ class _Alias:
         prefix, _, rest = fullname.partition(".")
         if prefix != "hpcpar" or rest not in _MODULES:
             return None
-        return importlib.util.spec_from_loader(fullname, self)
+        return importlib.util.spec_from_loader(fullname, self)  # type: ignore[arg-type]
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         module = importlib.import_module(_MODULES[spec.name.partition(".")[2]])

@@ -84,7 +84,7 @@ def hold(rank: int) -> None:
             setattr(cls, name, parsing(getattr(cls, name)))
     cls.print_help = wrap(print_help, None)  # type: ignore[method-assign]
     cls.print_usage = wrap(print_usage, None)  # type: ignore[method-assign]
-    cls.exit = exit_held  # type: ignore[method-assign,assignment]
+    cls.exit = exit_held  # type: ignore[method-assign]
 
 
 def held() -> str:

@@ -70,7 +70,7 @@ def _start_relayed(cmd: list[str], environ: dict[str, str]) -> tuple[subprocess.
     """Start ``cmd`` with its stderr read by the relay in a thread, which writes to ours."""
     proc = subprocess.Popen(cmd, env=environ, stderr=subprocess.PIPE)
     assert proc.stderr is not None
-    out = getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer
+    out = getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer  # type: ignore[union-attr]
     thread = threading.Thread(target=relay, args=(proc.stderr.fileno(), out),
                               name="hpcpar-relay", daemon=True)
     thread.start()

@@ -101,15 +101,15 @@ class Relay:
         for rank, (size, what, lines) in sorted(self.reports.items()):
             groups.setdefault((size, what, tuple(lines)), []).append(rank)
         out = []
-        for (size, what, lines), ranks in groups.items():
+        for (size, what, held_lines), ranks in groups.items():
             if len(ranks) == 1:
                 r = str(ranks[0]).encode()
                 out.append(b"rank %s of %s failed: %s\n" % (r, size, what))
-                out += [b"[rank %s] %s\n" % (r, line) for line in lines]
+                out += [b"[rank %s] %s\n" % (r, line) for line in held_lines]
             else:
                 out.append(b"ranks %s of %s failed with the same error: %s\n"
                            % (rank_list(ranks).encode(), size, what))
-                out += [line + b"\n" for line in lines]
+                out += [line + b"\n" for line in held_lines]
         for (status, comm), ranks in self.aborts.items():
             word = b"rank" if len(ranks) == 1 else b"ranks"
             out.append(b"Abort(%s) on %s %s: application called MPI_Abort(%s, %s)\n"
