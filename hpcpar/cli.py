@@ -43,18 +43,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_run_args(argv: list[str]) -> tuple[int | None, list[str]]:
-    """Allow ``hpcpar run SCRIPT [args] -n N`` as well as ``hpcpar run -n N SCRIPT [args]``."""
-    if len(argv) >= 3 and argv[-2] in ("-n", "--ranks") and argv[-1].isdigit():
-        return int(argv[-1]), argv[:-2]
-    return None, argv
+#: Options of ``hpcpar run`` that take a value (the word after them is not the program).
+_RUN_VALUED = ("-n", "--ranks", "--report-json", "--timeout", "--hosts", "--hostfile", "--launcher-arg",
+               "--trace")
+
+
+def split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``hpcpar run``'s own options, and the program with its arguments. **Local**, pure.
+
+    The program starts at the first word that is neither an option of ``hpcpar run``
+    nor its value: ``SCRIPT``, ``-m MODULE``, or whatever follows ``--``. Everything
+    from there on belongs to the program, untouched (no option of ``hpcpar run`` is
+    taken from it, not even an abbreviation).
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return argv[:i], argv[i + 1:]
+        if word == "-m" or word == "-" or not word.startswith("-"):
+            return argv[:i], argv[i:]
+        i += 2 if word in _RUN_VALUED else 1
+    return argv, []
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .launch.mpiexec import launch
 
-    trailing, script_args = _split_run_args(args.args)
-    ranks = args.ranks if args.ranks is not None else (trailing or 1)
+    program = args.program
+    if not program or program == ["-m"]:
+        print("hpcpar run: no program given: hpcpar run -n N SCRIPT [ARGS] "
+              "or hpcpar run -n N -m MODULE [ARGS]", file=sys.stderr)
+        return 2
+    ranks = args.ranks if args.ranks is not None else 1
     if ranks < 1:
         print(f"hpcpar run: -n must be at least 1, got {ranks}", file=sys.stderr)
         return 2
@@ -69,9 +90,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         extra[env.HPCPAR_REPORT_JSON] = os.path.abspath(args.report_json)
     if args.trace:
         extra[env.HPCPAR_TRACE] = os.path.abspath(args.trace)
+    module = program[0] == "-m"
+    target, rest = (program[1], program[2:]) if module else (program[0], program[1:])
     try:
         hosts = _run_hosts(args)
-        return launch(args.script, script_args, ranks, extra, hosts=hosts, launcher_args=args.launcher_arg)
+        return launch(target, rest, ranks, extra, module=module, hosts=hosts,
+                      launcher_args=args.launcher_arg)
     except (FileNotFoundError, ValueError) as exc:
         print(f"hpcpar run: {exc}", file=sys.stderr)
         return 2
@@ -379,22 +403,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser(
-        "run", help="run a script on N ranks under the hpcpar runner",
-        description="Launch `mpiexec -n N python hpcpar/launch/guardian.py SCRIPT ARGS` (each rank runs "
-        "the script under the hpcpar runner; a rank killed by a signal is reported by rank). An uncaught "
-        "exception on any rank prints `rank R of N failed:` with its traceback and ends the "
-        "whole job with a non-zero status. `-n N` may also come last: "
-        "`hpcpar run SCRIPT [ARGS] -n N`. The launcher is $HPCPAR_MPIEXEC, else the "
-        "mpiexec beside this Python, else mpiexec on PATH.")
+        "run", help="run a program on N ranks, as mpiexec -n N python would, under the hpcpar runner",
+        allow_abbrev=False,
+        usage="hpcpar run [-n N] [--timeout S] [--debug] [--report] [--report-json FILE] "
+        "(SCRIPT | -m MODULE) [ARGS ...]",
+        description="Run SCRIPT (or `-m MODULE`) with ARGS on N ranks, as `mpiexec -n N python SCRIPT "
+        "ARGS` would: the program starts with MPI not initialised, so its own mpi4py.rc settings, "
+        "MPI.Init and MPI.Finalize work, and __file__ and sys.argv are what python gives. Everything "
+        "after SCRIPT or MODULE belongs to the program. An uncaught exception on any rank prints "
+        "`rank R of N failed:` with its traceback and ends the whole job with a non-zero status; the "
+        "same failure of several ranks is printed once; a rank killed by a signal is reported by rank. "
+        "The launcher is $HPCPAR_MPIEXEC, else the mpiexec beside this Python, else mpiexec on PATH.",
+        epilog="examples: hpcpar run -n 4 jobs/heat.py --r 0.2; hpcpar run -n 3 -m mpi4py.futures job.py")
     p.add_argument("-n", "--ranks", type=int, default=None, help="number of ranks (default 1)")
     p.add_argument("--report", action="store_true",
                    help="print the per-rank timing table at the end, even with no timed region")
     p.add_argument("--report-json", metavar="FILE", help="also write the timing report as JSON")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="a rank blocked longer than this in one hpcpar call dumps every rank's "
-                   "stacks and aborts the job with status 124 (sets HPCPAR_TIMEOUT)")
+                   help="a rank blocked longer than this in one hpcpar call (or in the final check) "
+                   "dumps every rank's stacks and aborts the job with status 124 (sets HPCPAR_TIMEOUT)")
     p.add_argument("--debug", action="store_true",
-                   help="debug checks before every collective (sets HPCPAR_DEBUG=1)")
+                   help="debug checks before every collective, hpcpar's frames in tracebacks "
+                   "(sets HPCPAR_DEBUG=1)")
     p.add_argument("--hosts", metavar="H1,H2[:SLOTS],...",
                    help="run the ranks on these hosts (MPICH: -hosts, Open MPI: --host, srun: --nodelist)")
     p.add_argument("--hostfile", metavar="FILE",
@@ -405,8 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="FILE",
                    help="write a per-rank timeline (Chrome Trace Event JSON for Perfetto or "
                    "chrome://tracing; FILE.gz compressed) at the end (sets HPCPAR_TRACE)")
-    p.add_argument("script", help="the Python script to run on every rank")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    p.add_argument("-m", dest="module_help", metavar="MODULE",
+                   help="run library module MODULE as a script, as python -m does (ends the options)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -452,12 +482,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     job_args = None
+    program = None
+    if argv[:1] == ["run"]:  # the program and its arguments are not parsed here
+        own, program = split_run_argv(argv[1:])
+        argv = ["run", *own]
     if argv[:1] in (["scale"], ["submit"], ["slurm"]) and "--" in argv:  # job arguments follow `--`
         cut = argv.index("--")
         argv, job_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     if job_args is not None:
         args.args = job_args
+    if program is not None:
+        args.program = program
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

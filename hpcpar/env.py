@@ -15,6 +15,7 @@ __all__ = [
     "HPCPAR_MPICC", "HPCPAR_COUNT_CACHE", "HPCPAR_RUN_DIR", "HPCPAR_LARGE_COUNT",
     "HPCPAR_EXPECT_LARGE_COUNT", "HPCPAR_TEST_BIGMEM_HELD", "HPCPAR_TRACE", "HPCPAR_TRACE_EVENTS",
     "HPCPAR_LAUNCHER_PID", "HPCPAR_GUARDIAN_FD",
+    "HPCPAR_RELAY",
     "get", "get_float", "flag",
 ]
 
@@ -132,6 +133,12 @@ HPCPAR_LAUNCHER_PID = "HPCPAR_LAUNCHER_PID"
 #: and pid, on which :func:`hpcpar.abort` says that the rank reported its own failure,
 #: so the guardian does not report it a second time. Not for users to set.
 HPCPAR_GUARDIAN_FD = "HPCPAR_GUARDIAN_FD"
+
+
+#: ``1`` (set by ``hpcpar run`` in the ranks it starts): the launcher relays the
+#: ranks' stderr, printing identical failure reports and argument-parsing output once;
+#: ranks other than 0 hold what ``argparse`` prints and hand it to the relay.
+HPCPAR_RELAY = "HPCPAR_RELAY"
 
 
 def get(name: str, default: str | None = None) -> str | None:

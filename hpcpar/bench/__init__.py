@@ -40,6 +40,8 @@ BENCHMARKS = {
               "the cost of one traced span (HPCPAR_TRACE) per hook, and of tracing off"),
     "scale": ("hpcpar.bench.scale",
               "MPI calls and bytes per rank of each checked collective vs raw mpi4py, per rank count"),
+    "startup": ("hpcpar.bench.startup",
+                "start-up of hpcpar run vs plain mpiexec python (a 3-rank hello); run it without mpiexec"),
 }
 
 
@@ -81,10 +83,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the benchmark named by ``args.bench`` under the hpcpar runner. **Collective**."""
+    """Run the benchmark named by ``args.bench`` under the hpcpar runner. **Collective**,
+    except for a benchmark whose module sets ``SERIAL`` (it starts jobs itself)."""
+    module = importlib.import_module(BENCHMARKS[args.bench][0])
+    if getattr(module, "SERIAL", False):
+        return int(module.main(args))
     from ..core.runner import run
 
-    module = importlib.import_module(BENCHMARKS[args.bench][0])
     return run(module.main, args) or 0
 
 

@@ -22,15 +22,17 @@ def abort(message: str, code: int = 1) -> NoReturn:
     (they may already be blocked in a collective).
 
     Args:
-        message: what went wrong; a newline is added when it lacks one.
+        message: what went wrong; a newline is added when it lacks one. Empty: print
+            nothing (the rank has said what was wrong already).
         code: the job's exit status.
     """
     try:
         sys.stdout.flush()
     except Exception:
         pass
-    sys.stderr.write(message if message.endswith("\n") else message + "\n")
-    sys.stderr.flush()
+    if message:
+        sys.stderr.write(message if message.endswith("\n") else message + "\n")
+        sys.stderr.flush()
     _tell_guardian()
     size = MPI.COMM_WORLD.Get_size()
     if size > 1:

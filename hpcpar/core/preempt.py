@@ -9,6 +9,10 @@ starts; the handler only records the signal. :func:`should_stop` (and
 ``ctx.should_stop()``) combines the flags of all ranks, so the loop ends at
 the same step everywhere, and the job can save its checkpoint and, under Slurm,
 ask to be requeued (:func:`hpcpar.slurm.requeue`).
+
+Unlike the rest of :mod:`hpcpar.core`, importing this module loads neither MPI nor
+NumPy: ``hpcpar run`` installs the handler before the program starts, and the
+program may initialise MPI itself, later, its own way.
 """
 
 from __future__ import annotations
@@ -17,10 +21,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
-
-import numpy as np
-from mpi4py import MPI
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .context import Context
@@ -71,12 +72,16 @@ def reset() -> None:
 
 
 class _StopState:
-    __slots__ = ("buf", "calls", "stopped")
+    __slots__ = ("buf", "calls", "stopped", "mpi")
 
-    def __init__(self):
+    def __init__(self) -> None:
+        import numpy as np
+        from mpi4py import MPI
+
         self.buf = np.zeros(1, dtype=np.int32)
         self.calls = 0
         self.stopped = False
+        self.mpi: Any = MPI
 
 
 def should_stop(ctx: Context, every: int = 1) -> bool:
@@ -105,7 +110,7 @@ def should_stop(ctx: Context, every: int = 1) -> bool:
         return False
     state.buf[0] = 1 if requested() else 0
     if ctx.size > 1:
-        ctx.comm.Allreduce(MPI.IN_PLACE, state.buf, op=MPI.MAX)
+        ctx.comm.Allreduce(state.mpi.IN_PLACE, state.buf, op=state.mpi.MAX)
     if state.buf[0]:
         state.stopped = True
         if ctx.is_root:

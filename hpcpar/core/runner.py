@@ -8,12 +8,7 @@ ends every rank of the job within seconds with a non-zero exit status.
 
 from __future__ import annotations
 
-import os
-import runpy
-import socket
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -28,16 +23,9 @@ from ..slurm import job as slurm_job
 from . import preempt, watchdog
 from .abort import abort
 from .context import Context
+from .failure import EXIT_INTERRUPTED, end_job
 
-__all__ = ["run", "run_path", "abort", "check_launcher"]
-
-#: Exit status of a job ended by Ctrl-C (128 + SIGINT), as shells report it.
-EXIT_INTERRUPTED = 130
-
-
-def _where() -> str:
-    """This rank's host and pid, as failure messages name them."""
-    return f"host {socket.gethostname()}, pid {os.getpid()}"
+__all__ = ["run", "abort", "EXIT_INTERRUPTED", "check_launcher"]
 
 
 def check_launcher() -> None:
@@ -53,35 +41,16 @@ def check_launcher() -> None:
         refuse(text)
 
 
-def _failure_text(exc: BaseException) -> str:
-    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    lines = "".join(f"[rank {rank}] {line}\n" for line in [f"on {_where()}", *tb.rstrip("\n").split("\n")])
-    return f"rank {rank} of {size} failed: {type(exc).__name__}: {exc}\n{lines}"
-
-
 def _guard(body: Callable[[], Any]) -> Any:
-    """Run ``body``; on an uncaught exception or Ctrl-C, end the whole job."""
+    """Run ``body``; on an uncaught exception, Ctrl-C or ``sys.exit(N != 0)``, end the whole job."""
     try:
         return body()
-    except KeyboardInterrupt:
-        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        slurm_job.job_finished(rank, size, "FAILED", EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
-        abort(f"rank {rank} of {size} interrupted (Ctrl-C)", EXIT_INTERRUPTED)
     except SystemExit as exc:
-        code = exc.code
-        if code is None or code == 0:
+        if exc.code is None or exc.code == 0:
             raise
-        if not isinstance(code, int):
-            sys.stderr.write(f"{code}\n")
-            code = 1
-        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        slurm_job.job_finished(rank, size, "FAILED", code, f"exited with status {code}")
-        abort(f"rank {rank} of {size} failed: exited with status {code} ({_where()})", code)
+        end_job(exc)
     except BaseException as exc:
-        rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        slurm_job.job_finished(rank, size, "FAILED", 1, f"{type(exc).__name__}: {exc}")
-        abort(_failure_text(exc), 1)
+        end_job(exc)
 
 
 def _final_report(ctx: Context) -> None:
@@ -176,31 +145,3 @@ def run(main: Callable[..., Any], *args: Any, timeout: float | None = None, trac
             ctx.free()
 
     return _guard(body)
-
-
-def run_path(path: str, argv: list[str]) -> None:
-    """Execute the script at ``path`` as ``__main__`` under the runner's guard.
-
-    **Collective**: used by ``hpcpar run`` (via ``python -m hpcpar.runner``) on every
-    rank. ``sys.argv`` becomes ``[path, *argv]`` and the script's directory is
-    put first on ``sys.path``, as ``python path`` would do.
-    """
-    sys.argv = [path, *argv]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    check_launcher()
-    preempt.install()
-    world = MPI.COMM_WORLD
-    slurm_job.job_started(world.Get_rank(), world.Get_size())
-
-    def body():
-        ctx = Context()
-        try:
-            _finishing(ctx, lambda: runpy.run_path(path, run_name="__main__"))
-        finally:
-            ctx.free()
-
-    _guard(body)
-    if world.Get_rank() == 0:
-        slurm_job.job_finished(0, world.Get_size())
-    if slurm_job.requeue_pending():
-        watchdog.stop()  # before the requeue's exit handler finalizes MPI (see run)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from .. import env
 from . import ledger, lifeline
 from .command import Host, is_open_mpi, launch_argv, launcher, workstation_options
+from .relay import relay
 
 __all__ = ["launcher", "launch_command", "launch"]
 
@@ -34,7 +35,9 @@ def launch_command(script: str, args: list[str], ranks: int, python: str | None 
         ValueError: hosts the launcher cannot be given (see :func:`~hpcpar.launch.command.host_options`).
     """
     guardian = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
-    return launch_argv(ranks, [python or sys.executable, guardian, script, *args],
+    # -S: the guardian needs only the standard library; skipping site (and the packages'
+    # .pth files) saves a good part of its start-up. The rank it starts has the full site.
+    return launch_argv(ranks, [python or sys.executable, "-S", guardian, script, *args],
                        hosts=hosts, launcher_args=launcher_args)
 
 
@@ -89,10 +92,14 @@ def _end_job(proc: subprocess.Popen, signum: int) -> int:
 
 
 def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] | None = None,
-           hosts: list[Host] | None = None, launcher_args: list[str] | None = None) -> int:
+           hosts: list[Host] | None = None, launcher_args: list[str] | None = None,
+           module: bool = False) -> int:
     """Run ``script`` on ``ranks`` ranks; return the job's exit status. **Local**.
 
-    ``extra_env`` is added to the environment the ranks inherit (e.g. ``HPCPAR_TIMEOUT``).
+    ``module``: ``script`` is a module name, run as ``python -m script``. The job's
+    stderr goes through :func:`hpcpar.launch.relay.relay` (the same failure of several
+    ranks printed once). ``extra_env`` is added to the environment the ranks inherit
+    (e.g. ``HPCPAR_TIMEOUT``).
     When Open MPI's launcher is told to oversubscribe (more ranks than cores), a one-line
     note says so on stderr. ``hosts`` and ``launcher_args``: see :func:`launch_command`;
     with hosts, a run ledger (:mod:`hpcpar.launch.ledger`) names the ranks of a host
@@ -109,7 +116,9 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
         FileNotFoundError: when ``script`` does not exist or no MPI launcher is found.
         ValueError: hosts the launcher cannot be given.
     """
-    if not os.path.exists(script):
+    if module:
+        script, args = "-m", [script, *args]
+    elif not os.path.exists(script):
         raise FileNotFoundError(f"no such script: {script}")
     extra_env = dict(extra_env or {})
     run_dir = None
@@ -124,7 +133,8 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
     _, note = workstation_options(cmd, ranks)
     if note:
         print(note, file=sys.stderr, flush=True)
-    job_env = {**os.environ, **extra_env, env.HPCPAR_LAUNCHER_PID: f"{os.getpid()}@{socket.gethostname()}"}
+    job_env = {**os.environ, **extra_env, env.HPCPAR_RELAY: "1",
+               env.HPCPAR_LAUNCHER_PID: f"{os.getpid()}@{socket.gethostname()}"}
     try:
         code, stopped = _run(cmd, job_env)
         if run_dir is not None and code != 0 and not stopped:
@@ -143,11 +153,13 @@ def _run(cmd: list[str], job_env: dict[str, str]) -> tuple[int, bool]:
     main_thread = threading.current_thread() is threading.main_thread()  # signals need it
     caught = [sig for sig in STOP_SIGNALS if main_thread and signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in caught}
-    proc = None
+    proc, relaying = None, None
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, caught)  # no stop between fork and wait
         try:
-            proc = subprocess.Popen(cmd, env=job_env, preexec_fn=_child_setup(os.getpid()))
+            proc = subprocess.Popen(cmd, env=job_env, preexec_fn=_child_setup(os.getpid()),
+                                    stderr=subprocess.PIPE)
+            relaying = _relay(proc)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
         code = proc.wait()
@@ -159,3 +171,15 @@ def _run(cmd: list[str], job_env: dict[str, str]) -> tuple[int, bool]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if relaying is not None:
+            relaying.join(timeout=5)  # a process of the job left behind may hold the pipe open
+
+
+def _relay(proc: subprocess.Popen) -> threading.Thread:
+    """Read ``proc``'s stderr in a thread, through the relay, which writes to ours."""
+    assert proc.stderr is not None
+    out = getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer  # type: ignore[union-attr]
+    thread = threading.Thread(target=relay, args=(proc.stderr.fileno(), out),
+                              name="hpcpar-relay", daemon=True)
+    thread.start()
+    return thread

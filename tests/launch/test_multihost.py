@@ -312,7 +312,7 @@ def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
     took = time.monotonic() - t0
     assert code == 1, out
     assert "rank 2 of 3 failed: RuntimeError: bad input on purpose" in out, out
-    assert re.search(rf"\[rank 2\] on host {HOSTS[-1]}, pid \d+", out), out
+    assert re.search(rf"\[rank 2\] on host {HOSTS[-1]}", out), out
     assert "ended without a word" not in out, out  # every other rank was ended by the launcher
     assert took < 20, f"the failing job took {took:.1f} s"
 

@@ -79,7 +79,7 @@ def test_hpcpar_run_launches_a_script_through_the_runner(tmp_path):
     import subprocess
 
     hp = [sys.executable, "-m", "hpcpar.cli"]
-    r = subprocess.run([*hp, "run", path, "--x", "1", "-n", "3"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*hp, "run", "-n", "3", path, "--x", "1"], capture_output=True, text=True, timeout=30)
     assert "args ['--x', '1']" in r.stdout
     assert r.returncode != 0
     assert "rank 2 of 3 failed: KeyError" in r.stderr
