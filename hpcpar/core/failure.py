@@ -71,9 +71,8 @@ def traceback_text(exc: BaseException) -> str:
 def describe(exc: BaseException, rank: int, size: int) -> str:
     """The failure report of ``exc`` on ``rank`` of ``size``: a header, this rank's host
     and pid, and the traceback, every line after the header prefixed ``[rank R]``. **Local**."""
-    import traceback
 
-    what = "".join(traceback.format_exception_only(type(exc), exc)).strip().split("\n")[-1]
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     where = f"{WHERE} {socket.gethostname()}, pid {os.getpid()}"
     lines = "".join(f"[rank {rank}] {line}\n"
                     for line in [where, *traceback_text(exc).rstrip("\n").split("\n")])

