@@ -25,7 +25,7 @@ import os
 import socket
 import struct
 
-__all__ = ["FileLock", "reserve", "trim", "hosted", "RESERVE_MARGIN", "INCOMPLETE"]
+__all__ = ["check_room", "FileLock", "reserve", "trim", "hosted", "RESERVE_MARGIN", "INCOMPLETE"]
 
 #: Attribute of a dataset whose data is being written; left in place when the write fails.
 INCOMPLETE = "hpcpar_incomplete"
@@ -106,6 +106,24 @@ class FileLock:
         finally:
             os.close(probe)
 
+    def keep_for_mpi_io(self) -> None:
+        """Trade the record lock for a ``flock`` on the whole file. **Local** (root).
+
+        MPI-IO (ROMIO) takes record locks on byte ranges while it writes; a record lock
+        held here would block the other ranks. A ``flock`` does not meet those (on
+        local file systems), and another writer still finds the file held (HDF5's own
+        file lock, and :class:`FileLock`'s probe, are ``flock`` locks).
+        """
+        held = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(held)
+            self.release()  # cannot hold it this way: HDF5's own lock guards the open file
+            return
+        old, self.fd = self.fd, held
+        os.close(old)
+
     def release(self) -> None:
         """Drop the lock (closing the descriptor); safe to call twice."""
         fd, self.fd = self.fd, -1
@@ -130,6 +148,26 @@ def reserve(lock: FileLock, end: int) -> None:
         raise OSError(exc.errno, f"cannot reserve {end:,} bytes for {lock.path}: "
                       f"{os.strerror(exc.errno or 0)}; free space (or raise the limit) and write "
                       "again; what was written before is kept") from None
+
+
+def check_room(path: str, nbytes: int) -> None:
+    """Make sure the file system of ``path`` has ``nbytes`` free, without touching the file.
+    **Local**. The MPI-IO path's form of :func:`reserve`: HDF5's mpio driver sets the file's
+    size collectively at close, so no single rank may change it.
+
+    Raises:
+        OSError: ``ENOSPC``, with the same message as :func:`reserve`.
+    """
+    if nbytes <= 0:
+        return
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:
+        return  # cannot tell: the write itself will find out
+    if st.f_bavail * st.f_frsize < nbytes:
+        raise OSError(errno.ENOSPC, f"cannot reserve {nbytes:,} bytes for {path}: "
+                      f"{os.strerror(errno.ENOSPC)}; free space (or raise the limit) and write "
+                      "again; what was written before is kept")
 
 
 #: The HDF5 superblock's signature (at offset 0 of a file without a user block).

@@ -23,7 +23,7 @@ from ..errors import CollectiveError, agree, attempt, raise_problems
 from ..observe.trace import IO, array_bytes, traced
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
-from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, hosted, reserve, trim
+from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, check_room, hosted, reserve, trim
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
 from .slabs import (
@@ -152,6 +152,8 @@ class Output:
         except CollectiveError:
             self._unlock(remove=True)
             raise
+        if self.mode == "mpio" and self._lock is not None:
+            self._lock.keep_for_mpi_io()  # ROMIO's own record locks must not meet root's
         self.closed = False
         if provenance:
             self.attrs.update(provenance_attrs(ctx, self.mode, decomposition))
@@ -176,7 +178,9 @@ class Output:
             lock.release()
 
     def _reserve(self, f: Any, nbytes: int) -> None:  # root: room for nbytes more and metadata
-        if self._lock is not None:
+        if self._lock is not None and self.mode == "mpio":  # the file's size is HDF5's, collectively
+            check_room(self.path, int(nbytes) + RESERVE_MARGIN)
+        elif self._lock is not None:
             reserve(self._lock, int(f.id.get_filesize()) + int(nbytes) + RESERVE_MARGIN)
 
     def _holder(self, fn, where: str, share: bool = False):
