@@ -130,7 +130,9 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
         if is_open_mpi(launcher()):  # Open MPI passes on only the variables it is told to
             launcher_args = [*(launcher_args or []), *(w for k in extra_env for w in ("-x", k))]
     cmd = launch_command(script, args, ranks, hosts=hosts, launcher_args=launcher_args)
-    _, note = workstation_options(cmd, ranks)
+    # the note on oversubscribing: from the launcher and the user's options, not from cmd,
+    # which already carries the options the note explains; hosts say where ranks go
+    _, note = (None, None) if hosts else workstation_options([*launcher(), *(launcher_args or [])], ranks)
     if note:
         print(note, file=sys.stderr, flush=True)
     job_env = {**os.environ, **extra_env, env.HPCPAR_RELAY: "1",
