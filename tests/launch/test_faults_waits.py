@@ -119,7 +119,8 @@ def test_early_finish_in_hpcpars_own_waits(tmp_path, case):
                                                  __import__("textwrap").dedent(EARLY[case]).splitlines())
                   + "\nhpcpar.run(main)\n")
     r = run_fault(3, path, limit=12)
-    assert re.search(r"is blocked in .* but rank 1 already finished the main function", r.stderr), \
+    # the farm hands task 3 to whichever worker asks first, so either worker may be the one
+    assert re.search(r"is blocked in .* but rank [12] already finished the main function", r.stderr), \
         r.stderr
 
 
