@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
-import importlib.util
 import sys
 from types import ModuleType
 
@@ -117,7 +116,7 @@ class _Alias:
         prefix, _, rest = fullname.partition(".")
         if prefix != "hpcpar" or rest not in _MODULES:
             return None
-        return importlib.util.spec_from_loader(fullname, self)  # type: ignore[arg-type]
+        return importlib.machinery.ModuleSpec(fullname, self)  # type: ignore[arg-type]
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         module = importlib.import_module(_MODULES[spec.name.partition(".")[2]])

@@ -13,14 +13,14 @@ prints identical failures of several ranks once (:mod:`hpcpar.launch.relay`).
 from __future__ import annotations
 
 import os
-import socket
 import sys
-from typing import TYPE_CHECKING, NoReturn
 
 from .. import env
 
+TYPE_CHECKING = False  # typing is not imported at run time: every rank would pay for it at start-up
 if TYPE_CHECKING:
     import traceback
+    from typing import NoReturn
 
 __all__ = ["EXIT_INTERRUPTED", "HEADER", "describe", "usage_exit", "end_job"]
 
@@ -73,7 +73,7 @@ def describe(exc: BaseException, rank: int, size: int) -> str:
     and pid, and the traceback, every line after the header prefixed ``[rank R]``. **Local**."""
 
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    where = f"{WHERE} {socket.gethostname()}, pid {os.getpid()}"
+    where = f"{WHERE} {os.uname().nodename}, pid {os.getpid()}"
     lines = "".join(f"[rank {rank}] {line}\n"
                     for line in [where, *traceback_text(exc).rstrip("\n").split("\n")])
     return HEADER.format(rank=rank, size=size, what=what) + "\n" + lines

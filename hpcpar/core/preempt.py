@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing is not imported at run time: every rank would pay for it at start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from .context import Context
 
 __all__ = ["STOP_SIGNALS", "install", "requested", "request", "reset", "should_stop"]
@@ -48,6 +49,8 @@ def install() -> bool:
     """
     if _installed["done"]:
         return True
+    import threading
+
     if threading.current_thread() is not threading.main_thread():
         return False
     for sig in STOP_SIGNALS:

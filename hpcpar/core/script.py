@@ -29,11 +29,14 @@ import runpy
 import sys
 import types
 from importlib.machinery import SourceFileLoader
-from typing import Any
 
 from .. import env
 from ..launch.variables import launched_rank, launched_size
 from . import failure, preempt, usage
+
+TYPE_CHECKING = False  # typing is not imported at run time: every rank would pay for it at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["main", "run_program", "finish_program"]
 

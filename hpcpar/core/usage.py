@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: every rank would pay for it at start-up
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 __all__ = ["MARK", "hold", "held", "report"]
 

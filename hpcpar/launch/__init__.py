@@ -9,7 +9,8 @@ does not pay for the launcher's modules.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: every rank would pay for it at start-up
 
 __all__ = ["launch", "launch_command", "launch_argv", "launcher"]
 
@@ -26,5 +27,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .command import launch_argv, launcher
     from .mpiexec import launch, launch_command

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import NoReturn
 
 from .variables import launched_rank, launched_size
+
+TYPE_CHECKING = False  # typing is not imported at run time: every rank would pay for it at start-up
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import NoReturn
 
 __all__ = ["OPEN_MPI", "MPICH", "SRUN_PLUGINS", "EXIT_MISMATCH", "library_family", "launcher_family",
            "conflict", "mismatch", "refuse"]

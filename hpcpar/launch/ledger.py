@@ -19,8 +19,6 @@ loads it as a file beside itself).
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
 
 __all__ = ["RUN_DIR", "started", "ended", "witness", "read", "settle", "lost_ranks_text"]
@@ -47,7 +45,7 @@ def _append(directory: str | None, rank: int | None, line: str) -> None:
 
 def started(directory: str | None, rank: int | None, pid: int) -> None:
     """Record that ``rank`` started on this host as process ``pid``. **Local**."""
-    _append(directory, rank, f"started {socket.gethostname()} {pid}")
+    _append(directory, rank, f"started {os.uname().nodename} {pid}")
 
 
 def ended(directory: str | None, rank: int | None, status: int) -> None:
@@ -66,6 +64,8 @@ def witness(directory: str | None, rank: int | None) -> int | None:
         return None
     r, w = os.pipe()
     try:
+        import subprocess  # only with a ledger (hpcpar run --hosts): every rank's start pays for it
+
         subprocess.Popen(["/bin/sh", "-c", 'read _ ; echo "ended -9" >> "$0"', _path(directory, rank)],
                          stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import platform
-import socket
 import sys
-from typing import TYPE_CHECKING, Any
 
 from .. import env
 from ..launch.family import MPICH, OPEN_MPI, conflict, library_family, mismatch, refuse
 from ..launch.variables import launched_size
 
+TYPE_CHECKING = False  # typing itself is not imported: it costs every rank ~5 ms of start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..core.context import Context
 
 __all__ = ["mpi_library", "mpi4py_family", "preflight", "collect", "format_info", "slurm_env",
@@ -118,6 +118,8 @@ def format_collectives(mode: dict[str, Any]) -> str:
 
 def collect(ctx: Context) -> dict[str, Any] | None:
     """Everything ``hpcpar info`` reports. **Collective**: root gets the dict, others None."""
+    import platform
+
     import mpi4py
     import numpy
     from mpi4py import MPI
@@ -126,7 +128,7 @@ def collect(ctx: Context) -> dict[str, Any] | None:
 
     # ctx.checks once Context has it; until then the variable says what is asked for
     mode = collectives_mode(ctx.checks, ctx.debug)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "cpus": affinity(), "collectives": mode}
+    me = {"host": os.uname().nodename, "pid": os.getpid(), "cpus": affinity(), "collectives": mode}
     ranks = ctx.comm.gather(me, root=0)
     if not ctx.is_root:
         return None
