@@ -260,27 +260,15 @@ def main(ctx):
         ctx.comm.allreduce(1)
         if sys.argv[1] == "raise" and ctx.rank == ctx.size - 1 and time.time() - t0 > 2:
             raise RuntimeError("bad input on purpose")
-        if ctx.rank == 0 and sys.argv[1] == "loop" and time.time() - t0 > 1:
-            open(sys.argv[2], "a").close()  # the job is up on every host
         time.sleep(0.02)
 hpcpar.run(main)
 """
 
 
 def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_path):
-    script, up = tmp_path / "loop.py", tmp_path / "up"
-    script.write_text(LOOP)
     last = HOSTS[-1]
-    proc = subprocess.Popen([SSH, HOSTS[0], " ".join([
-        "cd", shlex.quote(str(tmp_path)), "&&", "exec", "env", *[f"{k}={v}" for k, v in TCP.items()],
-        shlex.join([HPCPAR, "run", "-n", "3", "--hosts", ",".join(HOSTS), *launcher_args(), str(script),
-                    "loop", str(up)])])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+    proc = _heat_until_checkpoint(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not up.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert up.exists(), "the job did not start"
         killed = time.monotonic()
         # The job's processes there (proxy, guardian, rank, witness) all at once, as when the
         # host dies: stopped first, so none sees another die, then killed.
@@ -294,14 +282,13 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        _end(proc)
     assert proc.returncode != 0, out
     assert took < 10, f"the job ended {took:.1f} s after the host's processes were killed"
     assert re.search(rf"hpcpar: rank 2 \(pid \d+\) of 3 on host {last} ended without a word", out), out
     assert f"on host {HOSTS[0]}" not in out and f"on host {HOSTS[1]}" not in out, out
     assert not list((tmp_path / ".hpcpar").glob("run-*")), "the run ledger was left behind"
+    _restart_is_bit_identical(tmp_path)
 
 
 def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
@@ -336,3 +323,85 @@ def test_slurm_job_with_one_slurmd_per_host(tmp_path):
     every = json.loads(proc.stdout.split("WHERE ", 1)[1].splitlines()[0])
     assert [r["host"] for r in every] == HOSTS, every
     crossed(before, HOSTS, 1000)
+
+
+
+#: heat across the three hosts, one block row each: every step exchanges halos between hosts.
+HEAT = ["--n", "96", "--dims", "3x1", "--every", "500"]
+
+
+def _heat_until_checkpoint(tmp_path: Path, *launch: str) -> subprocess.Popen:
+    """heat on h1, h2, h3 (``hpcpar run LAUNCH...``) for far more steps than it gets to run,
+    returned once its first checkpoint is written."""
+    ckpt = tmp_path / "heat.ckpt.h5"
+    proc = subprocess.Popen([SSH, HOSTS[0], " ".join([
+        "cd", shlex.quote(str(tmp_path)), "&&", "exec", "env", *[f"{k}={v}" for k, v in TCP.items()],
+        shlex.join([HPCPAR, "run", *launch, "-n", "3", "--hosts", ",".join(HOSTS), *launcher_args(),
+                    str(JOBS / "heat.py"), *HEAT, "--checkpoint", str(ckpt), "--steps", "100000000"])])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not ckpt.exists():
+        _end(proc)
+        pytest.fail(f"heat wrote no checkpoint:\n{proc.communicate()[0]}")
+    return proc
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def _restart_is_bit_identical(tmp_path: Path) -> None:
+    """Restart heat across the hosts from the checkpoint the failed run left, to 300 steps past
+    it, and compare the field with one rank's uninterrupted run to the same step."""
+    import h5py
+
+    heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
+    with h5py.File(ckpt, "r") as f:
+        k0 = int(f.attrs["step"])
+    steps = ["--steps", str(k0 + 300)]
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, "--n", "96", *steps, "--save-npy",
+                          str(tmp_path / "one.npy")], capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    before = veth_bytes()
+    code, out = hpcpar_run(",".join(HOSTS), 3, heat, *HEAT, "--checkpoint", str(ckpt), *steps,
+                           "--save-npy", str(tmp_path / "multi.npy"), cwd=str(tmp_path))
+    assert code == 0, out
+    assert f"heat: resuming from step {k0} of" in out, out
+    crossed(before, HOSTS, 10_000)
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), f"the field after the restart from step {k0} differs from one rank's"
+
+
+def test_link_cut_during_halo_exchange_ends_the_job_naming_ranks_and_hosts(tmp_path):
+    """h3's link goes down mid-run: its ranks and the others block in the halo exchange (TCP
+    sees no reset, only silence), the watchdog of ``--timeout 10`` ends the job; the restart
+    from the checkpoint, with the link back, ends bit-identical to one rank's run."""
+    last, veth = HOSTS[-1], VETHS[-1]
+    proc = _heat_until_checkpoint(tmp_path, "--timeout", "10")
+    cut = False
+    try:
+        subprocess.run(["ip", "link", "set", veth, "down"], check=True, timeout=10)
+        cut, t0 = True, time.monotonic()
+        out, _ = proc.communicate(timeout=40)
+        took = time.monotonic() - t0
+        left = {h: [p for p in _netns_pids(NETNS[h]) if p not in _keep()] for h in HOSTS}
+    finally:
+        _end(proc)
+        if cut:
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True, timeout=10)
+    assert proc.returncode == 124, out
+    assert took < 20, f"the job ended {took:.1f} s after the link of {last} was cut:\n{out}"
+    assert not any(left.values()), f"processes of the job left on the hosts: {left}\n{out}"
+    report = [line for line in out.splitlines() if line.startswith("hpcpar watchdog: rank") and "no answer" in line]
+    assert report, out
+    # The ranks still connected name themselves and their hosts; rank 2, cut off, is named with
+    # its host from the run ledger, and the hint points at the network.
+    assert re.match(r"hpcpar watchdog: rank [01] of 3 blocked 1\d\.\d s in ", report[0]), report[0]
+    assert HOSTS[0] in report[0] and HOSTS[1] in report[0], report[0]
+    assert re.search(rf"rank 2: no answer \([^)]*unreachable\) \(on host {last}\)", report[0]), report[0]
+    assert f"cut off from the network: check that host {last} can be reached" in report[0], report[0]
+    _restart_is_bit_identical(tmp_path)
