@@ -306,13 +306,7 @@ def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
 
 def test_slurm_job_with_one_slurmd_per_host(tmp_path):
     """srun across the hosts of a Slurm cluster (tests/env/multihost-slurm.sh): PMI2 wire-up, TCP."""
-    state = os.environ.get("HPCPAR_MH_SLURM", "")
-    if not state:
-        pytest.skip("no Slurm across the hosts: run under tests/env/multihost-slurm.sh (make test-multihost)")
-    if state != "ok":
-        if "not installed" in state:
-            pytest.skip(f"Slurm across the hosts: {state}")
-        pytest.fail(f"Slurm across the hosts did not come up: {state}")
+    _slurm_or_skip()
     script = tmp_path / "where.py"
     script.write_text(WHERE)
     before = veth_bytes()
@@ -405,3 +399,109 @@ def test_link_cut_during_halo_exchange_ends_the_job_naming_ranks_and_hosts(tmp_p
     assert re.search(rf"rank 2: no answer \([^)]*unreachable\) \(on host {last}\)", report[0]), report[0]
     assert f"cut off from the network: check that host {last} can be reached" in report[0], report[0]
     _restart_is_bit_identical(tmp_path)
+
+
+# ---- hpcpar submit / status on the Slurm cluster of the hosts ------------------------------
+def _slurm_or_skip() -> None:
+    state = os.environ.get("HPCPAR_MH_SLURM", "")
+    if not state:
+        pytest.skip("no Slurm across the hosts: run under tests/env/multihost-slurm.sh (make test-multihost)")
+    if state != "ok":
+        if "not installed" in state:
+            pytest.skip(f"Slurm across the hosts: {state}")
+        pytest.fail(f"Slurm across the hosts did not come up: {state}")
+
+
+#: Two nodes, two ranks on each (block distribution: ranks 0, 1 on the first node, 2, 3 on the second).
+TWO_BY_TWO = ["-N", "2", "--ntasks-per-node", "2", "--time", "5"]
+
+
+def submit(tmp_path: Path, job: str, *options: str, timeout: float = 120) -> tuple[str, int, str]:
+    """``hpcpar submit JOB OPTIONS... --wait`` from the login node (the root namespace), the job's
+    MPI over TCP (sbatch passes the environment on); (job id, status, its output file's text)."""
+    cmd = [HPCPAR, "submit", job, *options[:options.index("--")], "--output", "job-%j.out", "--wait",
+           "--timeout", str(int(timeout)), *options[options.index("--"):]]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP}, capture_output=True, text=True,
+                          timeout=timeout + 30)
+    m = re.search(r"submitted batch job ([0-9]+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    out = tmp_path / f"job-{m[1]}.out"
+    return m[1], proc.returncode, (out.read_text() if out.exists() else "") + proc.stdout + proc.stderr
+
+
+def moved(before: dict[str, int], at_least: int) -> list[str]:
+    """The hosts that moved at least ``at_least`` bytes over their veth since ``before``."""
+    after = veth_bytes()
+    return [h for h in HOSTS if after[h] - before[h] >= at_least]
+
+
+def test_submit_heat_on_two_nodes_is_bit_identical_to_one_rank(tmp_path):
+    _slurm_or_skip()
+    heat, args = str(JOBS / "heat.py"), ["--n", "96", "--steps", "200"]
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, *args, "--save-npy", str(tmp_path / "one.npy")],
+                         capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    before = veth_bytes()
+    job_id, code, text = submit(tmp_path, heat, *TWO_BY_TWO, "--", *args, "--save-npy",
+                                str(tmp_path / "multi.npy"))
+    assert code == 0 and f"job {job_id}: COMPLETED (exit 0)" in text, text
+    assert "on 4 ranks (dims 2x2)" in text, text
+    assert len(moved(before, 20_000)) >= 2, "the halos did not cross two hosts"
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), "the field on 2 nodes x 2 ranks differs from one rank's"
+
+
+RAISE_ON_LAST = WHERE.replace('        print("WHERE " + json.dumps(every))', """        print("WHERE " + json.dumps(every), flush=True)
+    ctx.barrier()
+    if ctx.rank == ctx.size - 1:
+        raise RuntimeError("bad input on the second node")""")
+
+
+def test_rank_raising_on_the_second_node_shows_in_hpcpar_status_with_its_host(tmp_path):
+    _slurm_or_skip()
+    script = tmp_path / "raise.py"
+    script.write_text(RAISE_ON_LAST)
+    job_id, code, text = submit(tmp_path, str(script), *TWO_BY_TWO, "--")
+    assert code == 1 and f"job {job_id}: FAILED" in text, text
+    every = json.loads(text.split("WHERE ", 1)[1].splitlines()[0])
+    hosts = [r["host"] for r in every]
+    assert len(hosts) == 4 and hosts[0] == hosts[1] != hosts[2] == hosts[3], hosts
+    proc = subprocess.run([HPCPAR, "status", job_id], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert f"job {job_id}: FAILED" in proc.stdout, proc.stdout + proc.stderr
+    assert f"rank 3 failed: RuntimeError: bad input on the second node (on host {hosts[3]})" in proc.stdout, \
+        proc.stdout
+
+
+def test_submit_heat_usr1_requeue_resumes_on_two_nodes_bit_identical(tmp_path):
+    """USR1 -> checkpoint -> requeue -> resume on 2 nodes x 2 ranks -> one rank's field."""
+    from hpcpar import slurm
+
+    _slurm_or_skip()
+    heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
+    args = ["--n", "96", "--steps", "6000", "--checkpoint", str(ckpt), "--every", "500"]
+    cmd = [HPCPAR, "submit", heat, *TWO_BY_TWO, "--requeue", "--output", "heat-%j.out", "--", *args,
+           "--save-npy", str(tmp_path / "multi.npy")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = re.search(r"submitted batch job ([0-9]+)", proc.stdout)[1]
+    deadline = time.monotonic() + 60
+    while not ckpt.exists():  # running, with a first checkpoint written
+        if time.monotonic() > deadline:
+            pytest.fail(f"heat job {job_id} wrote no checkpoint: {slurm.status(job_id)}")
+        time.sleep(0.1)
+    slurm.cancel(job_id, signal="USR1")
+    # the reference, uninterrupted on one rank, while the job stops and waits to rerun
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, *args[:4], "--save-npy", str(tmp_path / "one.npy")],
+                         capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    st = slurm.wait(job_id, timeout=150, poll=1.0)
+    text = (tmp_path / f"heat-{job_id}.out").read_text()
+    assert st.state == "COMPLETED" and st.exit_code == 0, (st, text)
+    assert st.restarts == 1, (st, text)
+    stopped = int(re.search(r"checkpoint at step ([0-9]+) of 6000", text)[1])
+    assert 0 < stopped < 6000 and "job requeued" in text, text
+    assert f"heat: resuming from step {stopped}" in text, text
+    assert re.search(r"heat: 96 x 96 grid on 4 ranks .* 6000 steps", text), text
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), "the field after the requeue differs from one rank's"
