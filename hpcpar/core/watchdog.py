@@ -451,7 +451,7 @@ def _fire(name: str, waited: float, timeout: float) -> None:
         cut = (" A rank that does not answer while the others wait for it may also be cut off from "
                "the network: check that " + (f"host{'s' if len(where) > 1 else ''} {', '.join(where)}"
                                              if where else "its host") +
-               " can be reached (ssh HOST true) and the links between the hosts.")
+               f" can be reached (ssh {where[0] if where else 'HOST'} true) and the links between the hosts.")
     abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
            "is not in a call, usually mean a collective that only some ranks make (inside "
            f"`if ctx.rank == ...:` or a loop whose length differs between ranks).{cut}", EXIT_HANG)

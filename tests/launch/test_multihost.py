@@ -392,12 +392,14 @@ def test_link_cut_during_halo_exchange_ends_the_job_naming_ranks_and_hosts(tmp_p
     assert not any(left.values()), f"processes of the job left on the hosts: {left}\n{out}"
     report = [line for line in out.splitlines() if line.startswith("hpcpar watchdog: rank") and "no answer" in line]
     assert report, out
+    print(report[0])
     # The ranks still connected name themselves and their hosts; rank 2, cut off, is named with
     # its host from the run ledger, and the hint points at the network.
     assert re.match(r"hpcpar watchdog: rank [01] of 3 blocked 1\d\.\d s in ", report[0]), report[0]
     assert HOSTS[0] in report[0] and HOSTS[1] in report[0], report[0]
     assert re.search(rf"rank 2: no answer \([^)]*unreachable\) \(on host {last}\)", report[0]), report[0]
-    assert f"cut off from the network: check that host {last} can be reached" in report[0], report[0]
+    assert f"cut off from the network: check that host {last} can be reached (ssh {last} true)" in report[0], \
+        report[0]
     _restart_is_bit_identical(tmp_path)
 
 
