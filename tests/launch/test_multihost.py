@@ -62,6 +62,9 @@ def no_leftovers():
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+    # What killed ranks left in the hosts' own /dev/shm (a tmpfs of multihost.sh per host).
+    for host in HOSTS:
+        subprocess.run([SSH, host, "find /dev/shm -mindepth 1 -delete"], capture_output=True, timeout=30)
 
 
 def _keep() -> set[int]:
@@ -424,12 +427,16 @@ def _slurm_or_skip() -> None:
 
 
 def _ctld_log(lines: int = 40) -> str:
-    """The end of the host cluster's slurmctld log (shown when a Slurm test fails)."""
+    """The end of the host cluster's slurmctld log and the hosts' /dev/shm (shown when a Slurm
+    test fails)."""
     path = Path(os.environ.get("SLURM_CONF", "/nonexistent")).parent / "log" / "slurmctld.log"
+    shm = "".join(subprocess.run([SSH, h, "df -h /dev/shm; ls /dev/shm | head"], capture_output=True, text=True,
+                                 timeout=30).stdout for h in HOSTS)
     try:
-        return "\n--- slurmctld.log ---\n" + "\n".join(path.read_text().splitlines()[-lines:])
+        return "\n--- /dev/shm ---\n" + shm + "\n--- slurmctld.log ---\n" + "\n".join(
+            path.read_text().splitlines()[-lines:])
     except OSError:
-        return ""
+        return shm
 
 
 #: Two nodes, two ranks on each (block distribution: ranks 0, 1 on the first node, 2, 3 on the second).
@@ -493,14 +500,21 @@ def test_rank_raising_on_the_second_node_shows_in_hpcpar_status_with_its_host(tm
 
 
 def test_submit_heat_usr1_requeue_resumes_on_two_nodes_bit_identical(tmp_path):
-    """USR1 -> checkpoint -> requeue -> resume on 2 nodes x 2 ranks -> one rank's field."""
+    """USR1 -> checkpoint -> requeue -> resume on 2 nodes x 2 ranks -> one rank's field.
+
+    The job runs under MPICH's mpiexec (Hydra starts its proxies on the allocated nodes with
+    srun). Under ``srun --mpi=pmi2`` the rerun's ``MPI_Init`` failed in most runs of the whole
+    leg (slurmstepd: ``mpi/pmi2: value not properly terminated in client request``, UCX:
+    ``failed to unpack address``), while the first run, and the rerun when this test ran
+    with only the Slurm tests, succeeded; not understood yet.
+    """
     from hpcpar import slurm
 
     _slurm_or_skip()
     heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
     args = ["--n", "96", "--steps", "3000", "--checkpoint", str(ckpt), "--every", "250"]
-    cmd = [HPCPAR, "submit", heat, *TWO_BY_TWO, "--requeue", "--output", "heat-%j.out", "--", *args,
-           "--save-npy", str(tmp_path / "multi.npy")]
+    cmd = [HPCPAR, "submit", heat, *TWO_BY_TWO, "--requeue", "--launcher", "mpiexec", "--output", "heat-%j.out",
+           "--", *args, "--save-npy", str(tmp_path / "multi.npy")]
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP}, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
