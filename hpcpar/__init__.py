@@ -20,10 +20,12 @@ The package is layered; each layer imports only the ones above it in this list:
 
 ``errors``, ``env``
     the error types and the one registry of ``HPCPAR_*`` variables.
-``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``
+``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``,
+``launch.ledger``
     pure geometry; the Slurm client and in-job state; timing, progress, logs;
-    the launch-command builder, the launchers' variables, and which MPI a launcher
-    and a library belong to.
+    the launch-command builder, the launchers' variables, which MPI a launcher
+    and a library belong to, and the run ledger (where each rank of ``hpcpar run
+    --hosts`` ran).
 ``core``
     :class:`Context` and its checked collectives, the runner, the watchdog.
 ``decomp``, ``tasks``, ``io``

@@ -243,13 +243,14 @@ def _print_status(st, as_json: bool) -> None:
         line += f", restarted {st.restarts}x"
     print(line)
     if st.message:
-        print(f"  rank {st.rank} failed: {st.message}")
+        print(f"  rank {st.rank} failed: {st.message}" + (f" (on host {st.host})" if st.host else ""))
     if st.stdout:
         print(f"  output {st.stdout}")
     for idx, task in st.tasks.items():
         extra = f" (exit {task.exit_code})" if task.exit_code is not None else ""
         print(f"  task {idx} (job {task.job_id}): {task.state}{extra}"
-              + (f" rank {task.rank} failed: {task.message}" if task.message else ""))
+              + (f" rank {task.rank} failed: {task.message}" if task.message else "")
+              + (f" (on host {task.host})" if task.message and task.host else ""))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

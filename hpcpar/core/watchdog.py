@@ -435,18 +435,43 @@ def _fire(name: str, waited: float, timeout: float) -> None:
     lines: dict[int, tuple[str, str]] = {me: (_doing(), _host())}
     if net is not None:
         _collect(net, lines)
+    silent = _silent(lines, size)
     groups: dict[str, list[int]] = {}
     hosts: dict[str, dict[str, list[int]]] = {}
     for r in range(size):
-        what, host = lines.get(r, ("no answer (exited, or busy in C code holding the GIL)", ""))
+        what, host = lines[r]
         groups.setdefault(what, []).append(r)
         if host:
             hosts.setdefault(what, {}).setdefault(host, []).append(r)
     report = "; ".join(f"{'ranks' if len(rs) > 1 else 'rank'} {', '.join(map(str, rs))}: {what}"
                        + _on_hosts(hosts.get(what, {}), rs) for what, rs in groups.items())
+    cut = ""
+    if silent:
+        where = sorted({lines[r][1] for r in silent if lines[r][1]})
+        cut = (" A rank that does not answer while the others wait for it may also be cut off from "
+               "the network: check that " + (f"host{'s' if len(where) > 1 else ''} {', '.join(where)}"
+                                             if where else "its host") +
+               f" can be reached (ssh {where[0] if where else 'HOST'} true) and the links between the hosts.")
     abort(f"{head}. {report}. Ranks blocked in different calls, or waiting for a rank that "
            "is not in a call, usually mean a collective that only some ranks make (inside "
-           "`if ctx.rank == ...:` or a loop whose length differs between ranks).", EXIT_HANG)
+           f"`if ctx.rank == ...:` or a loop whose length differs between ranks).{cut}", EXIT_HANG)
+
+
+#: What the report says of a rank that sent no report.
+_NO_ANSWER = "no answer (exited, busy in C code holding the GIL, or unreachable)"
+
+
+def _silent(lines: dict[int, tuple[str, str]], size: int) -> list[int]:
+    """Fill ``lines`` for the ranks that did not answer, with their host from the run ledger of
+    ``hpcpar run --hosts`` when there is one; return those ranks. On the error path only
+    (O(P), one small file read per silent rank)."""
+    from ..launch import ledger  # pure file I/O; loaded only on this path
+
+    silent = [r for r in range(size) if r not in lines]
+    where = ledger.hosts(os.environ.get(env.HPCPAR_RUN_DIR), silent) if silent else {}
+    for r in silent:
+        lines[r] = (_NO_ANSWER, where.get(r, ""))
+    return silent
 
 
 def _on_hosts(hosts: dict[str, list[int]], ranks: list[int]) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["RUN_DIR", "started", "ended", "witness", "read", "settle", "lost_ranks_text"]
+__all__ = ["RUN_DIR", "started", "ended", "witness", "read", "hosts", "settle", "lost_ranks_text"]
 
 #: The variable naming the ledger directory (registered in :mod:`hpcpar.env`).
 RUN_DIR = "HPCPAR_RUN_DIR"
@@ -77,23 +77,46 @@ def witness(directory: str | None, rank: int | None) -> int | None:
     return w
 
 
+def _entry(directory: str, rank: int) -> tuple[str, int, bool] | None:
+    """``(host, pid, ended)`` of ``rank``, or None when it left no line."""
+    try:
+        with open(_path(directory, rank)) as fh:
+            lines = fh.read().split("\n")
+    except OSError:
+        return None
+    host, pid, done = "?", 0, False
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and words[0] == "started":
+            host, pid = words[1], int(words[2]) if words[2].isdigit() else 0
+        elif words[:1] == ["ended"]:
+            done = True
+    return host, pid, done
+
+
 def read(directory: str, size: int) -> dict[int, tuple[str, int, bool]]:
     """``{rank: (host, pid, ended)}`` of the ranks that started. **Local**."""
     out = {}
     for rank in range(size):
-        try:
-            with open(_path(directory, rank)) as fh:
-                lines = fh.read().split("\n")
-        except OSError:
-            continue
-        host, pid, done = "?", 0, False
-        for line in lines:
-            words = line.split()
-            if len(words) == 3 and words[0] == "started":
-                host, pid = words[1], int(words[2]) if words[2].isdigit() else 0
-            elif words[:1] == ["ended"]:
-                done = True
-        out[rank] = (host, pid, done)
+        entry = _entry(directory, rank)
+        if entry is not None:
+            out[rank] = entry
+    return out
+
+
+def hosts(directory: str | None, ranks: list[int]) -> dict[int, str]:
+    """``{rank: host}`` of those of ``ranks`` that the ledger saw start. **Local**.
+
+    Reads one small file per rank asked about (the watchdog asks, on its error path,
+    for the ranks that did not answer it); an empty dict without a ledger.
+    """
+    if not directory:
+        return {}
+    out = {}
+    for rank in ranks:
+        entry = _entry(directory, rank)
+        if entry is not None and entry[0] != "?":
+            out[rank] = entry[0]
     return out
 
 

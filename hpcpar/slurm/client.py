@@ -149,8 +149,8 @@ def requeue(job_id: str | int | None = None, force: bool = False) -> bool:
 class JobStatus:
     """What is known about a job: ``state`` (PENDING, RUNNING, COMPLETED, FAILED,
     TIMEOUT, CANCELLED, REQUEUED ...), ``exit_code`` (None until it ends),
-    ``reason`` (why it waits), the failing ``rank`` and its ``message`` (from the
-    runner's status file), ``workdir``, ``stdout``, ``restarts``, ``source`` (where
+    ``reason`` (why it waits), the failing ``rank``, its ``host`` and its ``message``
+    (from the runner's status file), ``workdir``, ``stdout``, ``restarts``, ``source`` (where
     the state came from) and, for a job array, ``tasks`` (array index -> status)."""
 
     job_id: str
@@ -160,6 +160,7 @@ class JobStatus:
     reason: str | None = None
     rank: int | None = None
     message: str | None = None
+    host: str | None = None
     workdir: str | None = None
     stdout: str | None = None
     restarts: int = 0
@@ -267,7 +268,7 @@ def _merge_file(st: JobStatus, workdir: str | None, file_id: str | None = None) 
         st.state, st.source = rec.get("state", "UNKNOWN"), "status-file"
         st.exit_code = rec.get("exit_code")
     if rec.get("state") == "FAILED":
-        st.rank, st.message = rec.get("rank"), rec.get("message")
+        st.rank, st.message, st.host = rec.get("rank"), rec.get("message"), rec.get("host")
         if st.state in ("COMPLETED", "UNKNOWN"):  # an MPI job that failed but whose launcher said 0
             st.state = "FAILED"
             st.exit_code = rec.get("exit_code") or 1
@@ -280,7 +281,7 @@ def status(job_id: str | int, workdir: str | os.PathLike | None = None) -> JobSt
     Asks ``scontrol show job`` (queued, running and recently finished jobs), then
     ``sacct`` (clusters with accounting), then the cluster's ``jobcomp/filetxt``
     file, and adds the runner's status file found in the job's working directory
-    (or ``workdir``): the failing rank and its message. For a job array (its
+    (or ``workdir``): the failing rank, its host and its message. For a job array (its
     array job id) the state covers all tasks — FAILED/CANCELLED/TIMEOUT when any
     task ended so, COMPLETED when all did, else PENDING or RUNNING — and
     ``tasks`` has each task's status. ``state`` is ``UNKNOWN`` when no source

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def write_status(path: str | os.PathLike, **fields: Any) -> None:
     """Write the status file ``path`` atomically (temporary file + rename). **Local**.
 
     Used by the runner: ``state`` (RUNNING, COMPLETED, FAILED, REQUEUED),
-    ``exit_code``, ``rank`` and ``message`` of a failure, ``time``, ``restarts``.
+    ``exit_code``, ``rank``, ``host`` and ``message`` of a failure, ``time``, ``restarts``.
     Never raises: a job whose directory is not writable runs on without it.
     """
     path = Path(path)
@@ -84,8 +85,8 @@ def job_started(rank: int, size: int) -> None:
 
 def job_finished(rank: int, size: int, state: str = "COMPLETED", exit_code: int = 0,
                  message: str | None = None) -> None:
-    """Record how the job ended: COMPLETED by root at a normal end, FAILED (with ``rank``,
-    ``exit_code`` and ``message``) by a failing rank before it aborts the job. **Local**.
+    """Record how the job ended: COMPLETED by root at a normal end, FAILED (with ``rank``, this
+    host's name, ``exit_code`` and ``message``) by a failing rank before it aborts the job. **Local**.
 
     A COMPLETED record never hides a FAILED or REQUEUED one of this run. Never raises:
     it runs inside the runner's failure path.
@@ -99,7 +100,7 @@ def job_finished(rank: int, size: int, state: str = "COMPLETED", exit_code: int 
         fields: dict[str, Any] = {"state": state, "job_id": os.environ.get("SLURM_JOB_ID"),
                                   "exit_code": exit_code, "ranks": size, "restarts": restarts()}
         if state != "COMPLETED":
-            fields.update(rank=rank, message=str(message)[:2000])
+            fields.update(rank=rank, host=socket.gethostname(), message=str(message)[:2000])
         write_status(path, **fields)
     except Exception:
         pass

@@ -12,6 +12,10 @@
 #               file system it can see: each host gets a tmpfs on /sys/fs/cgroup
 #               with a private, named cgroup v1 hierarchy (in the host's own
 #               mount namespace, so the machine's cgroups are untouched).
+#               Each node has all of the machine's CPUs (slurmd -C), so that
+#               --ntasks-per-node 2 fits on a 2-core machine.
+#   requeue     a requeued job (hpcpar.slurm.requeue after SIGUSR1) starts
+#               again ~25 s later (cred_expire=20, scheduler every 5 s).
 #
 # Exported to COMMAND: SLURM_CONF (this cluster's config), HPCPAR_MH_KEEP_PIDS
 # (the slurmd daemons, which a cleanup between tests must spare) and
@@ -64,7 +68,10 @@ setup() {
         echo "SlurmdUser=root"
         echo "AuthType=auth/munge"
         echo "CredType=cred/munge"
-        echo "AuthInfo=socket=$STATE/munge/munge.socket"
+        # The credential lifetime is also the delay before a requeued job may start again
+        # (default 120 s); the scheduler runs every 5 s (defaults 60/30 s), so a requeued
+        # job starts again about 25 s after its requeue.
+        echo "AuthInfo=socket=$STATE/munge/munge.socket,cred_expire=20"
         echo "StateSaveLocation=$STATE/ctld"
         echo "SlurmctldPidFile=$STATE/run/slurmctld.pid"
         echo "SlurmctldLogFile=$STATE/log/slurmctld.log"
@@ -75,6 +82,10 @@ setup() {
         echo "TaskPlugin=task/none"
         echo "SelectType=select/cons_tres"
         echo "SelectTypeParameters=CR_CPU"
+        echo "SchedulerType=sched/backfill"
+        echo "SchedulerParameters=sched_interval=5,bf_interval=5"
+        echo "JobRequeue=1"
+        echo "MinJobAge=300"
         echo "MpiDefault=pmi2"
         echo "ReturnToService=2"
         echo "KillWait=5"

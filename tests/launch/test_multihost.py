@@ -52,21 +52,33 @@ def hosts():
 
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    """After each test: nothing of it runs on any host (the anchors and slurmd daemons aside)."""
+    """After each test: nothing of it runs on any host (the anchors and Slurm's daemons aside)."""
     yield
     keep = _keep()
     for ns in NETNS.values():
         for pid in _netns_pids(ns):
-            if pid not in keep:
+            if pid not in keep and not _slurmstepd(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+    # What killed ranks left in the hosts' own /dev/shm (a tmpfs of multihost.sh per host).
+    for host in HOSTS:
+        subprocess.run([SSH, host, "find /dev/shm -mindepth 1 -delete"], capture_output=True, timeout=30)
 
 
 def _keep() -> set[int]:
     """What is not a job's: the hosts' anchors and the slurmd daemons of multihost-slurm.sh."""
     return set(ANCHORS.values()) | {int(p) for p in os.environ.get("HPCPAR_MH_KEEP_PIDS", "").split()}
+
+
+def _slurmstepd(pid: int) -> bool:
+    """Slurm's step daemon, which reports a finished job's end to slurmctld: killed, it would
+    leave the job completing on its node; its job's processes are ended all the same."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "slurmstepd"
+    except OSError:
+        return False
 
 
 def _netns_pids(ns: str) -> list[int]:
@@ -260,27 +272,15 @@ def main(ctx):
         ctx.comm.allreduce(1)
         if sys.argv[1] == "raise" and ctx.rank == ctx.size - 1 and time.time() - t0 > 2:
             raise RuntimeError("bad input on purpose")
-        if ctx.rank == 0 and sys.argv[1] == "loop" and time.time() - t0 > 1:
-            open(sys.argv[2], "a").close()  # the job is up on every host
         time.sleep(0.02)
 hpcpar.run(main)
 """
 
 
 def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_path):
-    script, up = tmp_path / "loop.py", tmp_path / "up"
-    script.write_text(LOOP)
     last = HOSTS[-1]
-    proc = subprocess.Popen([SSH, HOSTS[0], " ".join([
-        "cd", shlex.quote(str(tmp_path)), "&&", "exec", "env", *[f"{k}={v}" for k, v in TCP.items()],
-        shlex.join([HPCPAR, "run", "-n", "3", "--hosts", ",".join(HOSTS), *launcher_args(), str(script),
-                    "loop", str(up)])])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+    proc = _heat_until_checkpoint(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not up.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert up.exists(), "the job did not start"
         killed = time.monotonic()
         # The job's processes there (proxy, guardian, rank, witness) all at once, as when the
         # host dies: stopped first, so none sees another die, then killed.
@@ -294,14 +294,13 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        _end(proc)
     assert proc.returncode != 0, out
     assert took < 10, f"the job ended {took:.1f} s after the host's processes were killed"
     assert re.search(rf"hpcpar: rank 2 \(pid \d+\) of 3 on host {last} ended without a word", out), out
     assert f"on host {HOSTS[0]}" not in out and f"on host {HOSTS[1]}" not in out, out
     assert not list((tmp_path / ".hpcpar").glob("run-*")), "the run ledger was left behind"
+    _restart_is_bit_identical(tmp_path)
 
 
 def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
@@ -319,13 +318,7 @@ def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path):
 
 def test_slurm_job_with_one_slurmd_per_host(tmp_path):
     """srun across the hosts of a Slurm cluster (tests/env/multihost-slurm.sh): PMI2 wire-up, TCP."""
-    state = os.environ.get("HPCPAR_MH_SLURM", "")
-    if not state:
-        pytest.skip("no Slurm across the hosts: run under tests/env/multihost-slurm.sh (make test-multihost)")
-    if state != "ok":
-        if "not installed" in state:
-            pytest.skip(f"Slurm across the hosts: {state}")
-        pytest.fail(f"Slurm across the hosts did not come up: {state}")
+    _slurm_or_skip()
     script = tmp_path / "where.py"
     script.write_text(WHERE)
     before = veth_bytes()
@@ -336,3 +329,215 @@ def test_slurm_job_with_one_slurmd_per_host(tmp_path):
     every = json.loads(proc.stdout.split("WHERE ", 1)[1].splitlines()[0])
     assert [r["host"] for r in every] == HOSTS, every
     crossed(before, HOSTS, 1000)
+
+
+
+#: heat across the three hosts, one block row each: every step exchanges halos between hosts.
+HEAT = ["--n", "96", "--dims", "3x1", "--every", "500"]
+
+
+def _heat_until_checkpoint(tmp_path: Path, *launch: str) -> subprocess.Popen:
+    """heat on h1, h2, h3 (``hpcpar run LAUNCH...``) for far more steps than it gets to run,
+    returned once its first checkpoint is written."""
+    ckpt = tmp_path / "heat.ckpt.h5"
+    proc = subprocess.Popen([SSH, HOSTS[0], " ".join([
+        "cd", shlex.quote(str(tmp_path)), "&&", "exec", "env", *[f"{k}={v}" for k, v in TCP.items()],
+        shlex.join([HPCPAR, "run", *launch, "-n", "3", "--hosts", ",".join(HOSTS), *launcher_args(),
+                    str(JOBS / "heat.py"), *HEAT, "--checkpoint", str(ckpt), "--steps", "100000000"])])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not ckpt.exists():
+        _end(proc)
+        pytest.fail(f"heat wrote no checkpoint:\n{proc.communicate()[0]}")
+    return proc
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def _restart_is_bit_identical(tmp_path: Path) -> None:
+    """Restart heat across the hosts from the checkpoint the failed run left, to 300 steps past
+    it, and compare the field with one rank's uninterrupted run to the same step."""
+    import h5py
+
+    heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
+    with h5py.File(ckpt, "r") as f:
+        k0 = int(f.attrs["step"])
+    steps = ["--steps", str(k0 + 300)]
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, "--n", "96", *steps, "--save-npy",
+                          str(tmp_path / "one.npy")], capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    before = veth_bytes()
+    code, out = hpcpar_run(",".join(HOSTS), 3, heat, *HEAT, "--checkpoint", str(ckpt), *steps,
+                           "--save-npy", str(tmp_path / "multi.npy"), cwd=str(tmp_path))
+    assert code == 0, out
+    assert f"heat: resuming from step {k0} of" in out, out
+    crossed(before, HOSTS, 10_000)
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), f"the field after the restart from step {k0} differs from one rank's"
+
+
+def test_link_cut_during_halo_exchange_ends_the_job_naming_ranks_and_hosts(tmp_path):
+    """h3's link goes down mid-run: its ranks and the others block in the halo exchange (TCP
+    sees no reset, only silence), the watchdog of ``--timeout 10`` ends the job; the restart
+    from the checkpoint, with the link back, ends bit-identical to one rank's run."""
+    last, veth = HOSTS[-1], VETHS[-1]
+    proc = _heat_until_checkpoint(tmp_path, "--timeout", "10")
+    cut = False
+    try:
+        subprocess.run(["ip", "link", "set", veth, "down"], check=True, timeout=10)
+        cut, t0 = True, time.monotonic()
+        out, _ = proc.communicate(timeout=40)
+        took = time.monotonic() - t0
+        left = {h: [p for p in _netns_pids(NETNS[h]) if p not in _keep() and not _slurmstepd(p)] for h in HOSTS}
+    finally:
+        _end(proc)
+        if cut:
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True, timeout=10)
+    assert proc.returncode == 124, out
+    assert took < 20, f"the job ended {took:.1f} s after the link of {last} was cut:\n{out}"
+    assert not any(left.values()), f"processes of the job left on the hosts: {left}\n{out}"
+    report = [line for line in out.splitlines() if line.startswith("hpcpar watchdog: rank") and "no answer" in line]
+    assert report, out
+    print(report[0])
+    # The ranks still connected name themselves and their hosts; rank 2, cut off, is named with
+    # its host from the run ledger, and the hint points at the network.
+    assert re.match(r"hpcpar watchdog: rank [01] of 3 blocked 1\d\.\d s in ", report[0]), report[0]
+    assert HOSTS[0] in report[0] and HOSTS[1] in report[0], report[0]
+    assert re.search(rf"rank 2: no answer \([^)]*unreachable\) \(on host {last}\)", report[0]), report[0]
+    assert f"cut off from the network: check that host {last} can be reached (ssh {last} true)" in report[0], \
+        report[0]
+    _restart_is_bit_identical(tmp_path)
+
+
+# ---- hpcpar submit / status on the Slurm cluster of the hosts ------------------------------
+def _slurm_or_skip() -> None:
+    state = os.environ.get("HPCPAR_MH_SLURM", "")
+    if not state:
+        pytest.skip("no Slurm across the hosts: run under tests/env/multihost-slurm.sh (make test-multihost)")
+    if state != "ok":
+        if "not installed" in state:
+            pytest.skip(f"Slurm across the hosts: {state}")
+        pytest.fail(f"Slurm across the hosts did not come up: {state}")
+
+
+def _ctld_log(lines: int = 40) -> str:
+    """The end of the host cluster's slurmctld log and the hosts' /dev/shm (shown when a Slurm
+    test fails)."""
+    path = Path(os.environ.get("SLURM_CONF", "/nonexistent")).parent / "log" / "slurmctld.log"
+    shm = "".join(subprocess.run([SSH, h, "df -h /dev/shm; ls /dev/shm | head"], capture_output=True, text=True,
+                                 timeout=30).stdout for h in HOSTS)
+    try:
+        return "\n--- /dev/shm ---\n" + shm + "\n--- slurmctld.log ---\n" + "\n".join(
+            path.read_text().splitlines()[-lines:])
+    except OSError:
+        return shm
+
+
+#: Two nodes, two ranks on each (block distribution: ranks 0, 1 on the first node, 2, 3 on the second).
+TWO_BY_TWO = ["-N", "2", "--ntasks-per-node", "2", "--time", "5"]
+
+
+def submit(tmp_path: Path, job: str, *options: str, timeout: float = 120) -> tuple[str, int, str]:
+    """``hpcpar submit JOB OPTIONS... --wait`` from the login node (the root namespace), the job's
+    MPI over TCP (sbatch passes the environment on); (job id, status, its output file's text)."""
+    cmd = [HPCPAR, "submit", job, *options[:options.index("--")], "--output", "job-%j.out", "--wait",
+           "--timeout", str(int(timeout)), *options[options.index("--"):]]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP}, capture_output=True, text=True,
+                          timeout=timeout + 30)
+    m = re.search(r"submitted batch job ([0-9]+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    out = tmp_path / f"job-{m[1]}.out"
+    return m[1], proc.returncode, (out.read_text() if out.exists() else "") + proc.stdout + proc.stderr
+
+
+def moved(before: dict[str, int], at_least: int) -> list[str]:
+    """The hosts that moved at least ``at_least`` bytes over their veth since ``before``."""
+    after = veth_bytes()
+    return [h for h in HOSTS if after[h] - before[h] >= at_least]
+
+
+def test_submit_heat_on_two_nodes_is_bit_identical_to_one_rank(tmp_path):
+    _slurm_or_skip()
+    heat, args = str(JOBS / "heat.py"), ["--n", "96", "--steps", "200"]
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, *args, "--save-npy", str(tmp_path / "one.npy")],
+                         capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    before = veth_bytes()
+    job_id, code, text = submit(tmp_path, heat, *TWO_BY_TWO, "--", *args, "--save-npy",
+                                str(tmp_path / "multi.npy"))
+    assert code == 0 and f"job {job_id}: COMPLETED (exit 0)" in text, text
+    assert "on 4 ranks (dims 2x2)" in text, text
+    assert len(moved(before, 20_000)) >= 2, "the halos did not cross two hosts"
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), "the field on 2 nodes x 2 ranks differs from one rank's"
+
+
+RAISE_ON_LAST = WHERE.replace('        print("WHERE " + json.dumps(every))', """        print("WHERE " + json.dumps(every), flush=True)
+    ctx.barrier()
+    if ctx.rank == ctx.size - 1:
+        raise RuntimeError("bad input on the second node")""")
+
+
+def test_rank_raising_on_the_second_node_shows_in_hpcpar_status_with_its_host(tmp_path):
+    _slurm_or_skip()
+    script = tmp_path / "raise.py"
+    script.write_text(RAISE_ON_LAST)
+    job_id, code, text = submit(tmp_path, str(script), *TWO_BY_TWO, "--")
+    assert code == 1 and f"job {job_id}: FAILED" in text, text
+    every = json.loads(text.split("WHERE ", 1)[1].splitlines()[0])
+    hosts = [r["host"] for r in every]
+    assert len(hosts) == 4 and hosts[0] == hosts[1] != hosts[2] == hosts[3], hosts
+    proc = subprocess.run([HPCPAR, "status", job_id], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert f"job {job_id}: FAILED" in proc.stdout, proc.stdout + proc.stderr
+    assert f"rank 3 failed: RuntimeError: bad input on the second node (on host {hosts[3]})" in proc.stdout, \
+        proc.stdout
+
+
+def test_submit_heat_usr1_requeue_resumes_on_two_nodes_bit_identical(tmp_path):
+    """USR1 -> checkpoint -> requeue -> resume on 2 nodes x 2 ranks -> one rank's field.
+
+    The job runs under MPICH's mpiexec (Hydra starts its proxies on the allocated nodes with
+    srun). Under ``srun --mpi=pmi2`` the rerun's ``MPI_Init`` failed in most runs of the whole
+    leg (slurmstepd: ``mpi/pmi2: value not properly terminated in client request``, UCX:
+    ``failed to unpack address``), while the first run, and the rerun when this test ran
+    with only the Slurm tests, succeeded; not understood yet.
+    """
+    from hpcpar import slurm
+
+    _slurm_or_skip()
+    heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
+    args = ["--n", "96", "--steps", "3000", "--checkpoint", str(ckpt), "--every", "250"]
+    cmd = [HPCPAR, "submit", heat, *TWO_BY_TWO, "--requeue", "--launcher", "mpiexec", "--output", "heat-%j.out",
+           "--", *args, "--save-npy", str(tmp_path / "multi.npy")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = re.search(r"submitted batch job ([0-9]+)", proc.stdout)[1]
+    deadline = time.monotonic() + 60
+    while not ckpt.exists():  # running, with a first checkpoint written
+        if time.monotonic() > deadline:
+            pytest.fail(f"heat job {job_id} wrote no checkpoint: {slurm.status(job_id)}")
+        time.sleep(0.1)
+    slurm.cancel(job_id, signal="USR1")
+    # the reference, uninterrupted on one rank, while the job stops and waits to rerun
+    one = subprocess.run([HPCPAR, "run", "-n", "1", heat, *args[:4], "--save-npy", str(tmp_path / "one.npy")],
+                         capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    st = slurm.wait(job_id, timeout=150, poll=1.0)
+    text = (tmp_path / f"heat-{job_id}.out").read_text()
+    assert st.state == "COMPLETED" and st.exit_code == 0, f"{st}\n{text}{_ctld_log()}"
+    assert st.restarts == 1, f"{st}\n{text}{_ctld_log()}"
+    stopped = int(re.search(r"checkpoint at step ([0-9]+) of 3000", text)[1])
+    assert 0 < stopped < 3000 and "job requeued" in text, text
+    assert f"heat: resuming from step {stopped}" in text, text
+    assert re.search(r"heat: 96 x 96 grid on 4 ranks .* 3000 steps", text), text
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    assert " NumNodes=2 " in shown.stdout, shown.stdout  # the rerun, too, had two nodes
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "multi.npy")
+    assert a.tobytes() == b.tobytes(), "the field after the requeue differs from one rank's"

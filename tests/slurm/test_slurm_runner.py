@@ -5,6 +5,7 @@ The job scripts set ``SLURM_JOB_ID`` themselves (as Slurm would) before
 """
 
 import json
+import socket
 import textwrap
 
 import pytest
@@ -50,6 +51,7 @@ def test_status_file_names_the_failing_rank(tmp_path):
     rec = status(tmp_path, 902)
     assert (rec["state"], rec["rank"], rec["exit_code"]) == ("FAILED", 2, 1)
     assert rec["message"] == "KeyError: 'no such field'"
+    assert rec["host"] == socket.gethostname()  # hpcpar status prints it: (on host H)
 
 
 def test_sigusr1_stops_the_loop_on_every_rank_and_requeue_is_refused_unasked(tmp_path):

@@ -3,9 +3,9 @@
 Layers, lowest first (a module imports only its own layer and those below):
 
 0. ``errors``, ``env``
-1. ``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``:
-   pure geometry, the Slurm client and in-job state, timing/progress/logs, the launch
-   command builder and the launcher's variables (these import no MPI at all)
+1. ``decomp.partition``, ``slurm``, ``observe``, ``launch.command``, ``launch.variables``, ``launch.family``,
+   ``launch.ledger``: pure geometry, the Slurm client and in-job state, timing/progress/logs, the launch
+   command builder, the launcher's variables and the run ledger (these import no MPI at all)
 2. ``core``: Context and its checked collectives, runner, watchdog
 3. ``decomp`` (grid, sort), ``tasks``, ``io``
 4. ``launch``, ``testing``, ``bench``, ``cli``
@@ -26,6 +26,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (0, "hpcpar.errors"), (0, "hpcpar.env"),
     (1, "hpcpar.decomp.partition"), (1, "hpcpar.slurm"), (1, "hpcpar.observe"),
     (1, "hpcpar.launch.command"), (1, "hpcpar.launch.variables"), (1, "hpcpar.launch.family"),
+    (1, "hpcpar.launch.ledger"),
     (2, "hpcpar.core"),
     (3, "hpcpar.decomp"), (3, "hpcpar.tasks"), (3, "hpcpar.io"),
     (4, "hpcpar.launch"), (4, "hpcpar.testing"), (4, "hpcpar.bench"), (4, "hpcpar.cli"),

@@ -20,6 +20,17 @@ def test_only_ranks_that_started_and_never_ended_are_named_by_host(tmp_path):
     assert "rank 4 of 5 never started" in text
 
 
+def test_hosts_of_the_ranks_asked_about(tmp_path):
+    """What the watchdog reads on its error path: the host of each rank that did not answer."""
+    d = str(tmp_path)
+    ledger.started(d, 1, 11)
+    ledger.started(d, 3, 13)
+    (tmp_path / "rank-2").write_text("ended -9\n")  # a witness's line only: no host known
+    host = ledger.read(d, 4)[1][0]
+    assert ledger.hosts(d, [1, 2, 3, 5]) == {1: host, 3: host}
+    assert ledger.hosts(d, []) == {} and ledger.hosts(None, [1]) == {} and ledger.hosts("", [1]) == {}
+
+
 def test_nothing_is_said_when_every_rank_vanished_alike_or_none(tmp_path):
     d = str(tmp_path)
     assert ledger.lost_ranks_text(d, 2) is None  # no ledger written at all

@@ -201,13 +201,13 @@ def test_cli_render_matches_the_api_and_reports_errors():
 def test_status_file_round_trip_and_merge(tmp_path):
     path = slurm.status_path("77", tmp_path)
     assert path == tmp_path / ".hpcpar" / "job-77.json"
-    slurm.write_status(path, state="FAILED", exit_code=1, rank=2, message="ValueError: x")
+    slurm.write_status(path, state="FAILED", exit_code=1, rank=2, host="node07", message="ValueError: x")
     rec = slurm.read_status(path)
     assert rec["state"] == "FAILED" and rec["rank"] == 2
     assert not list(path.parent.glob("*.tmp"))
     # Slurm said COMPLETED (an MPI job whose launcher exited 0): the file's failure wins.
     st = client._merge_file(slurm.JobStatus("77", "COMPLETED", exit_code=0), str(tmp_path))
-    assert (st.state, st.exit_code, st.rank, st.message) == ("FAILED", 1, 2, "ValueError: x")
+    assert (st.state, st.exit_code, st.rank, st.host, st.message) == ("FAILED", 1, 2, "node07", "ValueError: x")
     # Slurm forgot the job: the file alone gives the state.
     st = client._merge_file(slurm.JobStatus("77", "UNKNOWN"), str(tmp_path))
     assert st.state == "FAILED" and st.source == "status-file"
