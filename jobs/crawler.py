@@ -33,7 +33,7 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 
 import hpcpar
-from hpcpar.launch.options import job_args
+from hpcpar.launch.options import job_args, parse_checked
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -78,12 +78,7 @@ def check(args: argparse.Namespace) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked (without the output-path checks of :func:`main`)."""
-    p = parser()
-    args = p.parse_args(argv)
-    why = check(args)
-    if why:
-        p.error(why)
-    return args
+    return parse_checked(parser(), check, argv)
 
 
 # ---------------------------------------------------------------- the generated site

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 import hpcpar
-from hpcpar.launch.options import job_args
+from hpcpar.launch.options import job_args, parse_checked
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,12 +71,7 @@ def check(args: argparse.Namespace) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked (without the output-path checks of :func:`main`)."""
-    p = parser()
-    args = p.parse_args(argv)
-    why = check(args)
-    if why:
-        p.error(why)
-    return args
+    return parse_checked(parser(), check, argv)
 
 
 def fib(n: int) -> int:

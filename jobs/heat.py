@@ -40,7 +40,7 @@ import numpy as np
 import hpcpar
 from hpcpar import slurm
 from hpcpar.bench.kernels import heat_stencil  # the stencil `hpcpar bench halo` measures
-from hpcpar.launch.options import job_args
+from hpcpar.launch.options import job_args, parse_checked
 
 #: Defaults of this job's sbatch script (``hpcpar slurm render-all`` writes slurm/heat.sbatch):
 #: USR1 two minutes before the limit, then checkpoint, requeue and resume.
@@ -111,12 +111,7 @@ def check(args: argparse.Namespace) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked (without the output-path checks of :func:`main`)."""
-    p = parser()
-    args = p.parse_args(argv)
-    why = check(args)
-    if why:
-        p.error(why)
-    return args
+    return parse_checked(parser(), check, argv)
 
 
 def spacing(n: int) -> float:

@@ -27,7 +27,7 @@ from hpcpar import partition
 # gives the uint16 escape counts of rows y0:y1 of the image spanning REGION.
 from hpcpar.bench.kernels import MANDELBROT_REGION as REGION
 from hpcpar.bench.kernels import mandelbrot_rows as rows
-from hpcpar.launch.options import job_args
+from hpcpar.launch.options import job_args, parse_checked
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,12 +64,7 @@ def check(args: argparse.Namespace) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked (without the output-path checks of :func:`main`)."""
-    p = parser()
-    args = p.parse_args(argv)
-    why = check(args)
-    if why:
-        p.error(why)
-    return args
+    return parse_checked(parser(), check, argv)
 
 
 def static_block(ctx: hpcpar.Context, width: int, height: int, max_iter: int) -> tuple[np.ndarray, float]:

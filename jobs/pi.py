@@ -20,7 +20,7 @@ import numpy as np
 
 import hpcpar
 from hpcpar import partition
-from hpcpar.launch.options import count, job_args
+from hpcpar.launch.options import count, job_args, parse_checked
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,12 +47,7 @@ def check(args: argparse.Namespace) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked (without the output-path checks of :func:`main`)."""
-    p = parser()
-    args = p.parse_args(argv)
-    why = check(args)
-    if why:
-        p.error(why)
-    return args
+    return parse_checked(parser(), check, argv)
 
 
 def count_hits(rng: np.random.Generator, n: int, batch: int = 1 << 20) -> int:

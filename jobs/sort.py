@@ -20,7 +20,7 @@ import numpy as np
 
 import hpcpar
 from hpcpar import partition
-from hpcpar.launch.options import count, job_args
+from hpcpar.launch.options import count, job_args, parse_checked
 from hpcpar.sort import sample_sort
 
 DTYPES = ("int64", "int32", "float64", "float32", "uint8")
@@ -54,12 +54,7 @@ def check(args: argparse.Namespace) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked (without the output-path checks of :func:`main`)."""
-    p = parser()
-    args = p.parse_args(argv)
-    why = check(args)
-    if why:
-        p.error(why)
-    return args
+    return parse_checked(parser(), check, argv)
 
 
 def make_keys(n_total: int, dtype: str, distinct: int, seed: int, size: int, rank: int) -> np.ndarray:

@@ -34,6 +34,72 @@ def run_mpi(n: int, args: list[str], timeout: float = 60, env: dict | None = Non
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
 
 
+def script(tmp_path: Path, body: str, name: str = "job.py") -> str:
+    """Write the job ``body`` (dedented) to ``tmp_path / name``; its path."""
+    import textwrap
+
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return str(p)
+
+
+def job_processes(marker: str, environ: bool = False) -> dict[int, str]:
+    """Live processes (not zombies) whose command line, or with ``environ`` also whose
+    environment, holds ``marker`` (e.g. the job's script): pid -> command line."""
+    found = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            env_text = b""
+            if environ:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    env_text = f.read()
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in env_text + cmd and state != "Z":
+            found[int(d)] = cmd.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def job_pids(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``marker`` (the job's script)."""
+    return list(job_processes(marker))
+
+
+def run_ended(n: int, args: list[str], limit: float, env: dict | None = None,
+              grace: float = 30) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n python ARGS``; check that it ended within ``limit`` seconds and
+    left no process of the job (``args[0]``, its script) behind. A hang fails the test
+    after ``limit + grace`` seconds."""
+    import time
+
+    t0 = time.monotonic()
+    r = run_mpi(n, args, timeout=limit + grace, env=env)
+    elapsed = time.monotonic() - t0
+    assert elapsed < limit, f"the job took {elapsed:.1f} s to end (limit {limit} s)\n{r.stderr}"
+    left: list[int] = []
+    for _ in range(20):  # the launcher reaps its children within moments
+        left = job_pids(args[0])
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"orphan processes of the job: {left}"
+    return r
+
+
+def run_fault(n: int, path: str, limit: float = 10.0, args: tuple = (), env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run the failing job ``path``: it must end in ``limit`` s, non-zero, with no process left."""
+    r = run_ended(n, [path, *args], limit, env=env)
+    assert r.returncode != 0, f"exit status 0\n{r.stdout}\n{r.stderr}"
+    return r
+
+
 def expected_h5_mode() -> str | None:
     """The I/O path the output tests must find (``HPCPAR_EXPECT_H5_MODE``), or None."""
     from hpcpar import env

@@ -28,7 +28,12 @@ gather 1 KB/rank       ``ctx.gather(block)``                          ``Gatherv`
 allgather 1 KB/rank    ``ctx.allgather(block)``                       ``Allgatherv`` with counts
 barrier                ``ctx.barrier()``                              ``Barrier``
 halo 2-D faces         ``Grid.exchange(u, corners=False)``            four ``Sendrecv``: rows, packed columns
+output write 1 KB/rank ``Output.write(name, block)`` (a new dataset)  ``Gatherv`` with counts (the data only)
 =====================  =============================================  =====================================
+
+``output write`` writes each rank's block to a new dataset of one HDF5 file per
+mode in a temporary directory of root's; on the serial path root receives every
+block, as in raw mpi4py's ``Gatherv``, so the difference is the agreement.
 """
 
 from __future__ import annotations
@@ -211,6 +216,34 @@ def _operations(ctx: Any, contexts: dict[str, Any], block: int, side: int):
 
     yield (f"halo 2-D faces {side}x{side}/rank",
            {"raw": lambda: hand(v), **{label: faces(g, u[label]) for label, g in grids.items()}}, cleanup)
+    yield _output_write(ctx, contexts, mine, lambda: comm.Gatherv(
+        mine, [full, counts, displs, MPI.DOUBLE] if root else None, root=0), block)
+
+
+def _output_write(ctx: Any, contexts: dict[str, Any], mine: np.ndarray, raw: Callable[[], object],
+                  block: int) -> tuple[str, dict[str, Callable[[], object]], Callable[[], None]]:
+    """The ``output write`` operation: a new dataset of ``mine`` per call, one file per mode."""
+    import itertools
+    import shutil
+
+    from ..io.output import Output
+
+    where = ctx.comm.bcast(tempfile.mkdtemp(prefix="hpcpar-scale-") if ctx.is_root else None, root=0)
+    outs = {label: Output(c, os.path.join(where, f"{label}.h5"), provenance=False)
+            for label, c in contexts.items()}
+    names = itertools.count()
+
+    def write(out: Any) -> Callable[[], object]:
+        return lambda: out.write(f"x{next(names)}", mine)
+
+    def cleanup() -> None:
+        for out in outs.values():
+            out.close()
+        if ctx.is_root:
+            shutil.rmtree(where, ignore_errors=True)
+
+    return (f"output write {_size(block)}/rank",
+            {"raw": raw, **{label: write(out) for label, out in outs.items()}}, cleanup)
 
 
 def _size(nbytes: int) -> str:

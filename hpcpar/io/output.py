@@ -3,8 +3,9 @@
 Two I/O paths give the same file (:mod:`hpcpar.io.mode`): collective MPI-IO,
 or serial h5py with root holding the file (:mod:`hpcpar.io.serial`). Every
 structural call (create, resize, attributes) is made by every rank, with values
-agreed from root, and every call first exchanges a small header, so that a bad
-argument on any rank raises the same error on **every** rank instead of a hang.
+agreed from root, and every call first agrees on a fixed-size header
+(:mod:`hpcpar.io.agree`), so that a bad argument on any rank raises the same
+error on **every** rank instead of a hang.
 Each rank's box of a dataset comes from :mod:`hpcpar.io.slabs`; attributes go
 through :mod:`hpcpar.io.attrs`. :func:`hpcpar.read` and :func:`hpcpar.read_grid`
 (:mod:`hpcpar.io.read`) read one rank's part back, with either h5py.
@@ -21,24 +22,13 @@ import numpy as np
 from .. import env
 from ..errors import CollectiveError, agree, attempt, raise_problems
 from ..observe.trace import IO, array_bytes, traced
+from .agree import Layout, block_layout, gather_boxes, grid_layout, headers, settle
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
 from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, check_room, hosted, reserve, trim
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
-from .slabs import (
-    append_chunks,
-    block_slabs,
-    check_block,
-    check_dtype,
-    check_name,
-    extendible,
-    grid_payload,
-    grid_slabs,
-    hyper_write,
-    is_grid,
-    new_dataset,
-)
+from .slabs import append_chunks, check_dtype, check_name, extendible, hyper_write, is_grid, new_dataset
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -122,9 +112,9 @@ class Output:
         if problem is None and mode not in _FILE_MODES:
             problem = ("ValueError", f"mode={mode!r} is not one of {sorted(_FILE_MODES)} "
                        "(read with hpcpar.read)")
-        heads = ctx.comm.allgather((mine, problem))
-        raise_problems(where, [p for _, p in heads])
-        if len({m for m, _ in heads}) > 1:
+        if not settle(ctx.comm, "open", "/", mine, problem is not None)[0]:
+            heads = ctx.comm.allgather((mine, problem))  # O(P): only when something is wrong
+            raise_problems(where, [p for _, p in heads])
             raise_problems(where, [("ValueError", "ranks chose different I/O paths: " + ", ".join(
                 f"rank {r}: {m}" for r, (m, _) in enumerate(heads))
                 + f"; set {env.HPCPAR_H5} alike on every rank")])
@@ -205,22 +195,20 @@ class Output:
     def _fail(self, exc: CollectiveError) -> None:  # after an I/O error: refuse every later write
         self._failed = self._failed or (str(exc) if isinstance(exc, OSError) else None)
 
-    def _exchange(self, op: str, name: str, payload: Any, problem: str | tuple[str, str] | None) -> list:
-        """**Collective**: every rank's payload; raises on every rank on any problem."""
-        where = f"hpcpar.Output.{op.split('(')[0]}({name!r})"
+    def _exchange(self, op: str, name: str, payload: Any, problem: str | tuple[str, str] | None,
+                  key: Any = None, count: int = 0, odd: bool = False) -> tuple[list | None, int, int]:
+        """**Collective**: ``(payloads, offset, total)`` of :func:`~hpcpar.io.agree.settle`;
+        ``payloads`` is every rank's payload when ``key`` or ``odd`` (this rank's payload
+        needs checking against the others') made the ranks gather them, else None.
+        Raises on every rank on any problem."""
         if self.closed:
             problem = problem or f"{self.path} is closed"
         elif self._failed is not None and op != "close":
             problem = problem or ("OSError", f"an earlier write failed, so this Output writes nothing "
                                   f"more ({self._failed}); close it: what was written before is kept")
-        heads = self.ctx.comm.allgather((op, name, payload, problem))
-        calls = {(h[0], h[1]) for h in heads}
-        if len(calls) > 1:
-            raise_problems(f"hpcpar.Output({self.path!r})", [("ValueError", "ranks are in different calls: "
-                   + "; ".join(f"rank {r}: {h[0]}({h[1]!r})" for r, h in enumerate(heads)))])
-        raise_problems(where, [h[3] if h[3] is None or isinstance(h[3], tuple) else ("ValueError", h[3])
-                               for h in heads])
-        return [h[2] for h in heads]
+        same, offset, total = settle(self.ctx.comm, op, name, key, odd or problem is not None, count)
+        heads = None if same else headers(self.ctx.comm, self.path, op, name, payload, problem)
+        return heads, offset, total
 
     def flush(self) -> None:
         """Flush HDF5's buffers to the file. **Collective**."""
@@ -313,11 +301,10 @@ class Output:
             ValueError: on every rank, for an existing name, dtypes or shapes that
                 disagree across ranks, a dtype HDF5 cannot store, ...
         """
-        data, gshape, dtype, slabs = self._layout("write", name, local, axis)
-        cover = sum(math.prod(c) for _, c in slabs) == math.prod(gshape)
-        self._create(name, gshape, dtype, compression=compression,
-                     compression_opts=compression_opts, attrs=attrs, cover=cover)
-        self._put(name, dtype, slabs, data)
+        data, lay = self._layout("write", name, local, axis)
+        self._create(name, lay.shape, lay.dtype, compression=compression,
+                     compression_opts=compression_opts, attrs=attrs, cover=lay.total == math.prod(lay.shape))
+        self._put(name, lay, data)
 
     @traced(IO, "Output.write_root", array_bytes)
     def write_root(self, name: str, array: Any, *, compression: str | int | None = None,
@@ -334,8 +321,8 @@ class Output:
                 array = np.asarray(array)
                 problem = check_dtype(array.dtype)
                 payload = (tuple(array.shape), array.dtype)
-        heads = self._exchange("write_root", name, payload, problem)
-        gshape, dtype = heads[self.ctx.root]
+        self._exchange("write_root", name, None, problem)
+        gshape, dtype = self.ctx.comm.bcast(payload, root=self.ctx.root)
         self._create(name, gshape, dtype, compression=compression,
                      compression_opts=compression_opts, attrs=attrs, cover=True)
         if gshape == ():
@@ -346,11 +333,10 @@ class Output:
             self._holder(scalar, f"hpcpar.Output.write_root({name!r})")
             self._wrote = self._wrote or self.ctx.is_root
             return
-        full = (tuple(0 for _ in gshape), gshape)
-        empty = (tuple(0 for _ in gshape), tuple(0 for _ in gshape))
-        slabs = [full if r == self.ctx.root else empty for r in range(self.ctx.size)]
-        block = array if self.ctx.is_root else np.empty(empty[1], dtype)
-        self._put(name, dtype, slabs, block)
+        zero = tuple(0 for _ in gshape)
+        box = (zero, gshape if self.ctx.is_root else zero)
+        block = array if self.ctx.is_root else np.empty(zero, dtype)
+        self._put(name, Layout(gshape, dtype, box, math.prod(gshape)), block)
 
     @traced(IO, "Output.append", array_bytes)
     def append(self, name: str, local: np.ndarray | Grid, axis: Any = 0, *,
@@ -367,7 +353,8 @@ class Output:
             The index of the step written (0 for the first call).
         """
         where = f"hpcpar.Output.append({name!r})"
-        data, gshape, dtype, slabs = self._layout("append", name, local, axis)
+        data, lay = self._layout("append", name, local, axis)
+        gshape, dtype = lay.shape, lay.dtype
 
         def existing(f):
             if name not in f:
@@ -388,15 +375,16 @@ class Output:
             self._create(name, (1, *gshape), dtype, maxshape=(None, *gshape),
                          chunks=append_chunks(gshape, dtype.itemsize), compression=compression,
                          compression_opts=compression_opts, attrs=attrs,
-                         cover=sum(math.prod(c) for _, c in slabs) == math.prod(gshape))
+                         cover=lay.total == math.prod(gshape))
         else:
             def grow(f: Any) -> None:
                 self._reserve(f, math.prod(gshape) * dtype.itemsize)
                 f[name].resize(steps + 1, axis=0)
                 f[name].attrs[INCOMPLETE] = True
             self._holder(grow, where)
-        slabs = [((steps, *s), (1, *c)) for s, c in slabs]
-        self._put(name, dtype, slabs, np.asarray(data).reshape((1, *np.shape(data))))
+        step = Layout((steps + 1, *gshape), dtype, ((steps, *lay.box[0]), (1, *lay.box[1])), lay.total,
+                      None if lay.boxes is None else [((steps, *s), (1, *c)) for s, c in lay.boxes])
+        self._put(name, step, np.asarray(data).reshape((1, *np.shape(data))))
         return steps
 
     # ------------------------------------------------------------ reopened files
@@ -441,11 +429,11 @@ class Output:
         if problem is None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool)
                                 or steps < 0):
             problem = f"steps must be an int >= 0, got {steps!r}"
-        heads = self._exchange("truncate", name, None if problem else int(steps), problem)
-        if len(set(heads)) > 1:
+        keep = None if problem else int(steps)
+        heads = self._exchange("truncate", name, keep, problem, key=keep)[0]
+        if heads is not None and len(set(heads)) > 1:
             raise_problems(where, [("ValueError", "ranks pass different steps: " + ", ".join(
                 f"rank {r}: {n}" for r, n in enumerate(heads)))])
-        keep = heads[0]
 
         def shrink(f: Any) -> None:
             d = extendible(f, name, self.path)
@@ -479,28 +467,18 @@ class Output:
         return self._wrote
 
     # ------------------------------------------------------------ internals
-    def _layout(self, op, name, local, axis):
-        """``(data, global shape, dtype, [(start, count) per rank])`` of a block or
-        Grid write, agreed and checked on every rank. **Collective**."""
-        problem = check_name(name)
-        if is_grid(local):
-            grid, field = local, axis
-            data, payload, problem = grid_payload(grid, field, self.ctx, problem)
-            heads = self._exchange(f"{op}(grid)", name, payload, problem)
-            gshape, dtype, slabs = grid_slabs(heads, f"hpcpar.Output.write({name!r})")
-            if not self._decomposition_set:
-                self._decomposition_set = True
-                dims = getattr(grid, "dims", None)
-                if dims is not None:
-                    self.attrs["decomposition"] = str(tuple(dims))
-            return data, gshape, dtype, slabs
-        ax = None
-        if problem is None:
-            problem, ax = check_block(local, axis)
-        block_payload = None if problem else (tuple(local.shape), local.dtype, ax)
-        heads = self._exchange(op, name, block_payload, problem)
-        gshape, dtype, slabs = block_slabs(heads, f"hpcpar.Output.{op}({name!r})")
-        return local, gshape, dtype, slabs
+    def _layout(self, op: str, name: str, local: Any, axis: Any) -> tuple[Any, Layout]:
+        """``(data, layout)`` of a block or Grid write, agreed and checked on every rank.
+        **Collective**; the normal path exchanges a fixed-size header (:mod:`hpcpar.io.agree`)."""
+        if not is_grid(local):
+            return local, block_layout(self._exchange, op, name, local, axis, self.ctx.rank)
+        data, lay = grid_layout(self._exchange, self.ctx, self.path, op, name, local, axis)
+        if not self._decomposition_set:
+            self._decomposition_set = True
+            dims = getattr(local, "dims", None)
+            if dims is not None:
+                self.attrs["decomposition"] = str(tuple(dims))
+        return data, lay
 
     def _create(self, name, shape, dtype, *, maxshape=None, chunks=None, compression=None,
                 compression_opts=None, attrs=None, cover=False) -> None:
@@ -524,35 +502,36 @@ class Output:
 
         self._holder(create, where)
 
-    def _put(self, name: str, dtype: np.dtype, slabs, block) -> None:
-        """Move every rank's slab into dataset ``name``, then clear its ``hpcpar_incomplete``
+    def _put(self, name: str, lay: Layout, block: Any) -> None:
+        """Move every rank's box into dataset ``name``, then clear its ``hpcpar_incomplete``
         mark; an I/O error leaves the mark and ends the Output's writes. **Collective**."""
-        if all(math.prod(c) == 0 for _, c in slabs):
+        if lay.total == 0:
             return  # nothing to write anywhere (HDF5 refuses even empty selections then)
         try:
-            self._move(name, dtype, slabs, block)
+            self._move(name, lay, block)
         except CollectiveError as exc:
             self._fail(exc)
             raise
         self._holder(lambda f: f[name].attrs.__delitem__(INCOMPLETE), f"{self._where}: completing {name!r}")
 
-    def _move(self, name: str, dtype: np.dtype, slabs, block) -> None:  # _put's data movement
+    def _move(self, name: str, lay: Layout, block: Any) -> None:  # _put's data movement
         where = f"hpcpar.Output({self.path!r}): writing {name!r}"
-        ctx = self.ctx
-        start, count = slabs[ctx.rank]
+        ctx, dtype = self.ctx, lay.dtype
+        start, count = lay.box
         block = np.asarray(block) if block is not None else np.empty(count, dtype)
         if self.mode == "mpio":
             _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
             agree(ctx.comm, where, hosted(problem))
             self._wrote = True
             return
-        total = sum(math.prod(c) for _, c in slabs) * dtype.itemsize
-        if total <= self._gather_bytes:
-            wrote = put_gather(ctx, self._file[name] if ctx.is_root else None, dtype, slabs, block, where)
+        if lay.total * dtype.itemsize <= self._gather_bytes:
+            boxes = lay.boxes or gather_boxes(ctx.comm, lay.box, ctx.root)  # root's list of every box
+            wrote = put_gather(ctx, self._file[name] if ctx.is_root else None, dtype, lay.box, boxes,
+                               block, where)
         else:
             f, self._file = self._file, None
 
             def reopened(new: Any) -> None:
                 self._file = new
-            wrote = put_token(ctx, self.path, name, f, slabs, block, where, reopened)
+            wrote = put_token(ctx, self.path, name, f, lay.box, block, where, reopened)
         self._wrote = self._wrote or wrote

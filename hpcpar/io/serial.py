@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import agree, attempt, raise_problems
+from ..errors import agree, attempt, gather_problems, raise_problems
 from .slabs import Box, as_bytes, hyper_write
 
 if TYPE_CHECKING:
@@ -25,15 +25,16 @@ __all__ = ["put_gather", "put_token", "TAG"]
 TAG = 0x4835
 
 
-def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], block: np.ndarray,
-               where: str) -> bool:
+def put_gather(ctx: Context, dset: Any, dtype: np.dtype, box: Box, boxes: Sequence[Box] | None,
+               block: np.ndarray, where: str) -> bool:
     """Small data: root receives each rank's block and writes it into ``dset``. **Collective**.
 
     Args:
         ctx: the file's context.
         dset: root's open h5py dataset (ignored on the other ranks).
         dtype: the dataset's dtype (every rank's block has it).
-        boxes: every rank's ``(start, count)`` box.
+        box: this rank's ``(start, count)`` box.
+        boxes: on root, every rank's box (ignored on the other ranks).
         block: this rank's data, of shape ``count``.
         where: how errors start.
 
@@ -45,7 +46,7 @@ def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], b
     from ..core import watchdog
 
     comm = ctx.comm
-    start, count = boxes[ctx.rank]
+    start, count = box
     if not ctx.is_root:
         with watchdog.watching("Output (sending a block to root)", ctx):
             if math.prod(count):
@@ -54,6 +55,7 @@ def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], b
         return False
     # Root writes its own block while the next one arrives, then each received
     # block while receiving the one after it: at most two blocks in flight.
+    assert boxes is not None, "root needs every rank's box"
     senders = [r for r, (_, c) in enumerate(boxes) if math.prod(c) and r != ctx.rank]
 
     def post(i: int) -> tuple[np.ndarray, Any] | None:
@@ -79,7 +81,7 @@ def put_gather(ctx: Context, dset: Any, dtype: np.dtype, boxes: Sequence[Box], b
     return True
 
 
-def put_token(ctx: Context, path: str, name: str, root_file: Any, boxes: Sequence[Box],
+def put_token(ctx: Context, path: str, name: str, root_file: Any, box: Box,
               block: np.ndarray, where: str, reopened: Callable[[Any], None]) -> bool:
     """Large data: each rank in turn opens ``path``, writes its box, closes. **Collective**.
 
@@ -95,7 +97,7 @@ def put_token(ctx: Context, path: str, name: str, root_file: Any, boxes: Sequenc
     from ..core import watchdog
 
     comm = ctx.comm
-    start, count = boxes[ctx.rank]
+    start, count = box
     problem = None
     if ctx.is_root:
         if math.prod(count):
@@ -115,11 +117,14 @@ def put_token(ctx: Context, path: str, name: str, root_file: Any, boxes: Sequenc
     with watchdog.watching("Output (passing the write token)", ctx):
         if ctx.rank + 1 < ctx.size:
             comm.send(ok, dest=ctx.rank + 1, tag=TAG)
-        problems = comm.allgather(problem)
-    if ctx.is_root:
+        problems = gather_problems(comm, problem)  # every rank's, only when some rank has one
+    p = None
+    if ctx.is_root:  # every rank has written: root holds the file again
         f, p = attempt(h5py.File, path, "r+")
         reopened(f)
+    p = comm.bcast(p, root=ctx.root)
+    if problems is not None or p is not None:
+        problems = problems or [None] * ctx.size
         problems[ctx.root] = problems[ctx.root] or p
-    problems[ctx.root] = comm.bcast(problems[ctx.root], root=ctx.root)
-    raise_problems(where, problems)
+        raise_problems(where, problems)
     return bool(math.prod(count))

@@ -1,5 +1,8 @@
 """A job's command-line options, checked on every rank before any work: one ``error:`` line, exit status 2.
 
+``parse_checked`` parses ``argv`` and runs the job's own checks in one process
+(no MPI: a test or a login node), ending with argparse's ``error:`` and status 2.
+
 ``job_args`` parses ``argv`` with the job's :class:`argparse.ArgumentParser` on
 every rank, runs the job's own checks (ranges, combinations: every rank decides
 alike), and has root check that the directory of every output file exists and is
@@ -19,7 +22,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from ..core.context import Context
 
-__all__ = ["job_args", "writable_problem", "count"]
+__all__ = ["job_args", "parse_checked", "Check", "writable_problem", "count"]
+
+#: A job's checks of its parsed options: the first problem as a sentence naming the
+#: option, or None; it must decide alike on every rank.
+Check = Callable[[argparse.Namespace], "str | None"]
 
 
 class _Bad(Exception):
@@ -49,9 +56,31 @@ def count(text: str) -> int:
     return int(value)
 
 
+def parse_checked(parser: argparse.ArgumentParser, check: Check | None = None,
+                  argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser``, then run the job's ``check``. **Local** (no MPI).
+
+    Args:
+        parser: the job's parser.
+        check: the job's checks of the parsed options (see :func:`job_args`).
+        argv: the arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The options.
+
+    Raises:
+        SystemExit: with status 2 through ``parser.error`` (usage and the problem on
+            stderr), for argparse's own problems and the first one ``check`` finds.
+    """
+    args = parser.parse_args(argv)
+    why = check(args) if check is not None else None
+    if why:
+        parser.error(why)
+    return args
+
+
 def job_args(ctx: Context, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-             check: Callable[[argparse.Namespace], str | None] | None = None,
-             outputs: Sequence[str] = ()) -> argparse.Namespace:
+             check: Check | None = None, outputs: Sequence[str] = ()) -> argparse.Namespace:
     """Parse and check the job's options. **Collective**: every rank calls it with the same ``argv``.
 
     Args:
@@ -74,9 +103,9 @@ def job_args(ctx: Context, parser: argparse.ArgumentParser, argv: Sequence[str] 
 
     parser.error = error  # type: ignore[method-assign]
     args: Any = None
+    why: str | None = None
     try:
-        args = parser.parse_args(argv)
-        why = check(args) if check is not None else None
+        args = parse_checked(parser, check, argv)
     except _Bad as exc:
         why = str(exc)
     if why is None and ctx.is_root:

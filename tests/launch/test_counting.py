@@ -156,7 +156,7 @@ def test_bench_scale_counts_raw_checked_and_unchecked_per_rank_count(tmp_path, l
         "P", "operation", "raw", "checked", "unchecked", "checked - raw", "unchecked - raw", "checked MPI calls"]
     data = json.loads(out.read_text())
     ops = ["allreduce f64", "allreduce object", "bcast 1 KB", "scatter 1 KB/rank", "gather 1 KB/rank",
-           "allgather 1 KB/rank", "barrier", "halo 2-D faces 4x4/rank"]
+           "allgather 1 KB/rank", "barrier", "halo 2-D faces 4x4/rank", "output write 1 KB/rank"]
     assert [(row["ranks"], row["op"]) for row in data["rows"]] == [(p, op) for p in (2, 3) for op in ops]
     for row in data["rows"]:
         for mode in ("raw", "checked", "unchecked"):
@@ -181,3 +181,40 @@ def test_the_check_traffic_of_checked_collectives_does_not_grow_with_the_ranks(t
     assert at16 == at4, f"{at4} at 4 ranks, {at16} at 16"
     for name, (calls, _) in at16.items():
         assert calls <= 1, f"{name}: {calls} MPI calls beyond raw mpi4py's"
+
+
+_OUTPUT_WRITE = """
+    import hpcpar
+    ctx = hpcpar.Context()
+    with hpcpar.Output(ctx, f"{sys.argv[1]}/out.h5", provenance=False) as out:
+        block = np.arange(16.0) + comm.rank  # 128 bytes per rank, written as one dataset
+        for i in range(3):
+            out.write(f"warm{i}", block)
+        counters.reset()
+        for i in range(10):
+            out.write(f"x{i}", block)
+        snap = {k: c.scaled(1 / 10) for k, c in counters.read().items()}
+        mode = out.mode
+    ctx.free()
+"""
+
+
+def _write_recv(tmp_path, lib, ranks: int) -> list[dict[str, float]]:
+    """Bytes received per ``Output.write`` on each rank, per MPI function."""
+    return [{k: c[2] for k, c in snap.items() if c[2]}
+            for snap in run_counted(tmp_path, lib, ranks, _OUTPUT_WRITE)]
+
+
+@pytest.mark.slow
+def test_the_agreement_traffic_of_an_output_write_does_not_grow_with_the_ranks(tmp_path, lib):
+    (tmp_path / "4").mkdir()
+    (tmp_path / "16").mkdir()
+    at4, at16 = _write_recv(tmp_path / "4", lib, 4), _write_recv(tmp_path / "16", lib, 16)
+    print("bytes received per Output.write: root", at4[0], "at 4 ranks,", at16[0], "at 16; rank 1",
+          at4[1], "at 4,", at16[1], "at 16")
+    assert all(snap == at4[1] for snap in at4[1:] + at16[1:]), (at4, at16)
+    assert sum(at4[1].values()) < 1024, at4[1]  # agreement, the file's replies: a few hundred bytes
+    # Root alone receives each rank's block (128 bytes) and its box (2 int64), as the
+    # serial path gathers the data to root; nothing else it receives grows.
+    grown = {k: at16[0].get(k, 0) - at4[0].get(k, 0) for k in {*at4[0], *at16[0]}}
+    assert {k: v for k, v in grown.items() if v} == {"Irecv": 12 * 128, "Gather": 12 * 16}, (at4[0], at16[0])

@@ -11,54 +11,12 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
-from helpers import run_mpi
+from helpers import job_pids, run_fault, run_mpi, script
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def script(tmp_path, body: str, name: str = "job.py") -> str:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(body))
-    return str(p)
-
-
-def job_pids(marker: str) -> list[int]:
-    """Pids of live processes whose command line mentions ``marker`` (the job's script)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{d}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state != "Z":
-            pids.append(int(d))
-    return pids
-
-
-def run_fault(n, path, limit=10.0, args=(), env=None):
-    """Run the job; check it ended in ``limit`` s, non-zero, with no process left."""
-    t0 = time.monotonic()
-    r = run_mpi(n, [path, *args], timeout=limit + 30, env=env)
-    elapsed = time.monotonic() - t0
-    assert r.returncode != 0, f"exit status 0\n{r.stdout}\n{r.stderr}"
-    assert elapsed < limit, f"the job took {elapsed:.1f} s to end (limit {limit} s)\n{r.stderr}"
-    left = []
-    for _ in range(20):  # the launcher reaps its children within moments
-        left = job_pids(path)
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"orphan processes of the job: {left}"
-    return r
 
 
 # ---- exceptions on rank 0 and on the last rank, before and inside a collective ------

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from test_faults import job_pids, run_fault, script
+from helpers import job_pids, run_fault, script
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,6 +15,7 @@ import textwrap
 import time
 import uuid
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.timeout(90)
@@ -49,23 +50,7 @@ DYING_JOB = """
 
 def job_processes(marker: str) -> list[str]:
     """Live processes (not zombies) whose environment or command line holds ``marker``."""
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{d}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in environ + cmd and state != "Z":
-            text = cmd.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{d}: {text[:120]}")
-    return found
+    return [f"{pid}: {cmd[:120]}" for pid, cmd in helpers.job_processes(marker, environ=True).items()]
 
 
 def assert_nothing_left(marker: str, within: float = 5.0) -> None:

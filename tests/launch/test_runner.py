@@ -1,19 +1,12 @@
 """The runner and launcher, tested by launching real MPI jobs (from plain pytest)."""
 
 import sys
-import textwrap
 import time
 
 import pytest
-from helpers import JOBS, ROOT, run_mpi
+from helpers import JOBS, ROOT, run_mpi, script
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def script(tmp_path, body: str) -> str:
-    p = tmp_path / "job.py"
-    p.write_text(textwrap.dedent(body))
-    return str(p)
 
 
 def test_exception_on_one_rank_ends_the_whole_job_quickly(tmp_path):

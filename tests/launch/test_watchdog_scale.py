@@ -8,13 +8,11 @@ The all-to-all these messages replaced sent P(P-1) = 56 per finished notice and
 about 2P(P-1) = 112 per dump request at 8 ranks.
 """
 
-import os
 import re
 import textwrap
-import time
 
 import pytest
-from helpers import run_mpi
+from helpers import run_ended
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,41 +38,13 @@ PRELUDE = """
 """
 
 
-def job_pids(marker: str) -> list[int]:
-    """Pids of live processes whose command line mentions ``marker`` (the job's script)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{d}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state != "Z":
-            pids.append(int(d))
-    return pids
-
-
 def run_job(tmp_path, body: str, limit: float, env: dict | None = None):
     """Run ``body`` on P ranks; return (completed process, messages sent by each rank)."""
     out = tmp_path / "counts"
     out.mkdir()
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(body))
-    t0 = time.monotonic()
-    r = run_mpi(P, [str(path), str(out)], timeout=limit + 60,
-                env={"HPCPAR_ABORT_GRACE": "1", **(env or {})})
-    elapsed = time.monotonic() - t0
-    assert elapsed < limit, f"the job took {elapsed:.1f} s (limit {limit} s)\n{r.stderr}"
-    for _ in range(20):  # the launcher reaps its children within moments
-        left = job_pids(str(path))
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"orphan processes of the job: {left}"
+    r = run_ended(P, [str(path), str(out)], limit, env={"HPCPAR_ABORT_GRACE": "1", **(env or {})}, grace=60)
     sent = [int((out / f"{rank}.n").read_text()) if (out / f"{rank}.n").exists() else 0
             for rank in range(P)]
     print(f"watchdog messages per rank: {sent}, total {sum(sent)}")

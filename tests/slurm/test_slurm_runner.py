@@ -6,18 +6,11 @@ The job scripts set ``SLURM_JOB_ID`` themselves (as Slurm would) before
 
 import json
 import socket
-import textwrap
 
 import pytest
-from helpers import run_mpi
+from helpers import run_mpi, script
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def script(tmp_path, body: str) -> str:
-    p = tmp_path / "job.py"
-    p.write_text(textwrap.dedent(body))
-    return str(p)
 
 
 def status(tmp_path, job_id):

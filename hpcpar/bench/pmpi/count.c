@@ -42,7 +42,8 @@
     X(Alltoallw) X(Reduce_scatter_block) X(Send) X(Ssend) X(Isend) X(Issend)   \
     X(Recv) X(Irecv) X(Mrecv) X(Imrecv) X(Sendrecv) X(Sendrecv_replace)        \
     X(Ibarrier) X(Iallreduce) X(Ibcast) X(Iallgather) X(Iallgatherv)           \
-    X(Neighbor_allgather) X(Neighbor_alltoall) X(Neighbor_alltoallv)
+    X(Neighbor_allgather) X(Neighbor_alltoall) X(Neighbor_alltoallv)          \
+    X(Scan) X(Exscan)
 
 #define HPCPAR_ENUM(name) ID_##name, ID_##name##_c,
 enum { HPCPAR_FUNCS(HPCPAR_ENUM) HPCPAR_NFUNCS };
@@ -183,6 +184,18 @@ int MPI_Allreduce##S(const void *sb, void *rb, CT n, MPI_Datatype t, MPI_Op op, 
     int64_t b = (int64_t)n * tsize(t);                                                             \
     note(ID_Allreduce##S, b, b);                                                                   \
     return PMPI_Allreduce##S(sb, rb, n, t, op, comm);                                              \
+}                                                                                                  \
+int MPI_Scan##S(const void *sb, void *rb, CT n, MPI_Datatype t, MPI_Op op, MPI_Comm comm)         \
+{                                                                                                  \
+    int64_t b = (int64_t)n * tsize(t);                                                             \
+    note(ID_Scan##S, b, b);                                                                        \
+    return PMPI_Scan##S(sb, rb, n, t, op, comm);                                                   \
+}                                                                                                  \
+int MPI_Exscan##S(const void *sb, void *rb, CT n, MPI_Datatype t, MPI_Op op, MPI_Comm comm)       \
+{                                                                                                  \
+    int64_t b = (int64_t)n * tsize(t);                                                             \
+    note(ID_Exscan##S, b, my_rank(comm) ? b : 0); /* rank 0's receive buffer is left alone */      \
+    return PMPI_Exscan##S(sb, rb, n, t, op, comm);                                                 \
 }                                                                                                  \
 int MPI_Reduce##S(const void *sb, void *rb, CT n, MPI_Datatype t, MPI_Op op, int root,           \
                   MPI_Comm comm)                                                                   \
