@@ -261,6 +261,10 @@ def new_dataset(f: Any, name: str, shape: tuple[int, ...], dtype: Any, attrs: di
             kw["compression_opts"] = compression_opts
     if cover and compression is None and math.prod(shape) > 0:
         kw["fill_time"] = "never"
+    elif not cover:
+        # What no rank writes reads as the fill value (0) on every path: parallel HDF5
+        # allocates the whole dataset at once and, without this, leaves it unwritten.
+        kw["fill_time"] = "alloc"
     d = f.create_dataset(name, shape=shape, dtype=dtype, **kw)
     for k, v in attrs.items():
         d.attrs[k] = v
