@@ -49,23 +49,26 @@ class TaskError(HpcparError):
     Attributes:
         index: the position of the task (or item) in the input.
         rank: the rank it ran on.
+        host: that rank's host name ("" when unknown).
         stage: the pipeline stage, or None for a farm task.
         exc_type: the name of the exception's class.
         remote_traceback: the traceback text from the rank that ran it.
     """
 
     def __init__(self, message: str, index: int | None = None, rank: int | None = None,
-                 exc_type: str = "", remote_traceback: str = "", stage: int | None = None):
+                 exc_type: str = "", remote_traceback: str = "", stage: int | None = None,
+                 host: str = ""):
         super().__init__(message)
         self.index = index
         self.rank = rank
+        self.host = host
         self.stage = stage
         self.exc_type = exc_type
         self.remote_traceback = remote_traceback
 
     def __reduce__(self):
         return (TaskError, (str(self), self.index, self.rank, self.exc_type,
-                            self.remote_traceback, self.stage))
+                            self.remote_traceback, self.stage, self.host))
 
 
 class UsageError(CollectiveError, ValueError):

@@ -30,6 +30,7 @@ from mpi4py import MPI
 from ..decomp import partition
 from ..errors import Problem, attempt, fail
 from . import announce as _announce
+from . import largecount
 from .agreement import NONE, Agreement, Slot, agrees, dtype_code, put, put_dims, vector
 from .cache import BoundedCache
 from .callsite import caller_site, site_code
@@ -44,12 +45,18 @@ _FORCE = 1
 
 
 class _Counts:
-    """The block length this rank sent under one gather signature, and what it implied."""
+    """The block length this rank sent under one gather signature, and what it implied.
 
-    __slots__ = ("mine", "plan", "total")
+    ``judged``: root's verdict on the large-count path (``largecount.gather_verdict``)
+    is in ``problem`` (None: the gather can travel); every rank judges the same entries.
+    """
+
+    __slots__ = ("mine", "plan", "total", "judged", "problem")
 
     def __init__(self, mine: int, plan: Plan | None, total: int | None):
         self.mine, self.plan, self.total = mine, plan, total
+        self.judged = False
+        self.problem: tuple[int, int, int, int] | None = None
 
 
 class Blocks:
@@ -265,6 +272,15 @@ class Blocks:
             heads = a.detail.detail(call, -1 if root is None else root, axis, problem, arr, out, site=site)
             plan = self._gather_detail(call, heads, arr, out)
             ax, nbytes = plan.axis, plan.bcounts[self.rank]
+            if root is not None and largecount.units_live():  # every rank holds the plan
+                largecount.raise_gather_problem(self.comm, root, largecount.gather_problem(plan.bcounts))
+        elif root is not None and largecount.units_live():
+            assert entry is not None  # ok: every rank has the entry of these counts
+            if not entry.judged:  # once per change of the counts: root judges, all learn
+                entry.problem = largecount.gather_verdict(
+                    self.comm, root, entry.plan.bcounts if entry.plan is not None else None)
+                entry.judged = True
+            largecount.raise_gather_problem(self.comm, root, entry.problem)
         send = [contig(arr, ax), nbytes, MPI.BYTE]
         if not takes_out:
             vcall(self.comm.Gatherv, send, None, root=root)
@@ -364,11 +380,13 @@ class Blocks:
         raise_local(problem, name)
         assert ax is not None
         mine = np.array([local.shape[ax]], np.int64)
-        send = [contig(local, ax), local.nbytes, MPI.BYTE]
         if not takes_out:
             assert root is not None  # allgather ranks all take the result
             self.comm.Gather(mine, None, root=root)
-            vcall(self.comm.Gatherv, send, None, root=root)
+            if largecount.units_live():  # root's verdict on the large-count path, O(log P)
+                largecount.raise_gather_problem(
+                    self.comm, root, largecount.gather_verdict(self.comm, root, None))
+            vcall(self.comm.Gatherv, [contig(local, ax), local.nbytes, MPI.BYTE], None, root=root)
             return None
         counts = np.empty(self.size, np.int64)
         if root is None:
@@ -379,10 +397,13 @@ class Blocks:
         plan = self._uplans.get(key)
         if plan is None:
             plan = self._uplans.put(key, Plan.blocks(ax, local.dtype, counts.tolist(), local.shape))
+        if root is not None and largecount.units_live():  # root's half of the verdict above
+            largecount.raise_gather_problem(
+                self.comm, root, largecount.gather_verdict(self.comm, root, plan.bcounts))
         if out is not None and (out.shape != plan.gshape or out.dtype != plan.dtype):
             fail(f"hpcpar.{name}", f"out {describe(out.shape, out.dtype)} does not fit the gathered "
                  f"{describe(plan.gshape, plan.dtype)} (on this rank; collectives are unchecked)")
-        return self._receive(plan, send, root, out)
+        return self._receive(plan, [contig(local, ax), local.nbytes, MPI.BYTE], root, out)
 
 
 # ---- local checks and buffers ---------------------------------------------------------

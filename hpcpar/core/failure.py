@@ -69,10 +69,13 @@ def traceback_text(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException, rank: int, size: int) -> str:
-    """The failure report of ``exc`` on ``rank`` of ``size``: a header, this rank's host
-    and pid, and the traceback, every line after the header prefixed ``[rank R]``. **Local**."""
+    """The failure report of ``exc`` on ``rank`` of ``size``: a header (with the first line
+    of the message), this rank's host and pid, and the traceback (which ends with the whole
+    message), every line after the header prefixed ``[rank R]``. **Local**."""
 
-    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # the header holds the message's first line; the whole message ends the traceback
+    first = str(exc).split("\n", 1)[0]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     where = f"{WHERE} {os.uname().nodename}, pid {os.getpid()}"
     lines = "".join(f"[rank {rank}] {line}\n"
                     for line in [where, *traceback_text(exc).rstrip("\n").split("\n")])

@@ -8,6 +8,12 @@ limit, the blocks travel as point-to-point messages between root and each rank,
 each one in units of a 1 MiB datatype plus a remainder. A broadcast of more than
 ``2**31 - 1`` bytes goes as 1 MiB units plus a remainder too.
 
+A *rooted* gather of such blocks cannot take that path (the ranks that send do
+not know the other ranks' counts), so it is refused, on every rank and before any
+data moves: root judges the counts it holds (:func:`gather_problem`) and
+broadcasts a fixed-size verdict (:func:`gather_verdict`), which the checked
+gather keeps as long as the counts do not change.
+
 ``HPCPAR_LARGE_COUNT=0`` (or :func:`force_units`) takes these paths on any
 library, so that a machine with an MPI-4 library tests what runs on an MPI-3 one.
 """
@@ -25,7 +31,7 @@ from .. import env
 from ..errors import fail
 
 __all__ = ["LARGE_COUNT", "INT_MAX", "UNIT", "PATHS", "vcall", "bcast_bytes", "force_units",
-           "units_forced"]
+           "units_forced", "units_live", "gather_problem", "gather_verdict", "raise_gather_problem"]
 
 #: The largest count a pre-MPI-4 call accepts.
 INT_MAX = 2**31 - 1
@@ -66,6 +72,81 @@ def units_forced() -> bool:
     return _forced
 
 
+def units_live() -> bool:
+    """Whether messages over ``INT_MAX`` bytes take the derived-datatype paths: a library
+    without MPI-4 large counts, or :func:`units_forced`. **Local**."""
+    return not LARGE_COUNT or units_forced()
+
+
+def gather_problem(bcounts: list[int]) -> tuple[int, int, int, int] | None:
+    """Why a rooted gather of blocks of ``bcounts[r]`` bytes (placed one after another)
+    cannot travel on the derived-datatype path, or None when it can. **Local**.
+
+    It cannot when some count or displacement exceeds ``INT_MAX`` and the gcd of all
+    of them (the largest common unit) does not bring every one under it.
+
+    Returns:
+        ``(rank with the largest block, its bytes, total bytes, common unit)``, or None.
+    """
+    total = sum(bcounts)
+    if total <= INT_MAX:  # every count and displacement fits
+        return None
+    unit = 0
+    for c in bcounts:
+        unit = math.gcd(unit, c)
+    last = total - bcounts[-1]  # the largest displacement
+    if max(max(bcounts), last) // unit <= INT_MAX:
+        return None
+    big = max(range(len(bcounts)), key=bcounts.__getitem__)
+    return big, bcounts[big], total, unit
+
+
+def gather_verdict(comm: MPI.Intracomm, root: int,
+                   bcounts: list[int] | None) -> tuple[int, int, int, int] | None:
+    """Root's :func:`gather_problem` of its ``bcounts``, on every rank. **Collective**.
+
+    Returns None at once on every rank when :func:`units_live` is False (the library
+    moves any count by itself). Otherwise root broadcasts four integers (fixed size,
+    ``O(log P)``); only root's ``bcounts`` is read (the others pass None).
+    """
+    if not units_live():
+        return None
+    verdict = np.zeros(4, np.int64)
+    if comm.Get_rank() == root:
+        assert bcounts is not None  # root holds every rank's count
+        found = gather_problem(bcounts)
+        if found is not None:
+            verdict[0] = 1 + found[0]
+            verdict[1:] = found[1:]
+    if comm.Get_size() > 1:
+        comm.Bcast(verdict, root=root)
+    if not verdict[0]:
+        return None
+    return int(verdict[0]) - 1, int(verdict[1]), int(verdict[2]), int(verdict[3])
+
+
+def raise_gather_problem(comm: MPI.Intracomm, root: int,
+                         problem: tuple[int, int, int, int] | None, where: str = "hpcpar.gather") -> None:
+    """Raise ``problem`` (from :func:`gather_verdict`) as a ``ValueError``. **Collective**
+    when ``problem`` is not None: every rank must call it with the same one (the host
+    of the rank with the largest block travels, on this error path only)."""
+    if problem is None:
+        return
+    import socket
+
+    big, nbytes, total, unit = problem
+    host = socket.gethostname()
+    if comm.Get_size() > 1:
+        host = comm.bcast(host, root=big)
+    fail(f"{where}(root={root})",
+         f"the blocks add up to {total} bytes (the largest: {nbytes} bytes from rank {big}, "
+         f"host {host}), and their byte sizes share no unit larger than {unit} bytes, which "
+         f"leaves counts over 2**31 - 1; this MPI library lacks MPI-4 large counts (or "
+         f"HPCPAR_LARGE_COUNT=0 is set), so such a rooted gather cannot travel. Nothing was "
+         f"sent; gather blocks whose byte sizes share a larger factor (equal blocks, or "
+         f"multiples of 1 MiB), or use allgather", "ValueError")
+
+
 def vcall(fn: Callable[..., Any], send: list | None, recv: list | None,
           layout: tuple[list[int], list[int]] | None = None, **kw: Any) -> None:
     """Run the v-collective ``fn`` (a bound ``Scatterv``, ``Gatherv`` or ``Allgatherv``)
@@ -79,7 +160,8 @@ def vcall(fn: Callable[..., Any], send: list | None, recv: list | None,
 
     Raises:
         HpcparError: on root of a rooted gather whose blocks have no common unit that
-            brings every count and displacement under ``2**31`` (MPI-3 libraries only).
+            brings every count and displacement under ``2**31`` (MPI-3 libraries only);
+            callers check such gathers on every rank first (:func:`gather_verdict`).
     """
     if LARGE_COUNT and not units_forced():
         fn(send, recv, **kw)

@@ -2,14 +2,16 @@
 
 Also the farm's wire format, shared with the workers in :mod:`hpcpar.tasks.farm`:
 every message uses :data:`TAG` on the farm's private communicator; a worker sends
-``(kind, results, want)`` with kind :data:`REQ` ("results, and give me more") or
-:data:`RES` ("results only"), and root answers a request with a list of chunks
-``(start, tasks)`` (empty: no more).
+``(kind, results, want, host)`` with kind :data:`REQ` ("results, and give me more") or
+:data:`RES` ("results only") and its host name in its first message only (None
+later), and root answers a request with a list of chunks ``(start, tasks)``
+(empty: no more).
 """
 
 from __future__ import annotations
 
 import pickle
+import socket
 import threading
 import time
 import traceback
@@ -24,7 +26,8 @@ from ..errors import TaskError
 from ..observe import trace
 from ..observe.progress import meter
 
-__all__ = ["Root", "Failure", "TAG", "REQ", "RES", "IDLE_MIN", "IDLE_MAX", "pack", "sendable"]
+__all__ = ["Root", "Failure", "TAG", "REQ", "RES", "IDLE_MIN", "IDLE_MAX", "HOST", "pack",
+           "sendable"]
 
 TAG = 7  #: every farm message uses one tag on the farm's private communicator
 REQ, RES = 0, 1  #: worker -> root kinds: "results, and give me more" / "results only"
@@ -33,15 +36,17 @@ IDLE_MIN, IDLE_MAX = 20e-6, 5e-4  #: a waiting rank sleeps between probes (secon
 USE_HELPER = True
 _HELPER_MAX = 2e-3  # the most root's helper thread sleeps between probes (seconds)
 _OWN_SLICE = 5e-3  # root yields results at least this often while computing (seconds)
+#: This process's host name, as failures name it.
+HOST = socket.gethostname()
 
 
 class Failure:
     """What a rank sends back for a task that raised: picklable in every case."""
 
-    __slots__ = ("index", "rank", "exc", "exc_type", "text", "tb")
+    __slots__ = ("index", "rank", "host", "exc", "exc_type", "text", "tb")
 
-    def __init__(self, index: int, rank: int, exc: BaseException):
-        self.index, self.rank = index, rank
+    def __init__(self, index: int, rank: int, exc: BaseException, host: str = HOST):
+        self.index, self.rank, self.host = index, rank, host
         self.exc_type = type(exc).__name__
         self.text = str(exc)
         self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -52,16 +57,16 @@ class Failure:
             exc = pickle.loads(pickle.dumps(self.exc))
         except Exception:
             exc = None
-        return (self.index, self.rank, exc, self.exc_type, self.text, self.tb)
+        return (self.index, self.rank, self.host, exc, self.exc_type, self.text, self.tb)
 
     def __setstate__(self, state):
-        self.index, self.rank, self.exc, self.exc_type, self.text, self.tb = state
+        self.index, self.rank, self.host, self.exc, self.exc_type, self.text, self.tb = state
 
     def error(self) -> TaskError:
         err = TaskError(
-            f"task {self.index} raised {self.exc_type} on rank {self.rank}: {self.text}\n"
-            f"remote traceback (rank {self.rank}):\n{self.tb}",
-            self.index, self.rank, self.exc_type, self.tb)
+            f"task {self.index} raised {self.exc_type} on rank {self.rank} (host {self.host}): "
+            f"{self.text}\nremote traceback (rank {self.rank}):\n{self.tb}",
+            self.index, self.rank, self.exc_type, self.tb, host=self.host)
         err.__cause__ = self.exc
         return err
 
@@ -94,8 +99,8 @@ def pack(i: int, ok: bool | None, value: Any, rank: int) -> tuple:
         return i, False, pickle.dumps(Failure(i, rank, err), pickle.HIGHEST_PROTOCOL)
 
 
-def _unpack(item: tuple, source: int) -> tuple:
-    """Root's side of :func:`pack`: ``(index, ok, value)``."""
+def _unpack(item: tuple, source: int, host: str) -> tuple:
+    """Root's side of :func:`pack`: ``(index, ok, value)``; ``host``: the source's host."""
     i, ok, payload = item
     if ok is None:
         return item
@@ -106,7 +111,7 @@ def _unpack(item: tuple, source: int) -> tuple:
                         f"{type(exc).__name__}: {exc} (an exception class whose __init__ takes "
                         "other arguments than its args, say; make it picklable or return "
                         "plain data)")
-        return i, False, Failure(i, source, err)
+        return i, False, Failure(i, source, err, host)
 
 
 def sendable(i: int, task: Any, rank: int, dest: int) -> Any:
@@ -144,6 +149,9 @@ class Root:
         self.sends: list[MPI.Request] = []
         self.arrived: deque = deque()  # (index, ok, value) in completion order
         self.first_failure: Failure | None = None
+        self.hosts: dict[int, str] = {}  # worker rank -> host, from its first message
+        #: What the farm raises on every rank once it has ended (set by :meth:`run`).
+        self.error: TaskError | None = None
         self.bar = meter(self.n, "hpcpar.farm") if progress else None
 
     # -- the queue (called with the lock held)
@@ -183,8 +191,10 @@ class Root:
             self.bar.update(len(done))
 
     def _serve(self, msg, source: int) -> None:
-        kind, done, want = msg.recv()
-        self._record([_unpack(item, source) for item in done])
+        kind, done, want, host = msg.recv()
+        if host is not None:
+            self.hosts[source] = host
+        self._record([_unpack(item, source, self.hosts.get(source, "?")) for item in done])
         if kind == REQ:
             chunks = self._grant(want)
             if not chunks:
@@ -216,8 +226,9 @@ class Root:
     def _helper(self, stop: threading.Event) -> None:
         """Answer requests while root's main thread is busy in a long task.
 
-        Whatever goes wrong here becomes a :class:`TaskError` that root's main thread
-        raises; the farm stops handing out tasks.
+        Whatever goes wrong here becomes a :class:`TaskError` that every rank raises
+        once the farm has ended; the farm stops handing out tasks, and root's main
+        thread lets the workers finish.
         """
         pause = IDLE_MIN
         try:
@@ -232,9 +243,9 @@ class Root:
                 stop.wait(pause)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            err = TaskError(f"hpcpar.farm: root's helper thread (rank {self.rank}) failed with "
-                            f"{type(exc).__name__}: {exc}\n{tb}", None, self.rank,
-                            type(exc).__name__, tb)
+            err = TaskError(f"hpcpar.farm: root's helper thread (rank {self.rank}, host {HOST}) "
+                            f"failed with {type(exc).__name__}: {exc}\n{tb}", None, self.rank,
+                            type(exc).__name__, tb, host=HOST)
             err.__cause__ = exc
             with self.lock:
                 self.broken = err
@@ -242,6 +253,8 @@ class Root:
 
     # -- the main loop
     def run(self) -> Iterator[Any]:
+        """Yield the results as they come (in task order when ``ordered``). When every
+        worker has left, :attr:`error` holds what the farm must raise, or None."""
         helper = stop = None
         if self.size > 1 and MPI.Query_thread() == MPI.THREAD_MULTIPLE and USE_HELPER:
             stop = threading.Event()
@@ -256,9 +269,8 @@ class Root:
         try:
             while True:
                 with self.lock:
+                    # a broken helper has cancelled the farm: it drains, then fails everywhere
                     served = self._serve_pending() if self.size > 1 else 0
-                    if self.broken is not None:
-                        raise self.broken
                     if mine is None:
                         chunk = self._take()
                         mine = (chunk[0], chunk[1], 0) if chunk else None
@@ -320,9 +332,9 @@ class Root:
         with watchdog.watching("farm (root sending)", self.watch):
             MPI.Request.Waitall(self.sends)
         if self.broken is not None:
-            raise self.broken
-        if self.errors == "raise" and self.first_failure is not None:
-            raise self.first_failure.error()
+            self.error = self.broken
+        elif self.errors == "raise" and self.first_failure is not None:
+            self.error = self.first_failure.error()
 
     def _compute_own(self, mine) -> None:
         """Run root's current chunk, and the next ones for up to ``_OWN_SLICE`` seconds.

@@ -16,7 +16,9 @@ ranks need.
 
 Every farm runs on its own duplicate of the context's communicator, freed at the
 end, so farm messages never meet the user's messages, and an aborted farm leaves
-nothing behind.
+nothing behind. When it has ended, root's verdict reaches every rank in one
+fixed-size broadcast (:mod:`hpcpar.tasks.outcome`), so a failed task raises the
+same :class:`TaskError` on every rank.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from mpi4py import MPI
 from ..core import watchdog
 from ..errors import Problem, TaskError, agree, problem_of
 from ..observe import trace
-from ._farm_root import IDLE_MAX, IDLE_MIN, REQ, RES, TAG, Failure, Root, pack
+from ._farm_root import HOST, IDLE_MAX, IDLE_MIN, REQ, RES, TAG, Failure, Root, pack
+from .outcome import share
 
 if TYPE_CHECKING:
     from ..core.context import Context
@@ -70,21 +73,20 @@ def farm(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | None, ch
         progress: show progress on root's stderr, as :func:`hpcpar.observe.progress.meter`
             does: a tqdm bar on a terminal, plain lines in batch logs
             (``HPCPAR_PROGRESS_EVERY``), nothing with ``HPCPAR_PROGRESS=0``.
-        errors: ``"raise"``: after every rank has left the farm, root raises
-            :class:`TaskError` for the first failed task (by task order), naming
-            its index, rank and remote traceback; no new tasks start once one
+        errors: ``"raise"``: once the farm has ended on every rank, every
+            rank raises the same :class:`TaskError` for the first failed task
+            (by task order), naming its index, the rank that ran it and that
+            rank's host, with the remote traceback; no new tasks start once one
             has failed. ``"collect"``: the exception objects take the failed
             tasks' places in the results.
 
     Returns:
-        On root, the list of results; on other ranks None (also when a task
-        failed with ``errors="raise"``: only root raises, and the context stays
-        usable on every rank).
+        On root, the list of results; on other ranks None.
 
     Raises:
         ValueError: on every rank, when root's arguments are unusable (a
             ``TypeError`` too when they are of the wrong type).
-        TaskError: on root only, see ``errors``.
+        TaskError: on every rank, see ``errors``; the context stays usable.
     """
     out = list(farm_iter(ctx, fn, tasks, chunksize=chunksize, ordered=ordered,
                          progress=progress, errors=errors))
@@ -102,7 +104,9 @@ def farm_iter(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | Non
     new tasks start, the running ones finish, and the farm ends cleanly on
     every rank. With ``ordered=True`` a result is yielded once all earlier ones
     have been; with ``ordered=False`` as soon as it arrives. ``errors="raise"``
-    raises :class:`TaskError` on root after the farm has ended everywhere.
+    raises the same :class:`TaskError` on every rank after the farm has ended
+    everywhere (root yields the results that came before the failure first). A
+    root that stops early raises nothing, and neither do the other ranks.
     """
     comm = ctx.comm
     problem: Problem | None = None
@@ -122,16 +126,27 @@ def farm_iter(ctx: Context, fn: Callable[[Any], Any], tasks: Iterable[Any] | Non
     agree(comm, "hpcpar.farm", problem, name_ranks=True)
     errors = comm.bcast(errors, root=ctx.root)  # root's mode governs the workers too
     fcomm = comm.Dup()
+    watch = watchdog.Peers([ctx.world_ranks[ctx.rank], ctx.world_ranks[ctx.root]])
+    ending = "farm (waiting for root's verdict at the end)"
+    error = None
     try:
         if ctx.is_root:
             n = len(items)
             cs = chunksize if chunksize is not None else default_chunksize(n, ctx.size)
-            yield from Root(fcomm, fn, items, cs, ordered, progress, errors, ctx.world_ranks).run()
+            root = Root(fcomm, fn, items, cs, ordered, progress, errors, ctx.world_ranks)
+            try:
+                yield from root.run()
+            except GeneratorExit:  # stopped early: the workers have left; nothing failed
+                share(fcomm, ctx.root, None, ending, watch)
+                raise
+            error = root.error
         else:
-            _work(fcomm, fn, ctx.root, errors,
-                  watchdog.Peers([ctx.world_ranks[ctx.rank], ctx.world_ranks[ctx.root]]))
+            _work(fcomm, fn, ctx.root, errors, watch)
+        error = share(fcomm, ctx.root, error, ending, watch)
     finally:
         fcomm.Free()
+    if error is not None:
+        raise error
 
 
 def _check_args(tasks: Any, chunksize: Any, errors: Any) -> Problem | None:
@@ -173,7 +188,7 @@ def _run_one(fn: Callable[[Any], Any], i: int, task: Any, rank: int) -> tuple[bo
     try:
         return True, trace.task(fn, task, i, rank)
     except Exception as exc:
-        return False, Failure(i, rank, exc)
+        return False, Failure(i, rank, exc, HOST)
 
 
 def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str,
@@ -192,11 +207,12 @@ def _work(comm: MPI.Intracomm, fn: Callable[[Any], Any], root: int, errors: str,
     done: list = []  # (index, ok, value) not yet reported
     queue: deque = deque()  # (index, task) received, not yet run
     want, asked, dry, failed = 1, False, False, False
+    host: str | None = HOST  # sent with the first message only
 
     def post(kind):
-        nonlocal done
-        sends.append(comm.isend((kind, done, want), dest=root, tag=TAG))
-        done = []
+        nonlocal done, host
+        sends.append(comm.isend((kind, done, want, host), dest=root, tag=TAG))
+        done, host = [], None
         if len(sends) > 8:
             sends[:] = [r for r in sends if not r.Test()]
 

@@ -185,20 +185,20 @@ BAD = {
     "task that cannot be pickled": ("""
         tasks = [(lambda: 0)] * 30 if ctx.is_root else None   # lambdas cannot be pickled
         hpcpar.farm(ctx, lambda t: time.sleep(0.05), tasks, chunksize=1)
-    """, r"TaskError: task \d+ raised TypeError on rank 0: task \d+ cannot be sent from root "
+    """, r"TaskError: task \d+ raised TypeError on rank 0 \(host \S+\): task \d+ cannot be sent from root "
          r"\(rank 0\) to rank [12]"),
     "result that cannot be unpickled": ("""
         def task(x):
             time.sleep(0.02)
             return Bad(x, x)       # pickles, but Bad(x) fails when root unpickles it
         hpcpar.farm(ctx, task, range(30) if ctx.is_root else None, chunksize=1)
-    """, r"TaskError: task \d+ raised TypeError on rank [12]: the result of task \d+ from rank "
+    """, r"TaskError: task \d+ raised TypeError on rank [12] \(host \S+\): the result of task \d+ from rank "
          r"[12] cannot be unpickled on root"),
     "pipeline output that cannot be unpickled": ("""
         def middle(x):
             return Bad(x, x) if x == 4 else x
         hpcpar.pipeline(ctx, [lambda x: x, middle, lambda x: x], range(10) if ctx.is_root else None)
-    """, r"TaskError: pipeline stage 1 raised TypeError on rank 1 \(item 4\): the output of stage 1 "
+    """, r"TaskError: pipeline stage 1 raised TypeError on rank 1 \(host \S+, item 4\): the output of stage 1 "
          r"from rank 1 cannot be unpickled on rank 2"),
 }
 

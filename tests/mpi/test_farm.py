@@ -1,5 +1,6 @@
 """The task farm under real MPI: results, balance, failures, early stops, edge sizes."""
 
+import socket
 import time
 
 import pytest
@@ -85,13 +86,11 @@ def test_task_error_names_index_rank_traceback_and_context_stays_usable(ctx, chu
         out = farm(ctx, failing, tasks, chunksize=chunksize)
     except TaskError as exc:
         err, out = exc, None
-    if ctx.is_root:
-        ok = (err is not None and err.index == 13 and 0 <= err.rank < ctx.size
-              and "thirteen is unlucky" in str(err) and "in failing" in err.remote_traceback
-              and f"on rank {err.rank}" in str(err) and err.exc_type == "ValueError")
-    else:
-        ok = err is None and out is None
-    assert_all(ok, f"error on root / None elsewhere; got {err!r}", ctx=ctx)
+    ok = (err is not None and out is None and err.index == 13 and 0 <= err.rank < ctx.size
+          and "thirteen is unlucky" in str(err) and "in failing" in err.remote_traceback
+          and f"on rank {err.rank} (host {err.host})" in str(err) and err.exc_type == "ValueError")
+    assert_all(ok, f"the same TaskError on every rank; got {err!r}", ctx=ctx)
+    assert_all(ctx.comm.bcast(str(err), root=0) == str(err), "the same message on every rank", ctx=ctx)
     # the context and the farm still work on every rank
     total = ctx.comm.allreduce(1)
     again = farm(ctx, square, [1, 2, 3] if ctx.is_root else None)
@@ -202,10 +201,70 @@ def test_failure_on_the_last_rank_carries_its_traceback(ctx):
         farm(ctx, fails_on_last_rank, range(30) if ctx.is_root else None, chunksize=1)
     except TaskError as exc:
         err = exc
-    if ctx.is_root:
-        ok = (err is not None and err.rank == last and "fails_on_last_rank" in err.remote_traceback
-              and f"refuses task {err.index}" in str(err) and isinstance(err.__cause__, RuntimeError))
-    else:
-        ok = err is None
+    # every rank: the remote traceback, and the remote exception as the cause
+    ok = (err is not None and err.rank == last and "fails_on_last_rank" in err.remote_traceback
+          and f"refuses task {err.index}" in str(err) and isinstance(err.__cause__, RuntimeError))
     assert_all(ok, f"got {err!r}", ctx=ctx)
     assert_all(ctx.comm.allreduce(1) == ctx.size, "context usable", ctx=ctx)
+
+
+# ---- a failed task: the same TaskError on every rank -----------------------------------------
+def _failure_everywhere(ctx, run):
+    """Run ``run()`` on every rank; return (this rank's TaskError or None, whether every rank
+    got an error with the same message, index, rank and host)."""
+    err = None
+    try:
+        run()
+    except TaskError as exc:
+        err = exc
+    mine = None if err is None else (str(err), err.index, err.rank, err.host, err.exc_type)
+    return err, ctx.comm.allgather(mine)
+
+
+@pytest.mark.parametrize("who", ["root", "last"])
+def test_a_failed_task_raises_the_same_task_error_on_every_rank(ctx, who):
+    """Task 5 fails on root or on the last rank: every rank raises the same TaskError, naming
+    the task, the rank that ran it and that rank's host; and the context stays usable."""
+    bad = 0 if who == "root" else ctx.size - 1
+
+    def task(x):
+        time.sleep(0.002)
+        if x >= 5 and ctx.rank == bad:
+            raise ValueError(f"task {x} refused on rank {ctx.rank}")
+        return x
+
+    err, seen = _failure_everywhere(
+        ctx, lambda: farm(ctx, task, range(40) if ctx.is_root else None, chunksize=1))
+    host = ctx.comm.bcast(socket.gethostname(), root=bad)  # the failing rank's host name
+    ok = (err is not None and len(set(seen)) == 1 and err.rank == bad and err.host == host
+          and f"raised ValueError on rank {bad} (host {host}): task {err.index} refused" in str(err))
+    assert_all(ok, f"every rank must raise the same TaskError; got {seen}", ctx=ctx)
+    again = farm(ctx, square, [1, 2] if ctx.is_root else None)
+    assert_all(again == [1, 4] if ctx.is_root else again is None, "the farm works again", ctx=ctx)
+
+
+def test_farm_iter_failure_raises_on_every_rank_after_the_results_before_it(ctx):
+    got = []
+
+    def run():
+        for value in farm_iter(ctx, failing, range(20) if ctx.is_root else None, chunksize=1):
+            got.append(value)
+
+    err, seen = _failure_everywhere(ctx, run)
+    ok = err is not None and err.index == 13 and len(set(seen)) == 1
+    ok = ok and (got == list(range(13)) if ctx.is_root else got == [])
+    assert_all(ok, f"got {seen}, results {got}", ctx=ctx)
+
+
+def test_root_stopping_early_after_a_failure_raises_nowhere(ctx):
+    """Root leaves farm_iter before the failure's turn: no rank raises, nothing hangs."""
+    got = []
+
+    def run():
+        for value in farm_iter(ctx, failing, range(40) if ctx.is_root else None, chunksize=1):
+            got.append(value)
+            if value == 2:
+                break
+
+    err, seen = _failure_everywhere(ctx, run)
+    assert_all(seen == [None] * ctx.size, f"got {seen}", ctx=ctx)

@@ -132,3 +132,76 @@ def test_unit_paths_at_small_sizes(ctx, small_limit):
     used = {k: largecount.PATHS[k] - small_limit[k] for k in small_limit}
     if p > 1:
         assert_all(used["messages"] >= 2 and used["units"] >= 1 and used["bcast"] >= 2, str(used), ctx=ctx)
+
+
+# ---- a rooted gather that cannot travel: refused on every rank, before any data moves ---------
+def _gather_error(ctx, c, block):
+    """The message of the ValueError that ``c.gather(block)`` raised here, or None."""
+    try:
+        c.gather(block)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _same_error_everywhere(ctx, err, big_rank):
+    """Whether every rank got the same error naming the largest block's rank and its host."""
+    import socket
+
+    host = ctx.comm.bcast(socket.gethostname(), root=big_rank)
+    ok = (err is not None and f"from rank {big_rank}, host {host})" in err
+          and "share no unit larger than 1 bytes" in err and "use allgather" in err)
+    return ok and ctx.comm.allgather(err) == [err] * ctx.size
+
+
+@pytest.mark.timeout(60)
+def test_a_rooted_gather_without_a_common_unit_fails_on_every_rank(ctx, small_limit):
+    """Blocks of 2 bytes and one of 1001 (limit 1000): no unit brings the counts under the
+    limit. Every rank raises the same ValueError before any data moves, checked and
+    unchecked, also when the same counts come again (the verdict is kept); the context
+    stays usable. One rank alone: its block is its own unit, and the gather works."""
+    import hpcpar
+
+    last = ctx.size - 1
+    block = pattern(1001) if ctx.rank == last else pattern(2)
+    unchecked = hpcpar.Context(ctx.comm, checks=False)
+    for c in (ctx, unchecked, ctx):
+        err = _gather_error(ctx, c, block)
+        if ctx.size == 1:
+            ok = err is None
+        else:
+            ok = _same_error_everywhere(ctx, err, last)
+        assert_all(ok, f"checks={c.checks}: got {err!r}", ctx=ctx)
+    used = {k: largecount.PATHS[k] - small_limit[k] for k in small_limit}
+    moved = used["units"] + used["messages"]
+    assert_all(moved == (3 if ctx.size == 1 else 0), f"paths taken: {used}", ctx=ctx)
+    # equal blocks share a unit; allgather of the odd blocks goes as messages
+    back = ctx.gather(pattern(1001))
+    ok = back is None if not ctx.is_root else back.size == 1001 * ctx.size
+    whole = ctx.allgather(block)
+    ok = ok and whole.size == 2 * last + 1001
+    assert_all(ok, "the context is usable after the refused gather", ctx=ctx)
+
+
+@pytest.mark.timeout(60)
+def test_a_rooted_gather_over_2_gib_without_a_common_unit_fails_before_allocating(ctx):
+    """The same at full size: the last rank's block is 2**31 bytes, the others' 3 bytes.
+
+    No memory is needed: the blocks are read-only broadcast views (``np.broadcast_to``
+    of one byte: real ndarrays whose data is never read, because the gather decides from
+    the shapes alone, before it copies or allocates anything). Were the check broken, the
+    last rank would copy its 2 GiB block and the ranks would wait (the timeout ends it)."""
+    if ctx.size == 1:
+        pytest.skip("one block is always its own unit: needs two ranks")
+    import hpcpar
+
+    last = ctx.size - 1
+    block = np.broadcast_to(np.uint8(7), (2**31,) if ctx.rank == last else (3,))
+    largecount.force_units(True)
+    try:
+        for c in (ctx, hpcpar.Context(ctx.comm, checks=False)):
+            err = _gather_error(ctx, c, block)
+            ok = _same_error_everywhere(ctx, err, last) and f"add up to {2**31 + 3 * last} bytes" in err
+            assert_all(ok, f"checks={c.checks}: got {err!r}", ctx=ctx)
+    finally:
+        largecount.force_units(None)

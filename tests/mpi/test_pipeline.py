@@ -1,5 +1,6 @@
 """The rank pipeline under real MPI: stage mapping, order, back-pressure, failures."""
 
+import socket
 import time
 
 import pytest
@@ -87,12 +88,12 @@ def test_exception_names_stage_and_rank_and_everyone_leaves(ctx, bad_stage):
         err, out = exc, None
     used = min(ctx.size, k)
     owner = next(r for r in range(used) if bad_stage in partition.block_range(k, used, r))
-    if ctx.is_root:
-        ok = (err is not None and err.stage == bad_stage and err.rank == owner and err.index == 7
-              and "dislikes 7" in str(err) and f"stage {bad_stage}" in str(err))
-    else:
-        ok = err is None and out is None
+    # every rank raises the same error, also a rank beyond the last stage
+    ok = (err is not None and out is None and err.stage == bad_stage and err.rank == owner
+          and err.index == 7 and "dislikes 7" in str(err) and f"stage {bad_stage}" in str(err)
+          and f"on rank {owner} (host {err.host}, item 7)" in str(err))
     assert_all(ok, f"expected stage {bad_stage} on rank {owner}; got {err!r}", ctx=ctx)
+    assert_all(ctx.comm.bcast(str(err), root=0) == str(err), "the same message on every rank", ctx=ctx)
     again = pipeline(ctx, stages_of(2), range(4) if ctx.is_root else None)
     assert_all(again == [expected(x, 2) for x in range(4)] if ctx.is_root else again is None,
                "context usable after a failed pipeline", ctx=ctx)
@@ -111,3 +112,48 @@ def test_no_stages_on_one_rank_fails_on_every_rank(ctx):
     except ValueError as exc:
         raised = str(exc)
     assert_all(raised is not None and f"rank {ctx.size - 1}" in raised, f"got {raised}", ctx=ctx)
+
+
+def _error_everywhere(ctx, run):
+    """This rank's TaskError (or None) and every rank's (message, stage, rank, host)."""
+    err = None
+    try:
+        run()
+    except TaskError as exc:
+        err = exc
+    mine = None if err is None else (str(err), err.stage, err.rank, err.host)
+    return err, ctx.comm.allgather(mine)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_failed_stage_raises_on_every_rank_also_beyond_the_last_stage(ctx, k):
+    """With fewer stages than ranks (one stage: root runs it alone), every rank raises the same
+    TaskError naming the stage, the rank and its host."""
+    def last_stage(x):
+        if x == 3:
+            raise ValueError(f"rank {ctx.rank} rejects 3")
+        return x
+
+    stages = [lambda x: x] * (k - 1) + [last_stage]
+    owner = min(ctx.size, k) - 1
+    err, seen = _error_everywhere(ctx, lambda: pipeline(ctx, stages, range(9) if ctx.is_root else None))
+    host = ctx.comm.bcast(socket.gethostname(), root=owner)
+    ok = (err is not None and len(set(seen)) == 1 and err.stage == k - 1 and err.rank == owner
+          and err.host == host and f"rank {owner} rejects 3" in str(err))
+    assert_all(ok, f"got {seen}", ctx=ctx)
+
+
+def test_items_that_raise_on_root_fail_on_every_rank(ctx):
+    def items():
+        yield from range(4)
+        raise OSError("the input file went away")
+
+    err, seen = _error_everywhere(
+        ctx, lambda: pipeline(ctx, stages_of(3), items() if ctx.is_root else None))
+    ok = (err is not None and len(set(seen)) == 1 and err.stage is None and err.index == 4
+          and "reading root's items raised OSError on rank 0" in str(err)
+          and "the input file went away" in str(err))
+    assert_all(ok, f"got {seen}", ctx=ctx)
+    again = pipeline(ctx, stages_of(2), range(3) if ctx.is_root else None)
+    assert_all(again == [expected(x, 2) for x in range(3)] if ctx.is_root else again is None,
+               "the pipeline works again", ctx=ctx)

@@ -19,9 +19,11 @@ def test_default_chunksize_is_ceil_n_over_4_workers(n, size, want):
 
 
 def test_task_error_pickles_with_its_fields():
-    err = TaskError("task 3 raised X on rank 1", 3, 1, "X", "Traceback ...", stage=2)
+    err = TaskError("task 3 raised X on rank 1 (host n07)", 3, 1, "X", "Traceback ...", stage=2,
+                    host="n07")
     back = pickle.loads(pickle.dumps(err))
-    assert (back.index, back.rank, back.stage, back.exc_type, back.remote_traceback) == (3, 1, 2, "X", "Traceback ...")
+    assert (back.index, back.rank, back.stage, back.exc_type, back.remote_traceback, back.host) == (
+        3, 1, 2, "X", "Traceback ...", "n07")
     assert str(back) == str(err)
 
 
