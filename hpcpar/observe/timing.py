@@ -28,7 +28,7 @@ class Region:
     Nested use of the same region counts the outermost span only.
     """
 
-    __slots__ = ("name", "calls", "total", "_start", "_depth")
+    __slots__ = ("name", "calls", "total", "_start", "_depth", "_span")
 
     def __init__(self, name: str):
         self.name = name
@@ -36,6 +36,7 @@ class Region:
         self.total = 0.0
         self._start = 0.0
         self._depth = 0
+        self._span = -1  # the region's index in the trace's name table, once traced
 
     def __enter__(self) -> Region:
         if self._depth == 0:
@@ -50,7 +51,10 @@ class Region:
             self.total += end - self._start
             self.calls += 1
             if RECORDER.on:  # tracing (HPCPAR_TRACE)
-                RECORDER.add(REGION, self.name, self._start, end)
+                i = self._span
+                if i < 0:
+                    i = self._span = RECORDER.name_id(REGION, self.name)
+                RECORDER.put(i, self._start, end)
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
