@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -62,3 +63,46 @@ def test_hpcpar_run_report_flag(tmp_path):
                        capture_output=True, text=True, timeout=60, env={**os.environ, "HPCPAR_CHECKS": "0"})
     assert r.returncode == 0 and "hpcpar timing: 2 ranks" in r.stderr and "no timed regions" in r.stderr
     assert "collectives unchecked" in r.stderr, r.stderr
+
+
+def _table(stderr: str) -> dict[str, list[str]]:
+    """The rows of the timing table root printed, by region name."""
+    lines = stderr[stderr.index("hpcpar timing"):].splitlines()[2:]
+    rows = {}
+    for line in lines:
+        if not line.startswith("  "):
+            break
+        cells = line.rsplit(None, 8)  # region names may hold spaces
+        rows[cells[0].strip()] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_mandelbrot_prints_the_imbalances_its_timing_table_shows(tmp_path, ranks):
+    report = tmp_path / "r.json"
+    h, per_task = 90, 4
+    r = run_mpi(ranks, [str(JOBS / "mandelbrot.py"), "--width", "120", "--height", str(h), "--max-iter", "80",
+                        "--rows", str(per_task)], env={"HPCPAR_REPORT_JSON": str(report)})
+    assert r.returncode == 0, r.stderr
+    said = {region: value for value, region in
+            re.findall(r"load imbalance (\d+\.\d\d) \(max/mean compute time: region '([a-z ]+)'", r.stdout)}
+    assert set(said) == {"static compute", "farm tasks"}, r.stdout
+    data = {x["name"]: x for x in json.loads(report.read_text())["regions"]}
+    table = _table(r.stderr)
+    for region, value in said.items():
+        assert f"{data[region]['imbalance']:.2f}" == value, (region, data[region], r.stdout)
+        assert table[region][4] == value, (region, table[region], r.stdout)  # the imbal. column
+    tasks = data["farm tasks"]
+    assert sum(tasks["calls_per_rank"]) == -(-h // per_task)  # every task counted once, on the rank that ran it
+    low, high = min(tasks["calls_per_rank"]), max(tasks["calls_per_rank"])
+    assert table["farm tasks"][0] == (str(high) if low == high else f"{low}-{high}")
+    assert data["static compute"]["calls_per_rank"] == [1] * ranks
+
+
+def test_heat_says_how_its_timing_table_counts_calls(tmp_path):
+    report = tmp_path / "r.json"
+    r = run_mpi(2, [str(JOBS / "heat.py"), "--n", "32", "--steps", "7"], env={"HPCPAR_REPORT_JSON": str(report)})
+    assert r.returncode == 0, r.stderr
+    assert "the timing table counts 14 calls of 'compute' and 'exchange' for 7 steps" in r.stdout, r.stdout
+    data = {x["name"]: x for x in json.loads(report.read_text())["regions"]}
+    assert data["compute"]["calls_per_rank"] == [14, 14] and data["exchange"]["calls_per_rank"] == [14, 14]

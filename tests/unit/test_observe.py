@@ -43,6 +43,18 @@ def test_summarize_imbalance_and_share():
     assert "compute" in text and "1.50" in text and "rank 1" in text
 
 
+def test_unequal_call_counts_show_as_a_range():
+    per_rank = [{"tasks": (21, 1.0), "gather": (1, 0.2)}, {"tasks": (30, 1.1), "gather": (1, 0.1)},
+                {"tasks": (24, 0.9), "gather": (1, 0.3)}]
+    s = timing.summarize(per_rank, walls=[2.0, 2.0, 2.0])
+    tasks, gather = s["regions"]
+    assert (tasks["calls"], tasks["calls_min"], tasks["calls_per_rank"]) == (30, 21, [21, 30, 24])
+    assert (gather["calls"], gather["calls_min"]) == (1, 1)
+    lines = timing.format_report(s).splitlines()
+    assert lines[1].split()[:2] == ["region", "calls"]
+    assert lines[2].split()[:2] == ["tasks", "21-30"] and lines[3].split()[:2] == ["gather", "1"]
+
+
 def test_weak_args_and_efficiency():
     assert scale.weak_args(["--samples", "1e6", "--x", "1"], "--samples", 4) == ["--samples", "4000000", "--x", "1"]
     assert scale.weak_args(["--n=100"], "--n", 4, power=0.5) == ["--n=200"]
