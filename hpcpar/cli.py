@@ -144,7 +144,8 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         print("hpcpar scale: --ranks needs positive rank counts", file=sys.stderr)
         return 2
     if args.repeat < 1:
-        print(f"hpcpar scale: --repeat needs at least 1 run per rank count, got {args.repeat}", file=sys.stderr)
+        print(f"hpcpar scale: --repeat needs at least 1 run per rank count, got {args.repeat}",
+              file=sys.stderr)
         return 2
     job_args = args.args
     kind = "weak" if args.weak else "strong"
