@@ -208,7 +208,10 @@ def marked(name: str, span: bool = True) -> Callable[[F], F]:
                 state.tid = ident()
                 try:
                     if rec.on and span:  # tracing (HPCPAR_TRACE): record the call's span
-                        return rec.collective(i, self, fn, args, kwargs, entry)
+                        try:
+                            return fn(self, *args, **kwargs)
+                        finally:
+                            rec.collective(i, self, entry, args)
                     return fn(self, *args, **kwargs)
                 finally:
                     state.now = None

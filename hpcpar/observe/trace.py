@@ -160,26 +160,24 @@ class Recorder:
             parts.append(np.frombuffer(self.buf, EVENT, count=self.off // SIZE).copy())
         return np.concatenate(parts) if parts else np.zeros(0, EVENT)
 
-    def collective(self, i: int, ctx: Any, fn: Callable, args: tuple, kwargs: dict,
-                   entry: float) -> Any:
-        """Run ``fn(ctx, *args, **kwargs)`` and record it as a collective span. **Local**.
+    def collective(self, i: int, ctx: Any, entry: float, args: tuple) -> None:
+        """Record a collective call on ``ctx`` that began at ``entry`` and ends now. **Local**.
 
         ``i`` is the call's entry in the table (:meth:`name_id` of :data:`COLLECTIVE`),
-        ``entry`` the watchdog's entry time of this call (``time.monotonic``).
+        ``entry`` the watchdog's entry time of the call (``time.monotonic``), ``args``
+        its positional arguments (the first one's ``nbytes``, if any, is recorded).
 
         Contexts that span the whole job are numbered in the order first used
         (``a``); the end of the run numbers each one's calls (``b``) and so matches
         the same call on every rank to compute how long each waited.
         """
-        t0 = entry if _SAME_CLOCK else _clock()
-        try:
-            return fn(ctx, *args, **kwargs)
-        finally:
-            t1 = _clock()
-            got = self.contexts.get(id(ctx))
-            if got is None or got[0] is not ctx:
-                got = self._number(ctx)
-            self.put(i, t0, t1, getattr(args[0], "nbytes", 0) if args else 0, got[1])
+        t1 = _clock()
+        got = self.contexts.get(id(ctx))
+        if got is None or got[0] is not ctx:
+            got = self._number(ctx)
+        nbytes = getattr(args[0], "nbytes", 0) if args else 0
+        t0 = entry if _SAME_CLOCK else t1 - (time.monotonic() - entry)
+        self.put(i, t0, t1, nbytes, got[1])
 
     def _number(self, ctx: Any) -> tuple[Any, int]:
         serial = -1
