@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 __all__ = ["KINDS", "REGION", "COLLECTIVE", "EXCHANGE", "TASK", "ITEM", "IO", "CHECKPOINT",
-           "MARK", "WAIT", "EVENT", "CHUNK", "DEFAULT_EVENTS", "ARGS", "Recorder", "RECORDER",
+           "MARK", "WAIT", "EVENT", "PACK", "SIZE", "CHUNK", "DEFAULT_EVENTS", "ARGS", "Recorder", "RECORDER",
            "traced", "task", "array_bytes", "step_bytes"]
 
 F = TypeVar("F", bound=Callable[..., Any])
