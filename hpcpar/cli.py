@@ -143,27 +143,37 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     if not ranks or min(ranks) < 1:
         print("hpcpar scale: --ranks needs positive rank counts", file=sys.stderr)
         return 2
+    if args.repeat < 1:
+        print(f"hpcpar scale: --repeat needs at least 1 run per rank count, got {args.repeat}",
+              file=sys.stderr)
+        return 2
     job_args = args.args
     kind = "weak" if args.weak else "strong"
-    print(f"hpcpar scale: {args.job} {' '.join(job_args)} ({kind} scaling)")
+    print(f"hpcpar scale: {args.job} {' '.join(job_args)} ({kind} scaling, runs per count: {args.repeat})")
+    available = scale.cpus()
+    note = scale.oversubscribed_note(ranks, available)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     try:
-        points = scale.run_scaling(args.job, job_args, ranks, weak=args.weak,
-                                   weak_power=args.weak_power, timeout=args.timeout)
+        points = scale.run_scaling(args.job, job_args, ranks, weak=args.weak, weak_power=args.weak_power,
+                                   timeout=args.timeout, repeat=args.repeat)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"hpcpar scale: {exc}", file=sys.stderr)
         return 1
     rows = scale.efficiency_table(points, weak=bool(args.weak))
-    print(bench.format_table(
-        ["ranks", "seconds", "speedup", "efficiency"],
-        [[r["ranks"], f"{r['seconds']:.3f}", f"{r['speedup']:.2f}", f"{r['efficiency']:.2f}"]
-         for r in rows]))
+    print(bench.format_table(scale.COLUMNS, scale.table_rows(rows, available)))
+    print(f"speedup and efficiency of the best run of {args.repeat} per count"
+          + (f"; * more ranks than CPUs here ({available})" if note else ""))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"job": args.job, "args": job_args, "weak": bool(args.weak), "rows": rows}, fh,
-                      indent=2)
+            json.dump({"job": args.job, "args": job_args, "weak": bool(args.weak), "repeat": args.repeat,
+                       "cpus": available, "rows": rows}, fh, indent=2)
+    if args.csv:
+        scale.write_csv(rows, args.csv)
     if args.plot:
         try:
-            scale.plot_scaling(rows, args.plot, os.path.basename(args.job), weak=bool(args.weak))
+            scale.plot_scaling(rows, args.plot, os.path.basename(args.job), weak=bool(args.weak),
+                               available=available)
         except RuntimeError as exc:
             print(f"hpcpar scale: {exc}", file=sys.stderr)
             return 1
@@ -442,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "scale", help="run a job at several rank counts: speedup, efficiency, plot",
-        description="Run JOB once per rank count with the timing report on, then print speedup "
-        "and parallel efficiency against the first count. Strong scaling keeps the job's "
+        description="Run JOB --repeat times per rank count (in rounds) with the timing report on, "
+        "then print the best, median and slowest run and the speedup and parallel efficiency of "
+        "the best runs against the first count. Strong scaling keeps the job's "
         "arguments; --weak OPTION multiplies that job option by the rank count (times "
         "--weak-power: 0.5 for the side of a 2-D grid) so the work per rank stays constant.",
         epilog="example: hpcpar scale jobs/heat.py --ranks 1,2,4 --plot heat.png -- --n 1024 --steps 200")
@@ -452,7 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weak", metavar="OPTION", help="weak scaling: the job option to scale, e.g. --samples")
     p.add_argument("--weak-power", type=float, default=1.0, help="scale OPTION by ranks**POWER (default 1)")
     p.add_argument("--plot", metavar="FILE.png", help="draw speedup and efficiency (needs matplotlib)")
-    p.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    p.add_argument("--repeat", type=int, default=3, metavar="K",
+                   help="runs per rank count; the best is compared, the spread shown (default 3)")
+    p.add_argument("--json", metavar="FILE", help="write the table as JSON (every run's seconds too)")
+    p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
     p.set_defaults(func=_cmd_scale, args=[])
 

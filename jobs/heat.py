@@ -354,8 +354,8 @@ def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | Non
         elapsed = ctx.allreduce(time.perf_counter() - t0, op="max")
         if reached < args.steps:
             return stopped_early(ctx, grid, u, reached, args, ckpt)
-        done = args.steps - start
-        if ckpt is not None and args.steps % args.every and args.steps > start:
+        done = args.steps - start  # the steps this run computed (none when resumed at --steps)
+        if ckpt is not None and args.steps % args.every and done > 0:
             with ctx.timer("output"):  # the final state, also when --steps < --every
                 ckpt.save(args.steps, u=(grid, u), n=args.n, r=args.r, alpha=args.alpha)
         if out is not None:
@@ -365,17 +365,34 @@ def main(ctx: hpcpar.Context, argv: list[str] | None = None) -> np.ndarray | Non
         err = relative_error(ctx, grid, u, args.alpha, t)
         field = grid.gather(u) if (args.png or args.save_npy) else None
         if ctx.is_root:
-            per = elapsed / max(done, 1)
             print(f"heat: {n} x {n} grid on {ctx.size} ranks (dims {'x'.join(map(str, grid.dims))}), "
                   f"{args.steps} steps to t = {t:.4g} (alpha {args.alpha:g}, r {args.r:g}): "
-                  f"{per * 1e3:.3f} ms/step, {n * n / per / 1e6:.1f} M cells/s; "
+                  f"{rate(n, done, elapsed, start if state else None)}; "
                   f"max error vs exact {err:.3e} (relative to the amplitude)")
+            if done > 0:  # the table printed at the end counts calls, not steps
+                print(f"heat: the timing table counts {2 * done} calls of 'compute' and 'exchange' for "
+                      f"{done} steps: each step enters both twice (the halo exchange overlaps the "
+                      "interior update)")
             if args.save_npy:
                 np.save(args.save_npy, field)
             if args.png:
                 write_png(args.png, field, f"heat, t = {t:.3g}, {n}x{n}, {ctx.size} ranks")
                 print(f"wrote {args.png}")
         return field
+
+
+def rate(n: int, done: int, seconds: float, resumed_at: int | None = None) -> str:
+    """The speed of ``done`` steps of an ``n`` x ``n`` grid in ``seconds``, as the job prints it.
+
+    A run that computed no step (resumed from a checkpoint already at ``--steps``,
+    or ``--steps 0``) has no speed: it says so instead of printing one.
+    """
+    since = f" (resumed at step {resumed_at})" if resumed_at is not None else ""
+    if done <= 0:
+        return f"no steps computed{since}"
+    per = seconds / done
+    text = f"{per * 1e3:.3f} ms/step" + (f", {n * n / per / 1e6:.1f} M cells/s" if per > 0 else "")
+    return f"{done} steps computed{since}, {text}" if since else text
 
 
 def stopped_early(ctx: hpcpar.Context, grid: hpcpar.Grid, u: np.ndarray, k: int,

@@ -61,7 +61,7 @@ from mpi4py import MPI
 
 from .. import env
 from ..observe import stacks
-from ..observe.trace import MARK, RECORDER
+from ..observe.trace import COLLECTIVE, MARK, RECORDER
 from . import plainwait, watchnet
 from .abort import abort
 
@@ -181,7 +181,7 @@ class Peers:
         self.world_ranks = list(world_ranks)
 
 
-def marked(name: str) -> Callable[[F], F]:
+def marked(name: str, span: bool = True) -> Callable[[F], F]:
     """Decorate a method so that it is marked as ``name`` while it runs. **Local**.
 
     The method's ``self`` is recorded as the context (the watchdog reads its
@@ -190,25 +190,34 @@ def marked(name: str) -> Callable[[F], F]:
     thread that calls a marked method of the same object while the first is
     inside one gets a ``RuntimeError`` at once (MPI state is not shared safely
     between two threads in one communicator's collectives).
+
+    While tracing (``HPCPAR_TRACE``) an outermost marked call is recorded as a
+    collective span; ``span=False`` leaves that to the method (Grid exchanges
+    record one exchange span each with :func:`hpcpar.observe.trace.traced`).
     """
     state, mono, ident, rec = _S, _monotonic, _ident, RECORDER
+    i = rec.name_id(COLLECTIVE, name) if span else -1
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             prev = state.now
             if prev is None:
-                state.now = (name, mono(), self)
+                entry = mono()
+                state.now = (name, entry, self)
                 state.tid = ident()
-            elif prev[2] is self and state.tid != ident():
-                _concurrent(name, prev, self)
-            try:
-                if prev is None and rec.on:  # tracing (HPCPAR_TRACE): record the call's span
-                    return rec.collective(name, self, fn, args, kwargs, state.now)
-                return fn(self, *args, **kwargs)
-            finally:
-                if prev is None:
+                try:
+                    if rec.on and span:  # tracing (HPCPAR_TRACE): record the call's span
+                        try:
+                            return fn(self, *args, **kwargs)
+                        finally:
+                            rec.collective(i, self, entry, args)
+                    return fn(self, *args, **kwargs)
+                finally:
                     state.now = None
+            if prev[2] is self and state.tid != ident():
+                _concurrent(name, prev, self)
+            return fn(self, *args, **kwargs)
         return wrapper  # type: ignore[return-value]
     return deco
 

@@ -141,7 +141,7 @@ class Grid:
         return a[self._interior]
 
     # ------------------------------------------------------------------ halo exchange
-    @watchdog.marked("Grid.exchange")
+    @watchdog.marked("Grid.exchange", span=False)
     def exchange(self, a: np.ndarray, corners: bool = True) -> np.ndarray:
         """Fill the ghost cells of ``a`` from the neighbouring ranks. **Collective** over the grid.
 
@@ -177,7 +177,7 @@ class Grid:
         self.exchange_end()
         return a
 
-    @watchdog.marked("Grid.exchange_begin")
+    @watchdog.marked("Grid.exchange_begin", span=False)
     @traced(EXCHANGE, "exchange_begin", lambda self, a, corners=True: self._sent(a, corners))
     def exchange_begin(self, a: np.ndarray, corners: bool = True) -> None:
         """Start filling the ghost cells of ``a``; return at once. **Collective** over the grid.
@@ -241,7 +241,7 @@ class Grid:
         agree_equal(self.comm, where, (a.dtype, bool(corners)), "dtype and corners",
                     lambda m: f"dtype {m[0]}, corners={m[1]}")
 
-    @watchdog.marked("Grid.exchange_end")
+    @watchdog.marked("Grid.exchange_end", span=False)
     @traced(EXCHANGE, "exchange_end")
     def exchange_end(self) -> np.ndarray | None:
         """Wait for the exchange started by :meth:`exchange_begin`. **Collective** over the grid.

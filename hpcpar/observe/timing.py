@@ -28,7 +28,7 @@ class Region:
     Nested use of the same region counts the outermost span only.
     """
 
-    __slots__ = ("name", "calls", "total", "_start", "_depth")
+    __slots__ = ("name", "calls", "total", "_start", "_depth", "_span")
 
     def __init__(self, name: str):
         self.name = name
@@ -36,6 +36,7 @@ class Region:
         self.total = 0.0
         self._start = 0.0
         self._depth = 0
+        self._span = -1  # the region's index in the trace's name table, once traced
 
     def __enter__(self) -> Region:
         if self._depth == 0:
@@ -50,7 +51,10 @@ class Region:
             self.total += end - self._start
             self.calls += 1
             if RECORDER.on:  # tracing (HPCPAR_TRACE)
-                RECORDER.add(REGION, self.name, self._start, end)
+                i = self._span
+                if i < 0:
+                    i = self._span = RECORDER.name_id(REGION, self.name)
+                RECORDER.put(i, self._start, end)
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -96,9 +100,12 @@ def timed(name: str) -> Region:
 def summarize(per_rank: list[dict[str, tuple[int, float]]], walls: list[float]) -> dict[str, Any]:
     """Combine the ranks' snapshots. Pure: the report's numbers, for tests and tools.
 
-    Returns ``{"ranks", "wall", "regions": [{name, calls, min, mean, max, imbalance,
-    share, slowest_rank, per_rank}]}``; ``share`` is the mean time over the job's
-    wall time (the slowest rank's), ``imbalance`` is max / mean (1.0 = perfect).
+    Returns ``{"ranks", "wall", "regions": [{name, calls, calls_min, calls_per_rank,
+    min, mean, max, imbalance, share, slowest_rank, per_rank}]}``; ``calls`` is the
+    most calls of a rank and ``calls_min`` the fewest (they differ when ranks enter
+    a region unequally often, e.g. around farm tasks); ``share`` is the mean time
+    over the job's wall time (the slowest rank's), ``imbalance`` is max / mean of
+    the ranks' times (1.0 = perfect).
     """
     names: list[str] = []
     for snap in per_rank:
@@ -112,6 +119,8 @@ def summarize(per_rank: list[dict[str, tuple[int, float]]], walls: list[float]) 
         rows.append({
             "name": name,
             "calls": max(calls),
+            "calls_min": min(calls),
+            "calls_per_rank": calls,
             "min": min(secs),
             "mean": mean,
             "max": max(secs),
@@ -136,13 +145,21 @@ def format_report(summary: dict[str, Any]) -> str:
     if not summary["regions"]:
         return head + "\n  (no timed regions; use `with ctx.timer(\"name\"):`)"
     w = max(6, *(len(r["name"]) for r in summary["regions"]))
-    lines = [head, f"  {'region':<{w}} {'calls':>7} {'min s':>9} {'mean s':>9} {'max s':>9} "
+    calls = [_calls(r) for r in summary["regions"]]
+    c = max(7, *(len(x) for x in calls))
+    lines = [head, f"  {'region':<{w}} {'calls':>{c}} {'min s':>9} {'mean s':>9} {'max s':>9} "
                    f"{'imbal.':>7} {'share':>6}  slowest"]
-    for r in summary["regions"]:
-        lines.append(f"  {r['name']:<{w}} {r['calls']:>7} {r['min']:>9.4f} {r['mean']:>9.4f} "
+    for r, n in zip(summary["regions"], calls):
+        lines.append(f"  {r['name']:<{w}} {n:>{c}} {r['min']:>9.4f} {r['mean']:>9.4f} "
                      f"{r['max']:>9.4f} {r['imbalance']:>7.2f} {100 * r['share']:>5.1f}%  "
                      f"rank {r['slowest_rank']}")
     return "\n".join(lines)
+
+
+def _calls(row: dict[str, Any]) -> str:
+    """``"12"``, or ``"9-14"`` (fewest-most) when the ranks entered the region unequally often."""
+    low = row.get("calls_min", row["calls"])
+    return str(row["calls"]) if low == row["calls"] else f"{low}-{row['calls']}"
 
 
 def report(ctx: Context, stream: TextIO | None = None, json_path: str | None = None,

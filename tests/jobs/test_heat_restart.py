@@ -118,3 +118,38 @@ def test_checkpoint_of_other_parameters_is_refused(tmp_path):
     r = run_mpi(2, [HEAT, "--n", str(N), "--steps", "100", "--checkpoint", str(ck)], timeout=60)
     assert r.returncode != 0
     assert f"holds step {STEPS}, beyond --steps 100" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_a_run_resumed_at_its_last_step_computes_nothing_and_says_so(tmp_path, ranks):
+    """The checkpoint already holds --steps: no speed is printed (nothing was timed), the
+    field is the finished run's; a checkpoint beyond --steps is refused on every rank."""
+    ck, npy = tmp_path / "c.h5", tmp_path / "u.npy"
+    args = ["--checkpoint", str(ck), "--every", str(EVERY), "--save-npy", str(npy)]
+    r = heat(2, tmp_path, *args)
+    assert r.returncode == 0 and "ms/step" in r.stdout, r.stdout + r.stderr
+    first = np.load(npy)
+    npy.unlink()
+    r = heat(ranks, tmp_path, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resuming from step {STEPS} of {ck}" in r.stdout
+    assert f"no steps computed (resumed at step {STEPS})" in r.stdout, r.stdout
+    assert "ms/step" not in r.stdout and "cells/s" not in r.stdout, r.stdout
+    assert "ZeroDivisionError" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert np.array_equal(np.load(npy), first)
+    r = run_mpi(ranks, [HEAT, "--n", str(N), "--steps", str(STEPS - 1), *args], timeout=60)
+    assert r.returncode != 0 and f"holds step {STEPS}, beyond --steps {STEPS - 1}" in r.stderr, r.stderr
+    assert "ms/step" not in r.stdout
+
+
+def test_a_resumed_run_reports_the_speed_of_the_steps_it_computed():
+    import sys
+
+    sys.path.insert(0, str(JOBS))
+    import heat as job
+
+    assert job.rate(64, 0, 1.0, 200) == "no steps computed (resumed at step 200)"
+    assert job.rate(64, 0, 0.0) == "no steps computed"
+    assert job.rate(100, 50, 0.5, 150) == "50 steps computed (resumed at step 150), 10.000 ms/step, 1.0 M cells/s"
+    assert job.rate(100, 10, 0.1) == "10.000 ms/step, 1.0 M cells/s"
+    assert job.rate(100, 10, 0.0) == "0.000 ms/step"  # a clock that did not move: no division by zero

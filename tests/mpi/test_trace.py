@@ -85,6 +85,8 @@ def test_a_trace_has_every_rank_and_every_kind_of_span(ctx, shared_dir):
         grid = hpcpar.Grid(ctx, (12, 12), periodic=True)
         a = grid.zeros()
         grid.exchange(a)
+        grid.exchange_begin(a)  # one exchange split in two, as a time-step loop does
+        grid.exchange_end()
         hpcpar.farm(ctx, lambda x: x * 2, range(12) if ctx.is_root else None)
         hpcpar.pipeline(ctx, [lambda x: x + 1, lambda x: x * 3], range(6) if ctx.is_root else None)
         with hpcpar.Output(ctx, shared_dir / "out.h5") as out:
@@ -108,8 +110,16 @@ def test_a_trace_has_every_rank_and_every_kind_of_span(ctx, shared_dir):
                                              for e in reduce):
             bad.append(f"allreduce spans {reduce[:3]}")
         sends = [e for e in spans if e["name"] == "exchange_begin"]
-        if len(sends) != ctx.size or any(e["args"]["peers"] < 1 or e["args"]["bytes"] <= 0 for e in sends):
-            bad.append(f"exchange spans {sends}")
+        if len(sends) != 2 * ctx.size or any(e["args"]["peers"] < 1 or e["args"]["bytes"] <= 0
+                                             for e in sends):
+            bad.append(f"exchange_begin spans {sends}")
+        ends = [e for e in spans if e["name"] == "exchange_end"]
+        if len(ends) != 2 * ctx.size:
+            bad.append(f"exchange_end spans {ends}")
+        # one span per exchange call: the watchdog's mark of a Grid call records no second one
+        twice = [e for e in spans if e["name"].startswith("Grid.")]
+        if twice:
+            bad.append(f"Grid exchanges recorded twice, also as {sorted({e['name'] for e in twice})}")
         tasks = sorted(e["args"]["index"] for e in spans if e["cat"] == "task")
         if tasks != list(range(12)):
             bad.append(f"farm task indices {tasks}")

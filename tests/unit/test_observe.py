@@ -43,6 +43,18 @@ def test_summarize_imbalance_and_share():
     assert "compute" in text and "1.50" in text and "rank 1" in text
 
 
+def test_unequal_call_counts_show_as_a_range():
+    per_rank = [{"tasks": (21, 1.0), "gather": (1, 0.2)}, {"tasks": (30, 1.1), "gather": (1, 0.1)},
+                {"tasks": (24, 0.9), "gather": (1, 0.3)}]
+    s = timing.summarize(per_rank, walls=[2.0, 2.0, 2.0])
+    tasks, gather = s["regions"]
+    assert (tasks["calls"], tasks["calls_min"], tasks["calls_per_rank"]) == (30, 21, [21, 30, 24])
+    assert (gather["calls"], gather["calls_min"]) == (1, 1)
+    lines = timing.format_report(s).splitlines()
+    assert lines[1].split()[:2] == ["region", "calls"]
+    assert lines[2].split()[:2] == ["tasks", "21-30"] and lines[3].split()[:2] == ["gather", "1"]
+
+
 def test_weak_args_and_efficiency():
     assert scale.weak_args(["--samples", "1e6", "--x", "1"], "--samples", 4) == ["--samples", "4000000", "--x", "1"]
     assert scale.weak_args(["--n=100"], "--n", 4, power=0.5) == ["--n=200"]
@@ -54,6 +66,40 @@ def test_weak_args_and_efficiency():
     assert [r["efficiency"] for r in rows] == [1.0, 1.0, 0.5]
     weak = scale.efficiency_table(pts, weak=True)
     assert [r["efficiency"] for r in weak] == [1.0, 2.0, 2.0]
+
+
+def test_scaling_rows_keep_the_best_run_and_the_spread(tmp_path):
+    pts = [scale.Point(1, 8.0, runs=[9.0, 8.0, 8.5]), scale.Point(2, 4.0, runs=[4.0, 5.0, 4.4])]
+    rows = scale.efficiency_table(pts)
+    one, two = rows
+    assert (one["seconds"], one["median"], one["max"]) == (8.0, 8.5, 9.0)
+    assert (two["seconds"], two["median"], two["max"], two["runs"]) == (4.0, 4.4, 5.0, [4.0, 5.0, 4.4])
+    assert two["speedup"] == 2.0 and two["speedup_min"] == pytest.approx(1.6)
+    assert two["efficiency"] == 1.0 and two["efficiency_min"] == pytest.approx(0.8)
+    assert scale.table_rows(rows, available=1)[1] == ["2*", "4.000", "4.400", "5.000", "2.00", "1.00"]
+    assert scale.table_rows(rows, available=2)[1][0] == "2"
+    scale.write_csv(rows, str(tmp_path / "s.csv"))
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "ranks,seconds,median,max,speedup,speedup_min,efficiency,efficiency_min,runs"
+    assert lines[2].startswith("2,4.0,4.4,5.0,2.0,1.6") and lines[2].endswith(",4.000000 5.000000 4.400000")
+
+
+def test_oversubscription_is_named_once():
+    assert scale.oversubscribed_note([1, 2], 2) is None
+    note = scale.oversubscribed_note([1, 2, 4, 8], 2)
+    assert note is not None and "4, 8 ranks outnumber the 2 CPUs" in note and "sched_getaffinity" in note
+    assert scale.cpus() >= 1
+
+
+def test_the_efficiency_axis_shows_every_point(tmp_path):
+    pytest.importorskip("matplotlib")
+    pts = [scale.Point(1, 2.54, runs=[2.54, 2.6]), scale.Point(2, 1.0, runs=[1.0, 1.1])]
+    rows = scale.efficiency_table(pts)
+    assert rows[1]["efficiency"] == pytest.approx(1.27)
+    low, high = scale.plot_scaling(rows, str(tmp_path / "s.png"), "job", available=1)
+    assert low == 0 and high >= 1.27 * 1.05 - 1e-9
+    assert scale.plot_scaling(scale.efficiency_table(pts[:1]), str(tmp_path / "t.png"), "job") == (0, 1.05)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_progress_plain_lines_and_non_root(monkeypatch):

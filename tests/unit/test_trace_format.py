@@ -51,3 +51,47 @@ def test_summary_parts_add_up_to_the_window():
     for parts in s["ranks"].values():
         assert abs(sum(parts.values()) - s["window"]) < 1e-9
     assert "rank" in gantt.format_summary(s)
+
+
+def test_the_packed_layout_is_the_event_dtype():
+    import struct
+
+    assert trace.SIZE == trace.EVENT.itemsize == struct.calcsize("<ddiqqq")
+    rec = trace.Recorder()
+    rec.reset(trace.CHUNK, 1)
+    rec.add(trace.TASK, "task", 1.25, 2.5, 2**40, 7, -3)
+    ev = rec.events()
+    assert ev.dtype == trace.EVENT and ev.tolist() == [(1.25, 2.5, 0, 2**40, 7, -3)]
+
+
+def test_spans_across_chunks_are_kept_in_order_up_to_the_exact_cap():
+    rec = trace.Recorder()
+    cap = 2 * trace.CHUNK + 123  # not a multiple of the chunk
+    rec.reset(cap, 1)
+    n = 3 * trace.CHUNK + 50
+    for i in range(n):
+        rec.add(trace.ITEM, "item", float(i), i + 0.5, 0, i, 1)
+    ev = rec.events()
+    assert len(ev) == cap and rec.dropped == n - cap
+    assert list(ev["a"]) == list(range(cap)) and np.array_equal(ev["t0"], np.arange(cap, dtype=float))
+    assert len(rec.events()) == cap  # reading does not change what is kept
+    rec.reset(cap, 1)
+    assert len(rec.events()) == 0 and rec.dropped == 0
+
+
+def test_values_beyond_int64_are_recorded_as_minus_one():
+    rec = trace.Recorder()
+    rec.reset(trace.CHUNK, 1)
+    rec.add(trace.IO, "w", 0.0, 1.0, 2**70, np.int64(5), None)  # type: ignore[arg-type]
+    rec.add(trace.IO, "w", 1.0, 2.0, 16)
+    ev = rec.events()
+    assert ev[["nbytes", "a", "b"]].tolist() == [(-1, 5, -1), (16, -1, -1)]
+
+
+def test_a_name_keeps_its_index_across_resets():
+    rec = trace.Recorder()
+    i = rec.name_id(trace.EXCHANGE, "exchange_begin")
+    rec.reset(trace.CHUNK, 4)
+    assert rec.name_id(trace.EXCHANGE, "exchange_begin") == i
+    rec.put(i, 0.0, 1.0, 64, 2)
+    assert rec.names[rec.events()["what"][0]] == (trace.EXCHANGE, "exchange_begin")
