@@ -325,7 +325,8 @@ def test_slurm_job_with_one_slurmd_per_host(tmp_path):
     before = veth_bytes()
     def srun() -> tuple[int, str]:
         proc = subprocess.run(["srun", "-N", str(len(HOSTS)), "-n", str(len(HOSTS)), "--mpi=pmi2",
-                               "--export=ALL,UCX_TLS=tcp,self", PYTHON, str(script)],
+                               # one device: a shorter UCX address for Slurm's PMI-2 server
+                               "--export=ALL,UCX_TLS=tcp,self,UCX_NET_DEVICES=eth0", PYTHON, str(script)],
                               capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
         return proc.returncode, proc.stdout + proc.stderr
 
@@ -550,7 +551,9 @@ def test_rank_raising_on_the_second_node_shows_in_hpcpar_status_with_its_host(tm
     _slurm_or_skip()
     script = tmp_path / "raise.py"
     script.write_text(RAISE_ON_LAST)
-    job_id, code, text = submit(tmp_path, str(script), *TWO_BY_TWO, "--")
+    # MPICH's launcher inside the allocation, as for the requeue below: Slurm's PMI-2 server
+    # may fail MPI_Init (see PMI2_WIREUP), and this test is about the failing rank's report.
+    job_id, code, text = submit(tmp_path, str(script), *TWO_BY_TWO, "--launcher", "mpiexec", "--")
     assert code == 1 and f"job {job_id}: FAILED" in text, text
     every = json.loads(text.split("WHERE ", 1)[1].splitlines()[0])
     hosts = [r["host"] for r in every]
