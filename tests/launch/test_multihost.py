@@ -38,6 +38,8 @@ PYTHON = sys.executable
 HPCPAR = str(Path(PYTHON).with_name("hpcpar"))
 #: TCP between hosts, on both of MPICH's netmods (UCX is the wheel's default).
 TCP = {"UCX_TLS": "tcp,self", "FI_PROVIDER": "tcp"}
+#: Jobs on the hosts' Slurm: UCX on the hosts' one device, a shorter address for PMI-2 (PMI2_WIREUP).
+ONE_DEVICE = {"UCX_NET_DEVICES": "eth0"}
 #: A launch that runs longer is killed: a hang is a failure.
 LIMIT = 90
 
@@ -511,7 +513,7 @@ def submit(tmp_path: Path, job: str, *options: str, timeout: float = 120) -> tup
 def _submit(tmp_path: Path, job: str, *options: str, timeout: float = 120) -> tuple[str, int, str]:
     cmd = [HPCPAR, "submit", job, *options[:options.index("--")], "--output", "job-%j.out", "--wait",
            "--timeout", str(int(timeout)), *options[options.index("--"):]]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP}, capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **TCP, **ONE_DEVICE}, capture_output=True, text=True,
                           timeout=timeout + 30)
     m = re.search(r"submitted batch job ([0-9]+)", proc.stdout)
     assert m, proc.stdout + proc.stderr
