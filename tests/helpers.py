@@ -100,6 +100,20 @@ def run_fault(n: int, path: str, limit: float = 10.0, args: tuple = (), env: dic
     return r
 
 
+def wait_for_file(path: Path, timeout: float, what: str, poll: float = 0.2) -> None:
+    """Wait until ``path`` exists; fail the test with ``what()`` (e.g. the job's state) after
+    ``timeout`` seconds."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name} did not appear within {timeout:g} s: {what()}")
+        time.sleep(poll)
+
+
 def expected_h5_mode() -> str | None:
     """The I/O path the output tests must find (``HPCPAR_EXPECT_H5_MODE``), or None."""
     from hpcpar import env

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import JOBS, ROOT
+from helpers import JOBS, ROOT, wait_for_file
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(180)]
 
@@ -586,11 +586,8 @@ def test_submit_heat_usr1_requeue_resumes_on_two_nodes_bit_identical(tmp_path):
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = re.search(r"submitted batch job ([0-9]+)", proc.stdout)[1]
-    deadline = time.monotonic() + 60
-    while not ckpt.exists():  # running, with a first checkpoint written
-        if time.monotonic() > deadline:
-            pytest.fail(f"heat job {job_id} wrote no checkpoint: {slurm.status(job_id)}")
-        time.sleep(0.1)
+    # running, with a first checkpoint written
+    wait_for_file(ckpt, 60, lambda: f"heat job {job_id}: {slurm.status(job_id)}")
     slurm.cancel(job_id, signal="USR1")
     # the reference, uninterrupted on one rank, while the job stops and waits to rerun
     one = subprocess.run([HPCPAR, "run", "-n", "1", heat, *args[:4], "--save-npy", str(tmp_path / "one.npy")],

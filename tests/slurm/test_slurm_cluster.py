@@ -19,7 +19,7 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers import JOBS, ROOT, run_mpi
+from helpers import JOBS, ROOT, run_mpi, wait_for_file
 
 from hpcpar import slurm
 
@@ -266,11 +266,8 @@ def test_heat_usr1_checkpoint_requeue_resume_is_bit_identical(tmp_path):
     spec = slurm.JobSpec(str(JOBS / "heat.py"), ntasks=2, time=5, requeue=True, output="heat-%j.out",
                          args=[*args, "--save-npy", str(final)])
     job_id = slurm.submit(spec, workdir=tmp_path)
-    deadline = time.monotonic() + 60
-    while not ckpt.exists():  # running, with a first checkpoint written
-        if time.monotonic() > deadline:
-            pytest.fail(f"heat job {job_id} wrote no checkpoint: {slurm.status(job_id)}")
-        time.sleep(0.2)
+    # running, with a first checkpoint written
+    wait_for_file(ckpt, 60, lambda: f"heat job {job_id}: {slurm.status(job_id)}")
     slurm.cancel(job_id, signal="USR1")
     # the reference, uninterrupted on one rank (bit-identical for any rank count)
     local = run_mpi(1, [str(JOBS / "heat.py"), *args[:4], "--save-npy", str(tmp_path / "ref.npy")],
