@@ -8,6 +8,11 @@ payload length, shape) followed by the payload itself when it fits
 mpi4py call with a known shape is; a small scatter is one ``Bcast`` of the whole
 array, from which every rank takes its block. A larger payload follows in a
 second call. Structured dtypes travel pickled in one more ``Bcast``.
+
+The header is always written whole (dimensions past ``ndim`` are zero), so the
+same geometry gives the same :data:`HEADER_BYTES` bytes on every call: the
+unchecked fast path (:mod:`hpcpar.core.unchecked`) keeps a header per geometry
+on root and recognises one seen before on the other ranks by those bytes.
 """
 
 from __future__ import annotations
@@ -20,18 +25,21 @@ from mpi4py import MPI
 
 from .protocol import DTYPES, MAXDIM
 
-__all__ = ["SIZE", "HEADER", "INLINE", "Announcement", "announce"]
+__all__ = ["SIZE", "HEADER", "HEADER_BYTES", "INLINE", "Announcement", "announce", "header", "parse",
+           "builtin"]
 
 #: Bytes of every announcement.
 SIZE = 4096
 #: int64 slots before the payload: kind, dtype code, ndim, axis, payload bytes (-1: not
 #: inline), then MAXDIM dimensions.
 HEADER = 5 + MAXDIM
+#: Bytes of the header.
+HEADER_BYTES = 8 * HEADER
 #: The largest payload that travels inside the announcement.
-INLINE = SIZE - 8 * HEADER
+INLINE = SIZE - HEADER_BYTES
 
 _HEAD = struct.Struct(f"=5q{MAXDIM}q")
-_LEAD = [struct.Struct(f"=5q{n}q") for n in range(MAXDIM + 1)]  # the header up to ndim dimensions
+_PAD = (0,) * MAXDIM
 
 
 class Announcement:
@@ -48,6 +56,20 @@ class Announcement:
         self.inline = inline
 
 
+def header(kind: int, arr: np.ndarray | None, axis: int = 0, inline: bool = True) -> bytes:
+    """The :data:`HEADER_BYTES` header announcing ``arr`` (None: no array). **Local**.
+
+    The payload travels inline when ``inline`` and it fits; a dtype that is not one
+    of :data:`~hpcpar.core.protocol.DTYPES` has code -1 (it follows pickled).
+    """
+    if arr is None:
+        return _HEAD.pack(kind, 0, -1, axis, -1, *_PAD)
+    dt = arr.dtype
+    custom = not (dt.isbuiltin == 1 and DTYPES.get(dt.num) == dt)
+    n = arr.nbytes if inline and arr.nbytes <= INLINE else -1
+    return _HEAD.pack(kind, -1 if custom else dt.num, arr.ndim, axis, n, *(arr.shape + _PAD)[:MAXDIM])
+
+
 def announce(comm: MPI.Intracomm, root: int, kind: int = 0, arr: np.ndarray | None = None,
              axis: int = 0, inline: bool = True) -> Announcement:
     """Broadcast root's kind, ``arr``'s dtype and shape, and ``arr`` itself when small. **Collective**.
@@ -58,26 +80,33 @@ def announce(comm: MPI.Intracomm, root: int, kind: int = 0, arr: np.ndarray | No
     payload did not fit).
     """
     buf = bytearray(SIZE)
-    if comm.Get_rank() == root:
-        if arr is None:
-            _LEAD[0].pack_into(buf, 0, kind, 0, -1, axis, -1)
-        else:
-            dt = arr.dtype
-            custom = not (dt.isbuiltin == 1 and DTYPES.get(dt.num) == dt)
-            n = arr.nbytes if inline and arr.nbytes <= INLINE else -1
-            _LEAD[arr.ndim].pack_into(buf, 0, kind, -1 if custom else dt.num, arr.ndim, axis, n, *arr.shape)
-            if n > 0:
-                flat = arr if arr.flags.c_contiguous and arr.ndim else np.ascontiguousarray(arr).reshape(-1)
-                try:
-                    buf[_HEAD.size:_HEAD.size + n] = flat.data.cast("B")
-                except (TypeError, ValueError):  # formats memoryview cannot cast (structured dtypes)
-                    buf[_HEAD.size:_HEAD.size + n] = flat.view(np.uint8).tobytes()
+    if comm.Get_rank() != root:
         comm.Bcast(buf, root=root)
-        if arr is not None and custom:
-            comm.bcast(dt, root=root)
-        return Announcement(kind, None if arr is None else arr.dtype, () if arr is None else arr.shape,
-                            axis, arr, arr is not None and n >= 0)
+        return parse(comm, root, buf)
+    head = header(kind, arr, axis, inline)
+    buf[:HEADER_BYTES] = head
+    if arr is None:
+        comm.Bcast(buf, root=root)
+        return Announcement(kind, None, (), axis, None, False)
+    n = _HEAD.unpack_from(head)[4]
+    if n > 0:
+        flat = arr if arr.flags.c_contiguous and arr.ndim else np.ascontiguousarray(arr).reshape(-1)
+        try:
+            buf[HEADER_BYTES:HEADER_BYTES + n] = flat.data.cast("B")
+        except (TypeError, ValueError):  # formats memoryview cannot cast (structured dtypes)
+            buf[HEADER_BYTES:HEADER_BYTES + n] = flat.view(np.uint8).tobytes()
     comm.Bcast(buf, root=root)
+    if _HEAD.unpack_from(head)[1] < 0:  # a custom dtype follows pickled
+        comm.bcast(arr.dtype, root=root)
+    return Announcement(kind, arr.dtype, arr.shape, axis, arr, n >= 0)
+
+
+def parse(comm: MPI.Intracomm, root: int, buf: bytearray) -> Announcement:
+    """What root announced in ``buf`` (just received); the payload is a view of ``buf``.
+
+    **Collective** when the dtype is custom (it follows pickled from root), else
+    **Local**. Called on the ranks other than root.
+    """
     head = _HEAD.unpack_from(buf)
     kind, code, ndim, axis, n = head[:5]
     if ndim < 0:
@@ -86,6 +115,11 @@ def announce(comm: MPI.Intracomm, root: int, kind: int = 0, arr: np.ndarray | No
     shape = head[5:5 + ndim]
     payload = None
     if n >= 0:
-        payload = np.frombuffer(buf, dtype, offset=_HEAD.size, count=n // dtype.itemsize if dtype.itemsize
-                                else 0).reshape(shape)
+        payload = np.frombuffer(buf, dtype, offset=HEADER_BYTES,
+                                count=n // dtype.itemsize if dtype.itemsize else 0).reshape(shape)
     return Announcement(kind, dtype, shape, axis, payload, n >= 0)
+
+
+def builtin(head: bytes) -> bool:
+    """Whether the header ``head`` announces an array of a builtin dtype (no pickled dtype follows)."""
+    return _HEAD.unpack_from(head)[1] >= 0

@@ -207,6 +207,11 @@ class Blocks:
             raise_local(attempt(partition.normalize_axis, axis, 1)[1], "scatter")
         raise_local(check_out(out), "scatter")
         ann = _announce.announce(self.comm, root, 1, array if me == root else None, rax or 0)
+        return self.scatter_announced(ann, root, array, out)
+
+    def scatter_announced(self, ann: _announce.Announcement, root: int, array: Any, out: Any) -> np.ndarray:
+        """The rest of an unchecked scatter once root's announcement ``ann`` is known. **Collective**."""
+        me = self.rank
         ax, shape, dtype = ann.axis, ann.shape, ann.dtype
         assert dtype is not None  # root announced an array
         if ann.inline:  # the whole (small) array reached every rank: take this rank's block

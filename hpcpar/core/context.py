@@ -36,7 +36,7 @@ from .. import env
 from ..errors import CollectiveMismatchError, Problem, fail
 from ..observe import timing
 from ..observe.progress import progress as _progress
-from . import announce, preempt, watchdog
+from . import announce, preempt, unchecked, watchdog
 from .agreement import Agreement, Slot, agrees, dtype_code, object_code, object_kind, put, put_dims, vector
 from .blocks import Blocks, check_root, contig, raise_local
 from .cache import BoundedCache
@@ -154,6 +154,8 @@ class Context:
         self._simples: BoundedCache[tuple, tuple] = BoundedCache(64)  # barrier, finish: (vector, bytes)
         mode = (self.checks, self.debug)
         MODES[mode] = MODES.get(mode, 0) + 1
+        if not self.checks:
+            unchecked.install(self, self._blocks)  # the common cases straight to MPI
 
     def free(self) -> None:
         """Release the private communicator. **Collective**; safe to call twice."""
@@ -375,18 +377,7 @@ class Context:
     def _bcast_unchecked(self, obj: Any, root: int, problem: Problem | None,
                          arr: np.ndarray | None, kind: int) -> Any:
         raise_local(problem, "bcast")
-        ann = announce.announce(self.comm, root, kind, arr)
-        if ann.kind == Kind.OBJECT:
-            return self.comm.bcast(obj, root=root)
-        if self.rank == root:
-            if not ann.inline:
-                bcast_bytes(self.comm, contig(obj, 0), root)
-            return obj
-        if ann.inline:
-            return ann.payload
-        recv = np.empty(ann.shape, ann.dtype)
-        bcast_bytes(self.comm, recv, root)
-        return recv
+        return unchecked.bcast_rest(self.comm, announce.announce(self.comm, root, kind, arr), obj, root)
 
     # ------------------------------------------------------------------ reductions
     @watchdog.marked("reduce")

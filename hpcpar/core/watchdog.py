@@ -70,7 +70,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["watching", "Peers", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
+__all__ = ["STATE", "clock", "thread_ident",
+           "watching", "Peers", "marked", "enter", "leave", "set_timeout", "get_timeout", "start", "stop",
            "current", "messages", "format_stacks", "EXIT_HANG", "FINISH"]
 
 #: Exit status of a job ended by the watchdog (as ``timeout(1)`` reports a time-out):
@@ -118,6 +119,15 @@ class _State:
 
 
 _S = _State()
+#: This process's marking state. A fast path may mark a call itself, as :func:`marked`
+#: does: when ``STATE.now`` is None, set ``STATE.now = (name, clock(), context)`` and
+#: ``STATE.tid = thread_ident()`` before the MPI call and ``STATE.now = None`` after it
+#: (in a ``finally``); otherwise (a call nested in another) leave the mark alone.
+STATE = _S
+#: The clock of the marks (``time.monotonic``).
+clock = _monotonic
+#: The thread identity of the marks (``threading.get_ident``).
+thread_ident = _ident
 
 
 # ---- marking calls: the hot path ---------------------------------------------------

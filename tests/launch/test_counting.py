@@ -164,6 +164,10 @@ def test_bench_scale_counts_raw_checked_and_unchecked_per_rank_count(tmp_path, l
             assert 1 <= row[mode]["calls"] <= sum(row[mode]["funcs"].values()), (row["op"], mode)
         if row["op"] == "allreduce f64":
             assert row["raw"] == {"calls": 1, "recv": 8, "sent": 8, "funcs": {"Allreduce_c": 1}}
+        if row["op"] in ("allreduce f64", "barrier"):  # unchecked: the raw call and nothing else
+            assert row["unchecked"] == row["raw"], row
+        if row["op"] in ("bcast 1 KB", "scatter 1 KB/rank"):  # unchecked: one Bcast of the announcement
+            assert row["unchecked"]["funcs"] == {"Bcast_c": 1}, row
         if row["op"].startswith("halo"):  # faces only, four Sendrecv on every rank, walls included
             assert row["raw"]["funcs"] == {"Sendrecv_c": 4}, row
     assert [m["op"] for m in data["model"]] == ops  # the fit of the checked mode's extra bytes

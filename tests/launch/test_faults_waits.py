@@ -65,6 +65,23 @@ HANGS = {
             return x
         hpcpar.pipeline(ctx, [lambda x: x, middle, lambda x: x], range(10) if ctx.is_root else None)
     """, "pipeline (waiting for the previous stage)"),
+    "unchecked allreduce (fast path)": ("""
+        u = hpcpar.Context(checks=False)
+        x = np.ones(2)
+        u.allreduce(x)
+        u.allreduce(x)
+        if ctx.rank == 1:
+            stuck()
+        u.allreduce(x)
+    """, "allreduce"),
+    "unchecked bcast (fast path)": ("""
+        u = hpcpar.Context(checks=False)
+        for _ in range(2):
+            u.bcast(np.ones(8) if ctx.rank == 1 else None, root=1)
+        if ctx.rank == 1:
+            stuck()
+        u.bcast(np.ones(8) if ctx.rank == 1 else None, root=1)
+    """, "bcast"),
 }
 
 

@@ -1,0 +1,254 @@
+"""The unchecked collectives' fast path: the watchdog's mark around one MPI call.
+
+``Context(checks=False)`` (``HPCPAR_CHECKS=0``) binds the functions built here on
+the context in place of its ``barrier``, ``allreduce``, ``bcast`` and ``scatter``
+methods. Each serves the common case with nothing around the MPI call but the
+mark that :mod:`hpcpar.core.watchdog` reads (the same mark its ``marked``
+decorator makes) and one cache lookup:
+
+=========  ==========================================================================
+barrier    always
+allreduce  a NumPy array (C-contiguous, or at most 1-d) whose op name and dtype the
+           full method accepted before on this context
+bcast      root's array small enough to travel inside the announcement
+           (:data:`hpcpar.core.announce.INLINE` bytes), of a geometry announced before
+scatter    the same, split along axis 0, without ``out``
+=========  ==========================================================================
+
+A small bcast or scatter goes through the context's own announcement buffer:
+root writes the header it keeps for the array's geometry and the payload, one
+``Bcast`` moves them, and the other ranks look the header up among those seen
+before (by its bytes) and copy out the payload, or their block of it. The header
+is :mod:`hpcpar.core.announce`'s, so a rank on the fast path and a rank on the
+full one work together.
+
+Everything else goes to the full method, which checks what one rank can see and
+records what the fast path needs for the next call: the first call of a kind,
+other arguments (Python objects, ``out=``, an ``MPI.Op``, another axis), a call
+made inside another marked call (the full method's mark keeps the outer one and
+catches a second thread), and every call while tracing (``HPCPAR_TRACE``) is on.
+Per call and rank the fast path does O(1) Python work, whatever the number of
+ranks, and exactly the MPI calls of the full unchecked method.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..decomp import partition
+from ..observe.trace import RECORDER
+from . import announce, watchdog
+from .blocks import contig
+from .cache import BoundedCache
+from .largecount import bcast_bytes
+from .protocol import DTYPES, MAXDIM, OPS, Kind
+
+__all__ = ["install", "bcast_rest"]
+
+_H = announce.HEADER_BYTES
+_ndarray = np.ndarray
+
+
+def install(ctx: Any, blocks: Any) -> None:
+    """Bind the fast unchecked collectives on the unchecked context ``ctx``. **Local**.
+
+    ``blocks``: the context's :class:`~hpcpar.core.blocks.Blocks` (a scatter that
+    turns out not to be small continues there).
+    """
+    shared = _Shared(ctx, blocks)
+    ctx.barrier = _wrap(ctx.barrier, _barrier(ctx, shared))
+    ctx.allreduce = _wrap(ctx.allreduce, _allreduce(ctx, shared))
+    ctx.bcast = _wrap(ctx.bcast, _bcast(ctx, shared))
+    ctx.scatter = _wrap(ctx.scatter, _scatter(ctx, shared))
+
+
+def _wrap(full: Callable[..., Any], fast: Callable[..., Any]) -> Callable[..., Any]:
+    """``fast`` with the name and docstring of the method it stands in for."""
+    return functools.update_wrapper(fast, full)
+
+
+class _Shared:
+    """What the fast functions of one context share: its communicator's calls,
+    the announcement buffer, and the geometries seen on it."""
+
+    __slots__ = ("ctx", "scatters", "buf", "mv", "heads", "bcasts", "blocks")
+
+    def __init__(self, ctx: Any, scatters: Any):
+        self.ctx, self.scatters = ctx, scatters
+        self.buf = bytearray(announce.SIZE)
+        self.mv = memoryview(self.buf)
+        #: root: (call, shape, dtype) -> (header bytes, payload bytes), None when not fast
+        self.heads: BoundedCache[tuple, tuple | None] = BoundedCache(64)
+        #: other ranks: header bytes -> the payload's view in ``buf`` (bcast) ...
+        self.bcasts: BoundedCache[bytes, np.ndarray] = BoundedCache(64)
+        #: ... and this rank's block's view in ``buf`` (scatter)
+        self.blocks: BoundedCache[bytes, np.ndarray] = BoundedCache(64)
+
+    def head(self, call: str, arr: np.ndarray) -> tuple | None:
+        """Root: the header of a small ``arr`` and its byte count; None when it cannot go fast."""
+        key = (call, arr.shape, arr.dtype)
+        got = self.heads.get(key)
+        if got is None and key not in self.heads:
+            got = None
+            dt = arr.dtype
+            if (0 < arr.nbytes <= announce.INLINE and 0 < arr.ndim <= MAXDIM and dt.isbuiltin == 1
+                    and DTYPES.get(dt.num) == dt):
+                try:
+                    arr[:0].data.cast("B")  # memoryview can copy this format as bytes
+                    got = (announce.header(Kind.ARRAY, arr), arr.nbytes)
+                except (TypeError, ValueError):
+                    got = None
+            self.heads.put(key, got)
+        return got
+
+
+def _barrier(ctx: Any, sh: _Shared) -> Callable[[], None]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    full, barrier = ctx.barrier, ctx.comm.Barrier
+
+    def fast() -> None:
+        if state.now is not None or rec.on:
+            return full()
+        state.now = ("barrier", clock(), ctx)
+        state.tid = ident()
+        try:
+            barrier()
+        finally:
+            state.now = None
+    return fast
+
+
+def _allreduce(ctx: Any, sh: _Shared) -> Callable[..., Any]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    full, allreduce, empty_like = ctx.allreduce, ctx.comm.Allreduce, np.empty_like
+    ops: dict[tuple, Any] = {}  # (op name, dtype) -> MPI.Op, accepted by the full method
+
+    def fast(x: Any, op: Any = "sum") -> Any:
+        if x.__class__ is _ndarray and op.__class__ is str and state.now is None and not rec.on:
+            mop = ops.get((op, x.dtype))
+            if mop is not None and (x.ndim < 2 or (x.flags.c_contiguous and x.ndim <= MAXDIM)):
+                state.now = ("allreduce", clock(), ctx)
+                state.tid = ident()
+                try:
+                    recv = empty_like(x)
+                    allreduce(x, recv, mop)
+                    return recv
+                except BufferError:  # a strided 1-d array (found before any MPI call)
+                    pass
+                finally:
+                    state.now = None
+        result = full(x, op)
+        if x.__class__ is _ndarray and op.__class__ is str and len(ops) < 256:
+            ops[(op, x.dtype)] = OPS[op]  # the full method took it: valid on this rank
+        return result
+    return fast
+
+
+def _bcast(ctx: Any, sh: _Shared) -> Callable[..., Any]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    full, bcast, buf, mv, me = ctx.bcast, ctx.comm.Bcast, sh.buf, sh.mv, ctx.rank
+    seen = sh.bcasts
+
+    def fast(obj: Any, root: int = 0) -> Any:
+        if root.__class__ is not int or state.now is not None or rec.on or not 0 <= root < ctx.size:
+            return full(obj, root)
+        if me == root:
+            got = sh.head("bcast", obj) if obj.__class__ is _ndarray and obj.flags.c_contiguous else None
+            if got is None:
+                return full(obj, root)
+            head, n = got
+            state.now = ("bcast", clock(), ctx)
+            state.tid = ident()
+            try:
+                mv[:_H] = head
+                mv[_H:_H + n] = obj.data.cast("B")
+                bcast(buf, root)
+                return obj
+            finally:
+                state.now = None
+        state.now = ("bcast", clock(), ctx)
+        state.tid = ident()
+        try:
+            bcast(buf, root)
+            key = bytes(mv[:_H])
+            view = seen.get(key)
+            if view is None:
+                ann = announce.parse(ctx.comm, root, buf)
+                if not (ann.inline and ann.kind == Kind.ARRAY and ann.payload is not None):
+                    return bcast_rest(ctx.comm, ann, obj, root)
+                view = ann.payload
+                if announce.header(Kind.ARRAY, view) == key and announce.builtin(key):
+                    seen.put(key, view)
+            return view.copy()
+        finally:
+            state.now = None
+    return fast
+
+
+def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    full, bcast, buf, mv, me, size = ctx.scatter, ctx.comm.Bcast, sh.buf, sh.mv, ctx.rank, ctx.size
+    seen = sh.blocks
+
+    def fast(array: Any, root: int = 0, axis: int = 0, out: Any = None) -> Any:
+        if (root.__class__ is not int or axis != 0 or out is not None or state.now is not None or rec.on
+                or not 0 <= root < size):
+            return full(array, root, axis, out)
+        if me == root:
+            fits = array.__class__ is _ndarray and array.flags.c_contiguous
+            got = sh.head("scatter", array) if fits else None
+            if got is None:
+                return full(array, root, axis, out)
+            head, n = got
+            rows = partition.block_range(array.shape[0], size, me)
+            state.now = ("scatter", clock(), ctx)
+            state.tid = ident()
+            try:
+                mv[:_H] = head
+                mv[_H:_H + n] = array.data.cast("B")
+                bcast(buf, root)
+                return array[rows.start:rows.stop].copy()
+            finally:
+                state.now = None
+        state.now = ("scatter", clock(), ctx)
+        state.tid = ident()
+        try:
+            bcast(buf, root)
+            key = bytes(mv[:_H])
+            block = seen.get(key)
+            if block is None:
+                ann = announce.parse(ctx.comm, root, buf)
+                if not (ann.inline and ann.payload is not None and ann.axis == 0 and ann.payload.ndim):
+                    return sh.scatters.scatter_announced(ann, root, array, out)
+                rows = partition.block_range(ann.shape[0], size, me)
+                block = ann.payload[rows.start:rows.stop]
+                if announce.header(1, ann.payload) == key and announce.builtin(key):
+                    seen.put(key, block)
+            return block.copy()
+        finally:
+            state.now = None
+    return fast
+
+
+def bcast_rest(comm: Any, ann: announce.Announcement, obj: Any, root: int) -> Any:
+    """The rest of an unchecked bcast once root's announcement ``ann`` is known. **Collective**.
+
+    Returns what :meth:`hpcpar.Context.bcast` returns: root's object on root, a
+    copy elsewhere (an inline payload is returned as it is: copy it first when it
+    is a view of a buffer used again).
+    """
+    if ann.kind == Kind.OBJECT:  # pickled
+        return comm.bcast(obj, root=root)
+    if comm.Get_rank() == root:
+        if not ann.inline:
+            bcast_bytes(comm, contig(obj, 0), root)
+        return obj
+    if ann.inline:
+        return ann.payload
+    recv = np.empty(ann.shape, ann.dtype)
+    bcast_bytes(comm, recv, root)
+    return recv

@@ -1,0 +1,172 @@
+"""The unchecked contexts' fast path (hpcpar.core.unchecked), under real MPI.
+
+A context made with ``checks=False`` serves repeated small barrier, allreduce,
+bcast and scatter calls without the full method; these tests repeat calls so that
+the fast path runs, change the geometry between calls, send ranks down different
+paths in the same call (one rank inside another marked call takes the full
+method) and check every result against NumPy on every rank.
+"""
+
+import numpy as np
+import pytest
+
+import hpcpar
+from hpcpar.core import announce, watchdog
+from hpcpar.testing import assert_all
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def u(ctx):
+    c = hpcpar.Context(ctx.comm, checks=False)
+    yield c
+    c.free()
+
+
+def same(got, want):
+    return (isinstance(got, np.ndarray) and got.shape == np.shape(want) and got.dtype == np.asarray(want).dtype
+            and np.array_equal(got, want))
+
+
+def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
+    names = ("barrier", "allreduce", "bcast", "scatter")
+    ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ for n in names)
+    ok = ok and all(n not in vars(ctx) for n in names)  # checked contexts keep the methods
+    assert_all(ok, "the unchecked context's fast functions lost the methods' names or docstrings", ctx=ctx)
+
+
+def test_repeated_allreduce_of_changing_dtypes_and_ops(u, ctx):
+    problems = []
+    for dtype, op, fn in [(np.float64, "sum", np.sum), (np.int32, "max", np.max), (np.float64, "sum", np.sum),
+                          (np.int64, "prod", np.prod), (np.int32, "max", np.max), (np.complex128, "sum", np.sum)]:
+        for k in range(3):
+            x = (np.arange(5) + ctx.rank + k).astype(dtype)
+            want = fn(np.stack([(np.arange(5) + r + k).astype(dtype) for r in range(ctx.size)]), axis=0)
+            got = u.allreduce(x, op)
+            if not same(got, want.astype(dtype)) or got is x:
+                problems.append(f"{dtype.__name__} {op} call {k}: {got!r}, wanted {want!r}")
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+def test_allreduce_of_arrays_the_fast_path_does_not_take(u, ctx):
+    u.allreduce(np.ones(4))  # (sum, float64) is known from now on
+    strided = np.arange(8.0)[::2] + ctx.rank
+    fortran = np.asfortranarray(np.arange(6.0).reshape(2, 3)) * (ctx.rank + 1)
+    tri = sum(range(1, ctx.size + 1))
+    ok = (same(u.allreduce(strided), np.arange(8.0)[::2] * ctx.size + sum(range(ctx.size)))
+          and same(u.allreduce(fortran), np.arange(6.0).reshape(2, 3) * tri)
+          and same(u.allreduce(np.float64(2.0)).reshape(1), np.array([2.0 * ctx.size]))
+          and u.allreduce(3) == 3 * ctx.size)
+    assert_all(ok, "an allreduce of a strided, Fortran-ordered, scalar or Python value went wrong", ctx=ctx)
+
+
+@pytest.mark.parametrize("root_last", [False, True])
+def test_repeated_small_bcast_of_changing_geometry(u, ctx, root_last):
+    root = ctx.size - 1 if root_last else 0
+    kept, problems = [], []
+    for k, (shape, dtype) in enumerate([((128,), np.float64), ((128,), np.float64), ((3, 4), np.int16),
+                                        ((128,), np.float64), ((2, 2, 2), np.bool_), ((3, 4), np.int16),
+                                        ((7,), np.complex64), ((7,), np.complex64), ((600,), np.float64)]):
+        want = (np.arange(np.prod(shape)).reshape(shape) + k).astype(dtype)
+        got = u.bcast(want.copy() if ctx.rank == root else None, root=root)
+        if not same(got, want):
+            problems.append(f"call {k} {shape} {np.dtype(dtype)}: got {got!r}")
+        kept.append((got, want))
+    # results are the caller's own arrays: later calls did not write into earlier results
+    problems += [f"result {k} changed by later calls" for k, (g, w) in enumerate(kept) if not same(g, w)]
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+def test_bcast_of_objects_custom_dtypes_and_large_arrays_between_small_ones(u, ctx):
+    rec = np.dtype([("a", np.int32), ("b", np.float64)])
+    big = np.arange(announce.INLINE // 8 + 10, dtype=np.float64)  # does not fit the announcement
+    problems = []
+    for k in range(3):  # each kind three times: the fast path must not take any of them for a small array
+        for name, want in [("small", np.arange(4.0) + k), ("record", np.array([(k, 0.5)] * 3, rec)),
+                           ("big", big + k), ("object", {"k": k}), ("small", np.arange(4.0) - k),
+                           ("empty", np.zeros(0)), ("0-d", np.array(k))]:
+            got = u.bcast(want if ctx.is_root else None)
+            good = got == want if name == "object" else same(got, want)
+            if not good:
+                problems.append(f"{name} call {k}: got {got!r}")
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+def test_bcast_on_root_returns_its_array_and_reads_non_contiguous_ones(u, ctx):
+    whole = np.arange(40.0).reshape(8, 5)
+    ok = True
+    for _ in range(2):
+        got = u.bcast(whole[:, 1] if ctx.is_root else None)  # strided on root
+        ok = ok and same(got, whole[:, 1])
+        mine = np.arange(3.0)
+        got = u.bcast(mine if ctx.is_root else None)
+        ok = ok and same(got, mine) and (got is mine) == ctx.is_root
+    assert_all(ok, "a bcast of a strided array, or root's own array, went wrong", ctx=ctx)
+
+
+def test_ranks_on_different_paths_in_the_same_call(u, ctx):
+    """The ranks inside another marked call take the full methods; the others the fast path."""
+    problems = []
+    for k in range(4):
+        inside = (ctx.rank + k) % 2 == 0
+        prev = watchdog.enter("outer", u) if inside else None
+        try:
+            b = u.bcast(np.arange(6.0) + k if ctx.is_root else None)
+            s = u.scatter(np.arange(4.0 * ctx.size) + k if ctx.is_root else None)
+            r = u.allreduce(np.ones(2) * k)
+            u.barrier()
+        finally:
+            if inside:
+                watchdog.leave(prev)
+        want_s = np.arange(4.0 * ctx.size)[4 * ctx.rank:4 * ctx.rank + 4] + k
+        if not (same(b, np.arange(6.0) + k) and same(s, want_s) and same(r, np.ones(2) * k * ctx.size)):
+            problems.append(f"call {k} ({'full' if inside else 'fast'} path): {b}, {s}, {r}")
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+def test_repeated_small_scatter_of_changing_geometry(u, ctx):
+    problems, kept = [], []
+    for k, (rows, cols, dtype) in enumerate([(10, 1, np.float64), (10, 1, np.float64), (ctx.size * 3, 4, np.int8),
+                                             (1, 3, np.float32), (10, 1, np.float64), (200, 3, np.float64)]):
+        whole = (np.arange(rows * cols).reshape(rows, cols) + k).astype(dtype)
+        if cols == 1:
+            whole = whole.reshape(rows)
+        for root in {0, ctx.size - 1}:
+            got = u.scatter(whole.copy() if ctx.rank == root else None, root=root)
+            want = np.array_split(whole, ctx.size)[ctx.rank]  # the first rows % size ranks get one more row
+            if not same(got, want) or not got.flags.c_contiguous:
+                problems.append(f"call {k} root {root} {whole.shape} {whole.dtype}: {got!r}, wanted {want!r}")
+            kept.append((got, want))
+    problems += [f"result {k} changed by later calls" for k, (g, w) in enumerate(kept) if not same(g, w)]
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+def test_scatter_the_fast_path_does_not_take(u, ctx):
+    whole = np.arange(6.0 * ctx.size).reshape(6, ctx.size)
+    ok = True
+    for _ in range(2):
+        col = u.scatter(whole if ctx.is_root else None, axis=1)
+        ok = ok and same(col, whole[:, ctx.rank:ctx.rank + 1])
+        part = np.arange(6.0)
+        out = np.empty(len(np.array_split(part, ctx.size)[ctx.rank]))
+        got = u.scatter(part if ctx.is_root else None, out=out)
+        ok = ok and got is out and same(out, np.array_split(part, ctx.size)[ctx.rank])
+        f = np.asfortranarray(np.arange(4.0 * ctx.size).reshape(2 * ctx.size, 2))
+        ok = ok and same(u.scatter(f if ctx.is_root else None), np.array_split(np.ascontiguousarray(f),
+                                                                                ctx.size)[ctx.rank])
+    assert_all(ok, "a scatter along axis 1, into out=, or of a Fortran-ordered array went wrong", ctx=ctx)
+
+
+def test_bad_arguments_still_raise_on_the_rank_that_sees_them(u, ctx):
+    u.bcast(np.ones(2) if ctx.is_root else None)  # the fast path is warm
+    got = []
+    for call in (lambda: u.bcast(1, root=ctx.size), lambda: u.scatter(None, root=-1),
+                 lambda: u.allreduce(np.ones(2), op="nope"), lambda: u.allreduce(np.ones(2, bool), op="sum")):
+        try:
+            call()
+            got.append(None)
+        except (ValueError, TypeError) as e:
+            got.append(type(e).__name__)
+    assert_all(None not in got, f"a bad argument was accepted: {got}", ctx=ctx)
+    u.barrier()
