@@ -36,7 +36,7 @@ from .. import env
 from ..errors import CollectiveMismatchError, Problem, fail
 from ..observe import timing
 from ..observe.progress import progress as _progress
-from . import announce, preempt, unchecked, watchdog
+from . import announce, fastpath, preempt, watchdog
 from .agreement import Agreement, Slot, agrees, dtype_code, object_code, object_kind, put, put_dims, vector
 from .blocks import Blocks, check_root, contig, raise_local
 from .cache import BoundedCache
@@ -155,7 +155,9 @@ class Context:
         mode = (self.checks, self.debug)
         MODES[mode] = MODES.get(mode, 0) + 1
         if not self.checks:
-            unchecked.install(self, self._blocks)  # the common cases straight to MPI
+            fastpath.install(self, self._blocks)  # the common cases straight to MPI
+        elif not self.debug:
+            fastpath.install_checked(self, self._a, self._reduced.get, self._reduce_disagreed)
 
     def free(self) -> None:
         """Release the private communicator. **Collective**; safe to call twice."""
@@ -377,7 +379,7 @@ class Context:
     def _bcast_unchecked(self, obj: Any, root: int, problem: Problem | None,
                          arr: np.ndarray | None, kind: int) -> Any:
         raise_local(problem, "bcast")
-        return unchecked.bcast_rest(self.comm, announce.announce(self.comm, root, kind, arr), obj, root)
+        return fastpath.bcast_rest(self.comm, announce.announce(self.comm, root, kind, arr), obj, root)
 
     # ------------------------------------------------------------------ reductions
     @watchdog.marked("reduce")
@@ -417,9 +419,7 @@ class Context:
             if got is not None:
                 v, vb, mop = got
                 if v is not None and not self._a.same(v, vb):
-                    self._plan_reduce(call, self._a.detail.detail(
-                        call, -1 if root is None else root, 0, None, value, None,
-                        kind=Kind.ARRAY, op=int(v[Slot.OP])))
+                    return self._reduce_disagreed(value, v, mop, call, root)
                 return self._reduce_array(value, cls, mop, root)
         problem = check_root(root, self.size) if root is not None else None
         mop = OPS.get(op) if isinstance(op, str) else op
@@ -461,6 +461,13 @@ class Context:
         if fkey is not None and problem is None:
             self._reduced.put(fkey, (v, None if v is None else v.tobytes(), mop))
         return self._reduce_array(value, cls, mop, root)
+
+    def _reduce_disagreed(self, value: Any, v: np.ndarray, mop: MPI.Op, call: int = _ALLREDUCE,
+                          root: int | None = None) -> Any:
+        """A repeated reduction whose agreement on ``v`` failed: raise on every rank (or reduce)."""
+        self._plan_reduce(call, self._a.detail.detail(call, -1 if root is None else root, 0, None, value,
+                                                      None, kind=Kind.ARRAY, op=int(v[Slot.OP])))
+        return self._reduce_array(value, value.__class__, mop, root)
 
     def _reduce_array(self, value: Any, cls: type, mop: MPI.Op, root: int | None) -> Any:
         """Reduce an agreed array or NumPy scalar by buffer."""

@@ -1,15 +1,16 @@
-"""The unchecked collectives' fast path: the watchdog's mark around one MPI call.
+"""The fast path of repeated collectives: the watchdog's mark around the MPI calls and one lookup.
 
-``Context(checks=False)`` (``HPCPAR_CHECKS=0``) binds the functions built here on
-the context in place of its ``barrier``, ``allreduce``, ``bcast`` and ``scatter``
-methods. Each serves the common case with nothing around the MPI call but the
-mark that :mod:`hpcpar.core.watchdog` reads (the same mark its ``marked``
-decorator makes) and one cache lookup:
+A context binds the functions built here in place of some of its methods; each
+serves the common case of a call repeated in a loop with nothing around its MPI
+calls but the mark that :mod:`hpcpar.core.watchdog` reads (the mark its
+``marked`` decorator makes) and one cache lookup.
+
+**Unchecked** contexts (``Context(checks=False)``, ``HPCPAR_CHECKS=0``):
 
 =========  ==========================================================================
 barrier    always
-allreduce  a NumPy array (C-contiguous, or at most 1-d) whose op name and dtype the
-           full method accepted before on this context
+allreduce  a NumPy array whose op name and dtype the full method accepted before
+           on this context
 bcast      root's array small enough to travel inside the announcement
            (:data:`hpcpar.core.announce.INLINE` bytes), of a geometry announced before
 scatter    the same, split along axis 0, without ``out``
@@ -22,13 +23,20 @@ before (by its bytes) and copy out the payload, or their block of it. The header
 is :mod:`hpcpar.core.announce`'s, so a rank on the fast path and a rank on the
 full one work together.
 
+**Checked** contexts (not in debug mode): ``allreduce`` of a NumPy array with an op
+name, of a shape and dtype this context reduced before. The agreement vector of
+that call is cached by the full method; the fast path runs the same agreement
+(:class:`~hpcpar.core.agreement.Agreement`, one fixed-size ``Allreduce``), compares
+the result's bytes with it, then reduces. When the ranks disagree, the context's
+error path takes over inside the same mark, exactly as in the full method.
+
 Everything else goes to the full method, which checks what one rank can see and
 records what the fast path needs for the next call: the first call of a kind,
 other arguments (Python objects, ``out=``, an ``MPI.Op``, another axis), a call
 made inside another marked call (the full method's mark keeps the outer one and
 catches a second thread), and every call while tracing (``HPCPAR_TRACE``) is on.
 Per call and rank the fast path does O(1) Python work, whatever the number of
-ranks, and exactly the MPI calls of the full unchecked method.
+ranks, and exactly the MPI calls of the full method.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from ..decomp import partition
 from ..observe.trace import RECORDER
@@ -45,12 +54,26 @@ from . import announce, watchdog
 from .blocks import contig
 from .cache import BoundedCache
 from .largecount import bcast_bytes
-from .protocol import DTYPES, MAXDIM, OPS, Kind
+from .protocol import DTYPES, MAXDIM, OPS, Call, Kind
 
-__all__ = ["install", "bcast_rest"]
+__all__ = ["install", "install_checked", "bcast_rest"]
 
 _H = announce.HEADER_BYTES
+_ALLREDUCE = int(Call.ALLREDUCE)
+MAX = MPI.MAX
 _ndarray = np.ndarray
+
+
+def install_checked(ctx: Any, agreement: Any, reduced: Callable[[tuple], Any],
+                    disagreed: Callable[[Any, Any, Any], Any]) -> None:
+    """Bind the fast checked allreduce on the checked context ``ctx``. **Local**.
+
+    ``agreement``: the context's :class:`~hpcpar.core.agreement.Agreement`;
+    ``reduced(key)``: the full method's cache of validated reductions (vector,
+    its bytes, op); ``disagreed(x, v, op)``: the context's error path after an
+    agreement on ``v`` that failed (raises on every rank, or reduces with ``op``).
+    """
+    ctx.allreduce = _wrap(ctx.allreduce, _checked_allreduce(ctx, agreement, reduced, disagreed))
 
 
 def install(ctx: Any, blocks: Any) -> None:
@@ -145,6 +168,44 @@ def _allreduce(ctx: Any, sh: _Shared) -> Callable[..., Any]:
         if x.__class__ is _ndarray and op.__class__ is str and len(ops) < 256:
             ops[(op, x.dtype)] = OPS[op]  # the full method took it: valid on this rank
         return result
+    return fast
+
+
+def _checked_allreduce(ctx: Any, a: Any, reduced: Callable[[tuple], Any],
+                       disagreed: Callable[[Any, Any, Any], Any]) -> Callable[..., Any]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    full, allreduce, empty_like = ctx.allreduce, ctx.comm.Allreduce, np.empty_like
+    agree, r, mx = a.comm.Allreduce, a.result, MAX
+    known: BoundedCache[tuple, tuple] = BoundedCache(256)  # (op, shape, dtype) -> (vector, its bytes, op)
+
+    def fast(x: Any, op: Any = "sum") -> Any:
+        if x.__class__ is _ndarray and op.__class__ is str and state.now is None and not rec.on:
+            key = (op, x.shape, x.dtype)
+            got = known.get(key)
+            if got is not None:
+                v, vb, mop = got
+                state.now = ("allreduce", clock(), ctx)
+                state.tid = ident()
+                try:
+                    agree(v, r, mx)
+                    if r.tobytes() != vb:
+                        return disagreed(x, v, mop)
+                    recv = empty_like(x)
+                    if x.ndim > 1 and not x.flags.c_contiguous:
+                        x = x.copy()
+                    try:
+                        allreduce(x, recv, mop)
+                    except BufferError:  # a strided 1-d array (found before any MPI call)
+                        allreduce(x.copy(), recv, mop)
+                    return recv
+                finally:
+                    state.now = None
+            result = full(x, op)
+            got = reduced((_ALLREDUCE, None, op, _ndarray, x.shape, x.dtype))
+            if got is not None and got[0] is not None:
+                known.put(key, got)
+            return result
+        return full(x, op)
     return fast
 
 

@@ -1,11 +1,14 @@
-"""The unchecked contexts' fast path (hpcpar.core.unchecked), under real MPI.
+"""The fast path of repeated collectives (hpcpar.core.fastpath), under real MPI.
 
 A context made with ``checks=False`` serves repeated small barrier, allreduce,
-bcast and scatter calls without the full method; these tests repeat calls so that
+bcast and scatter calls without the full method, a checked one repeated array
+allreduces; these tests repeat calls so that
 the fast path runs, change the geometry between calls, send ranks down different
 paths in the same call (one rank inside another marked call takes the full
 method) and check every result against NumPy on every rank.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -31,9 +34,59 @@ def same(got, want):
 
 def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
     names = ("barrier", "allreduce", "bcast", "scatter")
-    ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ for n in names)
-    ok = ok and all(n not in vars(ctx) for n in names)  # checked contexts keep the methods
-    assert_all(ok, "the unchecked context's fast functions lost the methods' names or docstrings", ctx=ctx)
+    ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ and n in vars(u) for n in names)
+    with hpcpar.Context(ctx.comm, checks=True, debug=False) as c, hpcpar.Context(ctx.comm, debug=True) as d:
+        ok = ok and [n for n in names if n in vars(c)] == ["allreduce"] and c.allreduce.__doc__
+        ok = ok and not any(n in vars(d) for n in names)  # debug mode: every call checks its call site
+    assert_all(ok, "a context's fast functions lost the methods' names or docstrings", ctx=ctx)
+
+
+@pytest.fixture
+def c(ctx):
+    c = hpcpar.Context(ctx.comm, checks=True, debug=False)
+    yield c
+    c.free()
+
+
+def test_checked_repeated_allreduce(c, ctx):
+    problems = []
+    for k in range(4):
+        for x, op, want in [(np.ones(3) * k, "sum", np.ones(3) * k * ctx.size),
+                            (np.arange(6, dtype=np.int32).reshape(2, 3) + ctx.rank, "max",
+                             np.arange(6, dtype=np.int32).reshape(2, 3) + ctx.size - 1),
+                            (np.arange(8.0)[::2] + k, "sum", (np.arange(8.0)[::2] + k) * ctx.size),
+                            (np.asfortranarray(np.ones((2, 2))) * (ctx.rank + 1), "sum",
+                             np.ones((2, 2)) * sum(range(1, ctx.size + 1)))]:
+            got = c.allreduce(x, op)
+            if not same(got, want):
+                problems.append(f"call {k} {x.shape} {op}: {got!r}, wanted {want!r}")
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+@pytest.mark.checks
+@pytest.mark.parametrize("change", ["dtype", "shape", "op", "call"])
+def test_checked_repeated_allreduce_that_one_rank_changes_fails_on_every_rank(c, ctx, change):
+    if ctx.size < 2:
+        pytest.skip("needs a rank that differs")
+    x = np.ones(4)
+    for _ in range(3):
+        c.allreduce(x)  # the fast path is warm on every rank
+    odd = ctx.rank == ctx.size - 1
+    msg = None
+    try:
+        if change == "dtype":
+            c.allreduce(x.astype(np.float32) if odd else x)
+        elif change == "shape":
+            c.allreduce(np.ones(5) if odd else x)
+        elif change == "op":
+            c.allreduce(x, "max" if odd else "sum")
+        else:
+            c.bcast(x) if odd else c.allreduce(x)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+    assert_all(msg is not None and re.search(rf"rank {ctx.size - 1}", msg), f"got {msg!r}", ctx=ctx)
+    got = c.allreduce(x)  # still usable, and the fast path still right
+    assert_all(same(got, x * ctx.size), f"after the error: {got!r}", ctx=ctx)
 
 
 def test_repeated_allreduce_of_changing_dtypes_and_ops(u, ctx):
