@@ -180,19 +180,57 @@ def test_rank_raising_on_the_far_host_names_rank_and_host(tmp_path, agent):
 HEAT = ["--n", "96", "--dims", "3x1", "--every", "500"]
 
 
+def heat_until_checkpoint(tmp_path: Path, agent: str) -> subprocess.Popen:
+    """heat on h1, h2, h3 for far more steps than it gets to run, returned once its first
+    checkpoint is written. The process is ``hpcpar run`` itself (the ssh stand-in execs it)."""
+    ckpt = tmp_path / "heat.ckpt.h5"
+    proc = on_h1([HPCPAR, "run", "-n", "3", "--hosts", ",".join(HOSTS), str(JOBS / "heat.py"), *HEAT,
+                  "--checkpoint", str(ckpt), "--steps", "100000000"], agent, cwd=tmp_path, popen=True)
+    assert isinstance(proc, subprocess.Popen)
+    deadline = time.monotonic() + 60
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not ckpt.exists():
+        end_job(proc)
+        pytest.fail(f"heat wrote no checkpoint:\n{proc.communicate()[0]}")
+    return proc
+
+
+def job_left() -> dict[str, list[int]]:
+    """The processes of the job still on each host (the anchors aside)."""
+    return {h: [p for p in netns_pids(NETNS[h]) if p not in keep_pids()] for h in HOSTS}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopping_hpcpar_run_ends_every_process_of_the_job_on_every_host(tmp_path, agent, sig):
+    """SIGTERM to ``hpcpar run`` on h1: Open MPI's launcher ends the ranks everywhere; ``kill -9``
+    of it: its launcher gets SIGTERM from the kernel (and the guardians on h1 end their ranks)."""
+    proc = heat_until_checkpoint(tmp_path, agent)
+    try:
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(job_left().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        took, left = time.monotonic() - t0, job_left()
+    finally:
+        end_job(proc)
+    print(f"{sig.name}: every process of the job gone after {took:.1f} s")
+    assert not any(left.values()), f"processes of the job left on the hosts: {left}\n{out}"
+    assert took < 10, f"the job's processes ended {took:.1f} s after {sig.name}:\n{out}"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, out
+        assert "hpcpar run: the launcher was stopped by signal 15 (SIGTERM) and ended the job" in out, out
+    else:
+        assert proc.returncode == -signal.SIGKILL, out
+
+
 def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_path, agent):
     last = HOSTS[-1]
     heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
-    proc = on_h1([HPCPAR, "run", "-n", "3", "--hosts", ",".join(HOSTS), heat, *HEAT, "--checkpoint", str(ckpt),
-                  "--steps", "100000000"], agent, cwd=tmp_path, popen=True)
-    assert isinstance(proc, subprocess.Popen)
+    proc = heat_until_checkpoint(tmp_path, agent)
     try:
-        deadline = time.monotonic() + 60
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not ckpt.exists():
-            end_job(proc)
-            pytest.fail(f"heat wrote no checkpoint:\n{proc.communicate()[0]}")
         # The job's processes there (PRRTE's daemon and its ssh, guardian, rank) all at once,
         # as when the host dies: stopped first, so none sees another die, then killed.
         doomed = [pid for pid in netns_pids(NETNS[last]) if pid not in keep_pids()]
@@ -205,7 +243,7 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
                     pass
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
-        left = {h: [p for p in netns_pids(NETNS[h]) if p not in keep_pids()] for h in HOSTS}
+        left = job_left()
     finally:
         end_job(proc)
     print(f"ended {took:.1f} s after the kill:\n{out}")
