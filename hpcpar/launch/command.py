@@ -23,7 +23,7 @@ from .variables import LAUNCHER_PREFIXES
 
 __all__ = ["launcher", "mpiexec_beside", "launch_argv", "ranks_flag", "is_open_mpi", "core_count",
            "workstation_options", "Host", "parse_hosts", "read_hostfile", "host_options",
-           "mpi4py_library", "srun_options"]
+           "mpi4py_library", "srun_options", "export_options"]
 
 
 def mpiexec_beside(python: str) -> str | None:
@@ -228,6 +228,25 @@ def host_options(launch: list[str], hosts: list[Host], ranks: int | None = None)
             opts.append("--oversubscribe")
         return opts
     return ["-hosts", ",".join(h.name if h.slots is None else f"{h.name}:{h.slots}" for h in hosts)]
+
+
+def export_options(launch: list[str], names: list[str]) -> list[str]:
+    """The options that pass the variables ``names`` on to the ranks of other hosts:
+    ``-x NAME`` for each (once, in the order given) under Open MPI's launcher, nothing
+    for other launchers. **Local**, pure but for recognising Open MPI (:func:`is_open_mpi`).
+
+    Open MPI's ranks on the launcher's own host inherit its whole environment; those on
+    other hosts get only its ``OMPI_MCA_*`` variables and those named with ``-x``.
+    MPICH's Hydra and srun pass the whole environment on as they are.
+    """
+    if not is_open_mpi(launch):
+        return []
+    told = {launch[i + 1] for i in range(1, len(launch) - 1) if launch[i] == "-x"}
+    opts: list[str] = []
+    for name in dict.fromkeys(names):
+        if name not in told:
+            opts += ["-x", name]
+    return opts
 
 
 def launch_argv(ranks: int | str, argv: list[str], launch: list[str] | None = None,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["RUN_DIR", "started", "ended", "witness", "read", "hosts", "settle", "lost_ranks_text"]
+__all__ = ["RUN_DIR", "started", "ended", "witness", "read", "hosts", "settle", "lost_ranks_text",
+           "unfinished"]
 
 #: The variable naming the ledger directory (registered in :mod:`hpcpar.env`).
 RUN_DIR = "HPCPAR_RUN_DIR"
@@ -117,6 +118,23 @@ def hosts(directory: str | None, ranks: list[int]) -> dict[int, str]:
         entry = _entry(directory, rank)
         if entry is not None and entry[0] != "?":
             out[rank] = entry[0]
+    return out
+
+
+def unfinished(directory: str, size: int) -> list[int]:
+    """The ranks that did not end with status 0: never started, never ended, or whose
+    first ``ended`` line (the guardian's; the witness adds ``ended -9`` after it) is not
+    ``ended 0``. **Local**; reads one small file per rank (once per run, at its end).
+    """
+    out = []
+    for rank in range(size):
+        try:
+            with open(_path(directory, rank)) as fh:
+                ends = [line.split() for line in fh.read().split("\n") if line.startswith("ended")]
+        except OSError:
+            ends = []
+        if not ends or ends[0] != ["ended", "0"]:
+            out.append(rank)
     return out
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .. import env
 from . import ledger, lifeline
-from .command import Host, is_open_mpi, launch_argv, launcher, workstation_options
+from .command import Host, export_options, is_open_mpi, launch_argv, launcher, workstation_options
 from .relay import relay
 
 __all__ = ["launcher", "launch_command", "launch"]
@@ -127,8 +127,12 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
         os.makedirs(".hpcpar", exist_ok=True)
         run_dir = tempfile.mkdtemp(prefix="run-", dir=os.path.abspath(".hpcpar"))
         extra_env[ledger.RUN_DIR] = run_dir
-        if is_open_mpi(launcher()):  # Open MPI passes on only the variables it is told to
-            launcher_args = [*(launcher_args or []), *(w for k in extra_env for w in ("-x", k))]
+        # Open MPI passes on to other hosts only the variables it is told to: every
+        # HPCPAR_* of the job (the user's and hpcpar run's own), as Hydra passes them all.
+        exported = [*extra_env, *(k for k in os.environ if k.startswith("HPCPAR_")),
+                    env.HPCPAR_RELAY, env.HPCPAR_LAUNCHER_PID]
+        launcher_args = [*(launcher_args or []),
+                         *export_options([*launcher(), *(launcher_args or [])], exported)]
     cmd = launch_command(script, args, ranks, hosts=hosts, launcher_args=launcher_args)
     # the note on oversubscribing: from the launcher and the user's options, not from cmd,
     # which already carries the options the note explains; hosts say where ranks go
@@ -139,6 +143,8 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
                env.HPCPAR_LAUNCHER_PID: f"{os.getpid()}@{socket.gethostname()}"}
     try:
         code, stopped = _run(cmd, job_env)
+        if run_dir is not None and code == 0 and not stopped and is_open_mpi(cmd):
+            code = _check_success(run_dir, ranks)
         if run_dir is not None and code != 0 and not stopped:
             ledger.settle(run_dir, ranks)
             text = ledger.lost_ranks_text(run_dir, ranks)
@@ -148,6 +154,23 @@ def launch(script: str, args: list[str], ranks: int, extra_env: dict[str, str] |
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
     return code
+
+
+def _check_success(run_dir: str, ranks: int) -> int:
+    """0 when every rank's guardian recorded an end with status 0 in the run ledger; else
+    1, after one line saying so (the ledger's report of the lost ranks follows).
+
+    Open MPI 5's launcher exits with status 0 when it lost the daemon of a host (every
+    process there killed, the host down) and ended the other ranks itself.
+    """
+    bad = ledger.unfinished(run_dir, ranks)
+    if not bad:
+        return 0
+    shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+    print(f"hpcpar run: MPI's launcher exited with status 0, but the job did not complete (rank"
+          f"{'s' if len(bad) > 1 else ''} {shown} of {ranks} did not end with status 0); exit status 1",
+          file=sys.stderr, flush=True)
+    return 1
 
 
 def _run(cmd: list[str], job_env: dict[str, str]) -> tuple[int, bool]:

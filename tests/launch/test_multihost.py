@@ -57,10 +57,10 @@ def hosts():
 def no_leftovers():
     """After each test: nothing of it runs on any host (the anchors and Slurm's daemons aside)."""
     yield
-    keep = _keep()
+    keep = keep_pids()
     for ns in NETNS.values():
-        for pid in _netns_pids(ns):
-            if pid not in keep and not _slurmstepd(pid):
+        for pid in netns_pids(ns):
+            if pid not in keep and not is_slurmstepd(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -70,12 +70,12 @@ def no_leftovers():
         subprocess.run([SSH, host, "find /dev/shm -mindepth 1 -delete"], capture_output=True, timeout=30)
 
 
-def _keep() -> set[int]:
+def keep_pids() -> set[int]:
     """What is not a job's: the hosts' anchors and the slurmd daemons of multihost-slurm.sh."""
     return set(ANCHORS.values()) | {int(p) for p in os.environ.get("HPCPAR_MH_KEEP_PIDS", "").split()}
 
 
-def _slurmstepd(pid: int) -> bool:
+def is_slurmstepd(pid: int) -> bool:
     """Slurm's step daemon, which reports a finished job's end to slurmctld: killed, it would
     leave the job completing on its node; its job's processes are ended all the same."""
     try:
@@ -84,7 +84,7 @@ def _slurmstepd(pid: int) -> bool:
         return False
 
 
-def _netns_pids(ns: str) -> list[int]:
+def netns_pids(ns: str) -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
     return [int(p) for p in out.split()]
 
@@ -287,7 +287,7 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
         killed = time.monotonic()
         # The job's processes there (proxy, guardian, rank, witness) all at once, as when the
         # host dies: stopped first, so none sees another die, then killed.
-        doomed = [pid for pid in _netns_pids(NETNS[last]) if pid not in _keep()]
+        doomed = [pid for pid in netns_pids(NETNS[last]) if pid not in keep_pids()]
         for sig in (signal.SIGSTOP, signal.SIGKILL):
             for pid in doomed:
                 try:
@@ -297,7 +297,7 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
     finally:
-        _end(proc)
+        end_job(proc)
     assert proc.returncode != 0, out
     assert took < 10, f"the job ended {took:.1f} s after the host's processes were killed"
     assert re.search(rf"hpcpar: rank 2 \(pid \d+\) of 3 on host {last} ended without a word", out), out
@@ -357,12 +357,12 @@ def _heat_until_checkpoint(tmp_path: Path, *launch: str) -> subprocess.Popen:
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     if not ckpt.exists():
-        _end(proc)
+        end_job(proc)
         pytest.fail(f"heat wrote no checkpoint:\n{proc.communicate()[0]}")
     return proc
 
 
-def _end(proc: subprocess.Popen) -> None:
+def end_job(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -434,9 +434,9 @@ def test_link_cut_during_halo_exchange_ends_the_job_naming_ranks_and_hosts(tmp_p
         cut, t0 = True, time.monotonic()
         out, _ = proc.communicate(timeout=40)
         took = time.monotonic() - t0
-        left = {h: [p for p in _netns_pids(NETNS[h]) if p not in _keep() and not _slurmstepd(p)] for h in HOSTS}
+        left = {h: [p for p in netns_pids(NETNS[h]) if p not in keep_pids() and not is_slurmstepd(p)] for h in HOSTS}
     finally:
-        _end(proc)
+        end_job(proc)
         if cut:
             subprocess.run(["ip", "link", "set", veth, "up"], check=True, timeout=10)
             _reachable_again(last)

@@ -134,6 +134,22 @@ def test_host_options_per_launcher(tmp_path, workstation):
         launch_argv(2, ["py"], ["srun"], hosts)
     # No hosts: exactly the command of before.
     assert launch_argv(3, ["py"], hydra, None, []) == [hydra[0], "-n", "3", "py"]
+def test_export_options_name_each_variable_once_for_open_mpi_only(tmp_path):
+    ompi = [str(tool_dir(tmp_path, "mpiexec", "ompi_info") / "mpiexec")]
+    names = ["HPCPAR_RUN_DIR", "HPCPAR_TIMEOUT", "HPCPAR_RUN_DIR", "HPCPAR_RELAY"]
+    assert command.export_options(ompi, names) == [
+        "-x", "HPCPAR_RUN_DIR", "-x", "HPCPAR_TIMEOUT", "-x", "HPCPAR_RELAY"]
+    # what the user's own options already export is not named twice
+    assert command.export_options([*ompi, "-x", "HPCPAR_TIMEOUT", "--mca", "btl", "tcp,self"], names) == [
+        "-x", "HPCPAR_RUN_DIR", "-x", "HPCPAR_RELAY"]
+    assert command.export_options(ompi, []) == []
+    # Hydra and srun pass the whole environment on
+    hydra = tmp_path / "hydra"
+    hydra.mkdir()
+    assert command.export_options([str(tool_dir(hydra, "mpiexec", "hydra_pmi_proxy") / "mpiexec")], names) == []
+    assert command.export_options(["srun", "--mpi=pmi2"], names) == []
+
+
 # ---- srun: the --mpi plugin of the library mpi4py uses -------------------------------------
 VENV_PYTHONS = {"pmi2": ROOT / ".venv" / "bin" / "python", "pmix": ROOT / ".venv-openmpi" / "bin" / "python"}
 

@@ -58,3 +58,18 @@ def test_the_witness_records_the_end_when_its_pipe_closes(tmp_path):
         time.sleep(0.05)
     assert ledger.read(d, 1)[0][2]
     ledger.settle(d, 1, timeout=1)
+
+
+def test_unfinished_ranks_are_those_whose_guardian_wrote_no_end_0(tmp_path):
+    d = str(tmp_path)
+    for rank in range(5):
+        ledger.started(d, rank, 10 + rank)
+    ledger.ended(d, 0, 0)
+    (tmp_path / "rank-0").open("a").write("ended -9\n")  # its witness, after the guardian ended
+    ledger.ended(d, 1, -15)  # stopped by the launcher
+    ledger.ended(d, 1, 0)
+    ledger.ended(d, 3, 0)
+    # rank 2 started and left no end (its host lost); rank 4's only end is its witness's
+    (tmp_path / "rank-4").open("a").write("ended -9\n")
+    assert ledger.unfinished(d, 6) == [1, 2, 4, 5]  # rank 5: never started
+    assert ledger.unfinished(d, 1) == [] and ledger.unfinished(d, 0) == []
