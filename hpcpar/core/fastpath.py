@@ -49,7 +49,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..decomp import partition
-from ..observe.trace import RECORDER
+from ..observe.trace import COLLECTIVE, RECORDER
 from . import announce, watchdog
 from .blocks import contig
 from .cache import BoundedCache
@@ -104,7 +104,8 @@ class _Shared:
         self.ctx, self.scatters = ctx, scatters
         self.buf = bytearray(announce.SIZE)
         self.mv = memoryview(self.buf)
-        #: root: (call, shape, dtype) -> (header bytes, payload bytes), None when not fast
+        #: root: (call, shape, dtype) -> (header bytes, payload bytes, root's rows of a scatter),
+        #: None when not fast
         self.heads: BoundedCache[tuple, tuple | None] = BoundedCache(64)
         #: other ranks: header bytes -> the payload's view in ``buf`` (bcast) ...
         self.bcasts: BoundedCache[bytes, np.ndarray] = BoundedCache(64)
@@ -112,7 +113,8 @@ class _Shared:
         self.blocks: BoundedCache[bytes, np.ndarray] = BoundedCache(64)
 
     def head(self, call: str, arr: np.ndarray) -> tuple | None:
-        """Root: the header of a small ``arr`` and its byte count; None when it cannot go fast."""
+        """Root: the header of a small ``arr``, its byte count and root's rows of it (a scatter's
+        block); None when it cannot go fast."""
         key = (call, arr.shape, arr.dtype)
         got = self.heads.get(key)
         if got is None and key not in self.heads:
@@ -122,7 +124,8 @@ class _Shared:
                     and DTYPES.get(dt.num) == dt):
                 try:
                     arr[:0].data.cast("B")  # memoryview can copy this format as bytes
-                    got = (announce.header(Kind.ARRAY, arr), arr.nbytes)
+                    rows = partition.block_range(arr.shape[0], self.ctx.size, self.ctx.rank)
+                    got = (announce.header(Kind.ARRAY, arr), arr.nbytes, slice(rows.start, rows.stop))
                 except (TypeError, ValueError):
                     got = None
             self.heads.put(key, got)
@@ -131,39 +134,48 @@ class _Shared:
 
 def _barrier(ctx: Any, sh: _Shared) -> Callable[[], None]:
     state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "barrier")
     full, barrier = ctx.barrier, ctx.comm.Barrier
 
     def fast() -> None:
-        if state.now is not None or rec.on:
+        if state.now is not None:
             return full()
-        state.now = ("barrier", clock(), ctx)
+        t0 = clock()
+        state.now = ("barrier", t0, ctx)
         state.tid = ident()
         try:
             barrier()
         finally:
             state.now = None
+            if rec.on:  # tracing: the call's span
+                rec.call(span, ctx, t0, 0)
     return fast
 
 
 def _allreduce(ctx: Any, sh: _Shared) -> Callable[..., Any]:
     state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "allreduce")
     full, allreduce, empty_like = ctx.allreduce, ctx.comm.Allreduce, np.empty_like
     ops: dict[tuple, Any] = {}  # (op name, dtype) -> MPI.Op, accepted by the full method
 
     def fast(x: Any, op: Any = "sum") -> Any:
-        if x.__class__ is _ndarray and op.__class__ is str and state.now is None and not rec.on:
+        if x.__class__ is _ndarray and op.__class__ is str and state.now is None:
             mop = ops.get((op, x.dtype))
             if mop is not None and (x.ndim < 2 or (x.flags.c_contiguous and x.ndim <= MAXDIM)):
-                state.now = ("allreduce", clock(), ctx)
+                t0 = clock()
+                state.now = ("allreduce", t0, ctx)
                 state.tid = ident()
                 try:
                     recv = empty_like(x)
-                    allreduce(x, recv, mop)
+                    try:
+                        allreduce(x, recv, mop)
+                    except BufferError:  # a strided 1-d array (found before any MPI call)
+                        allreduce(x.copy(), recv, mop)
                     return recv
-                except BufferError:  # a strided 1-d array (found before any MPI call)
-                    pass
                 finally:
                     state.now = None
+                    if rec.on:  # tracing: the call's span
+                        rec.call(span, ctx, t0, x.nbytes)
         result = full(x, op)
         if x.__class__ is _ndarray and op.__class__ is str and len(ops) < 256:
             ops[(op, x.dtype)] = OPS[op]  # the full method took it: valid on this rank
@@ -174,17 +186,19 @@ def _allreduce(ctx: Any, sh: _Shared) -> Callable[..., Any]:
 def _checked_allreduce(ctx: Any, a: Any, reduced: Callable[[tuple], Any],
                        disagreed: Callable[[Any, Any, Any], Any]) -> Callable[..., Any]:
     state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "allreduce")
     full, allreduce, empty_like = ctx.allreduce, ctx.comm.Allreduce, np.empty_like
     agree, r, mx = a.comm.Allreduce, a.result, MAX
     known: BoundedCache[tuple, tuple] = BoundedCache(256)  # (op, shape, dtype) -> (vector, its bytes, op)
 
     def fast(x: Any, op: Any = "sum") -> Any:
-        if x.__class__ is _ndarray and op.__class__ is str and state.now is None and not rec.on:
+        if x.__class__ is _ndarray and op.__class__ is str and state.now is None:
             key = (op, x.shape, x.dtype)
             got = known.get(key)
             if got is not None:
                 v, vb, mop = got
-                state.now = ("allreduce", clock(), ctx)
+                t0 = clock()
+                state.now = ("allreduce", t0, ctx)
                 state.tid = ident()
                 try:
                     agree(v, r, mx)
@@ -200,6 +214,8 @@ def _checked_allreduce(ctx: Any, a: Any, reduced: Callable[[tuple], Any],
                     return recv
                 finally:
                     state.now = None
+                    if rec.on:  # tracing: the call's span
+                        rec.call(span, ctx, t0, x.nbytes)
             result = full(x, op)
             got = reduced((_ALLREDUCE, None, op, _ndarray, x.shape, x.dtype))
             if got is not None and got[0] is not None:
@@ -211,18 +227,20 @@ def _checked_allreduce(ctx: Any, a: Any, reduced: Callable[[tuple], Any],
 
 def _bcast(ctx: Any, sh: _Shared) -> Callable[..., Any]:
     state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "bcast")
     full, bcast, buf, mv, me = ctx.bcast, ctx.comm.Bcast, sh.buf, sh.mv, ctx.rank
     seen = sh.bcasts
 
     def fast(obj: Any, root: int = 0) -> Any:
-        if root.__class__ is not int or state.now is not None or rec.on or not 0 <= root < ctx.size:
+        if root.__class__ is not int or state.now is not None or not 0 <= root < ctx.size:
             return full(obj, root)
         if me == root:
             got = sh.head("bcast", obj) if obj.__class__ is _ndarray and obj.flags.c_contiguous else None
             if got is None:
                 return full(obj, root)
-            head, n = got
-            state.now = ("bcast", clock(), ctx)
+            head, n, _ = got
+            t0 = clock()
+            state.now = ("bcast", t0, ctx)
             state.tid = ident()
             try:
                 mv[:_H] = head
@@ -231,7 +249,10 @@ def _bcast(ctx: Any, sh: _Shared) -> Callable[..., Any]:
                 return obj
             finally:
                 state.now = None
-        state.now = ("bcast", clock(), ctx)
+                if rec.on:  # tracing: the call's span
+                    rec.call(span, ctx, t0, obj.nbytes if me == root else 0)
+        t0 = clock()
+        state.now = ("bcast", t0, ctx)
         state.tid = ident()
         try:
             bcast(buf, root)
@@ -247,16 +268,19 @@ def _bcast(ctx: Any, sh: _Shared) -> Callable[..., Any]:
             return view.copy()
         finally:
             state.now = None
+            if rec.on:  # tracing: the call's span
+                rec.call(span, ctx, t0, obj.nbytes if me == root else 0)
     return fast
 
 
 def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
     state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "scatter")
     full, bcast, buf, mv, me, size = ctx.scatter, ctx.comm.Bcast, sh.buf, sh.mv, ctx.rank, ctx.size
     seen = sh.blocks
 
     def fast(array: Any, root: int = 0, axis: int = 0, out: Any = None) -> Any:
-        if (root.__class__ is not int or axis != 0 or out is not None or state.now is not None or rec.on
+        if (root.__class__ is not int or axis != 0 or out is not None or state.now is not None
                 or not 0 <= root < size):
             return full(array, root, axis, out)
         if me == root:
@@ -264,18 +288,21 @@ def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
             got = sh.head("scatter", array) if fits else None
             if got is None:
                 return full(array, root, axis, out)
-            head, n = got
-            rows = partition.block_range(array.shape[0], size, me)
-            state.now = ("scatter", clock(), ctx)
+            head, n, rows = got
+            t0 = clock()
+            state.now = ("scatter", t0, ctx)
             state.tid = ident()
             try:
                 mv[:_H] = head
                 mv[_H:_H + n] = array.data.cast("B")
                 bcast(buf, root)
-                return array[rows.start:rows.stop].copy()
+                return array[rows].copy()
             finally:
                 state.now = None
-        state.now = ("scatter", clock(), ctx)
+                if rec.on:  # tracing: the call's span
+                    rec.call(span, ctx, t0, array.nbytes if me == root else 0)
+        t0 = clock()
+        state.now = ("scatter", t0, ctx)
         state.tid = ident()
         try:
             bcast(buf, root)
@@ -292,6 +319,8 @@ def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
             return block.copy()
         finally:
             state.now = None
+            if rec.on:  # tracing: the call's span
+                rec.call(span, ctx, t0, array.nbytes if me == root else 0)
     return fast
 
 

@@ -223,3 +223,32 @@ def test_bad_arguments_still_raise_on_the_rank_that_sees_them(u, ctx):
             got.append(type(e).__name__)
     assert_all(None not in got, f"a bad argument was accepted: {got}", ctx=ctx)
     u.barrier()
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_tracing_records_one_span_per_fast_call(ctx, checks):
+    from hpcpar.observe import trace
+
+    rec = trace.RECORDER
+    with hpcpar.Context(ctx.comm, checks=checks, debug=False) as c:
+        x = np.ones(4)
+        for _ in range(2):  # the fast paths are warm
+            c.allreduce(x), c.barrier(), c.bcast(x if ctx.is_root else None), c.scatter(
+                np.arange(2.0 * ctx.size) if ctx.is_root else None)
+        rec.reset(trace.CHUNK, ctx.size)
+        rec.on = True
+        try:
+            for _ in range(3):
+                c.allreduce(x)
+                c.barrier()
+                c.bcast(x if ctx.is_root else None)
+                c.scatter(np.arange(2.0 * ctx.size) if ctx.is_root else None)
+        finally:
+            rec.on = False
+        ev = rec.events()
+    names = [rec.names[w][1] for w in ev["what"]]
+    want = ["allreduce", "barrier", "bcast", "scatter"] * 3
+    ok = names == want and (ev["t1"] >= ev["t0"]).all()
+    ok = ok and list(ev["nbytes"][0::4]) == [32] * 3  # the allreduce's array
+    ok = ok and list(ev["nbytes"][2::4]) == [32 if ctx.is_root else 0] * 3
+    assert_all(ok, f"spans {names}, bytes {list(ev['nbytes'])}", ctx=ctx)
