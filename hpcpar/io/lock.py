@@ -31,8 +31,8 @@ import socket
 import struct
 import sys
 
-__all__ = ["allocate", "check_room", "FileLock", "give_back", "reserve", "trim", "hosted", "RESERVE_MARGIN",
-           "INCOMPLETE"]
+__all__ = ["allocate", "check_room", "FileLock", "give_back", "make_room", "reserve", "trim", "hosted",
+           "RESERVE_MARGIN", "INCOMPLETE"]
 
 #: Attribute of a dataset whose data is being written; left in place when the write fails.
 INCOMPLETE = "hpcpar_incomplete"
@@ -203,8 +203,9 @@ def allocate(path: str, nbytes: int) -> bool:
     """Make the file system allocate ``nbytes`` past the current end of ``path``. **Local**.
 
     The MPI-IO path's form of :func:`reserve`: only ``fallocate(2)`` itself, so a file
-    system without it costs nothing (False: then use :func:`check_room`). The file
-    grows; HDF5 sets its size back to what it uses when the file is closed.
+    system without it costs nothing (False: then use :func:`check_room`). The file's
+    size stays HDF5's (``FALLOC_FL_KEEP_SIZE``): calls without a write between them
+    reserve the same blocks again, and :func:`trim` frees what is left after the close.
 
     Raises:
         OSError: ``ENOSPC`` (disk or quota full), ``EFBIG``, ..., with the message of
@@ -213,7 +214,7 @@ def allocate(path: str, nbytes: int) -> bool:
     if nbytes <= 0:
         return True
     end = os.stat(path).st_size
-    err = _fallocate(path, 0, end, nbytes)
+    err = _fallocate(path, _KEEP_SIZE, end, nbytes)
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         return False
     if err:
@@ -221,6 +222,13 @@ def allocate(path: str, nbytes: int) -> bool:
         raise OSError(err, f"cannot reserve {end + nbytes:,} bytes for {path}: {os.strerror(err)}; "
                       "free space (or raise the limit) and write again; what was written before is kept")
     return True
+
+
+def make_room(path: str, nbytes: int) -> None:
+    """Root's reservation on the MPI-IO path: :func:`allocate`, or :func:`check_room` on a
+    file system that cannot allocate. **Local**. Raises as they do."""
+    if not allocate(path, nbytes):
+        check_room(path, nbytes)
 
 
 def give_back(path: str, offset: int, length: int) -> bool:
@@ -236,11 +244,20 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def trim(path: str) -> None:
-    """Give back what :func:`reserve` allocated beyond the end of a closed HDF5 file. **Local**.
+    """Give back what :func:`reserve` and :func:`allocate` allocated beyond the end of a
+    closed HDF5 file. **Local**.
 
     Reads the end-of-file address from the superblock and truncates the file to
-    it; does nothing for a file it cannot parse (e.g. one with a user block).
+    it (a file it cannot parse, e.g. one with a user block, keeps its size), then
+    frees the blocks allocated past its end.
     """
+    _trim_to_eoa(path)
+    st = os.stat(path)
+    if st.st_blocks * 512 > st.st_size:  # possibly blocks past the end
+        give_back(path, st.st_size, st.st_blocks * 512)
+
+
+def _trim_to_eoa(path: str) -> None:
     with open(path, "rb+") as f:
         head = f.read(96)
         if not head.startswith(_SIGNATURE) or len(head) < 16:

@@ -25,8 +25,7 @@ from ..observe.trace import IO, array_bytes, traced
 from .agree import Layout, block_layout, gather_boxes, grid_layout, headers, settle
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
-from .lock import (INCOMPLETE, RESERVE_MARGIN, FileLock, allocate, check_room, give_back, hosted, reserve,
-                   trim)
+from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, give_back, hosted, make_room, reserve, trim
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
 from .slabs import append_chunks, check_dtype, check_name, extendible, hyper_write, is_grid, new_dataset
@@ -170,8 +169,7 @@ class Output:
 
     def _reserve(self, f: Any, nbytes: int) -> None:  # root: room for nbytes more and metadata
         if self._lock is not None and self.mode == "mpio":  # blocks past the end, or a look at statvfs
-            if not allocate(self.path, int(nbytes) + RESERVE_MARGIN):
-                check_room(self.path, int(nbytes) + RESERVE_MARGIN)
+            make_room(self.path, int(nbytes) + RESERVE_MARGIN)
         elif self._lock is not None:
             reserve(self._lock, int(f.id.get_filesize()) + int(nbytes) + RESERVE_MARGIN)
 
@@ -537,8 +535,9 @@ class Output:
         if self.mode == "mpio":
             _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
             if problem is not None and problem[0] == "OSError":  # e.g. the disk filled after the check
-                problem = ("OSError", f"{problem[1]}; {name!r} is left marked {INCOMPLETE}: free space (or "
-                           "raise the limit), close the Output and write again; what was written before is kept")
+                problem = ("OSError", f"{problem[1]}; {name!r} is left marked {INCOMPLETE}: free space "
+                           "(or raise the limit), close the Output and write again; what was written "
+                           "before is kept")
             agree(ctx.comm, where, hosted(problem))
             self._wrote = True
             return

@@ -573,8 +573,8 @@ def test_a_disk_filled_during_a_collective_write_keeps_what_was_written(ctx, sha
     (no fallocate) and filled after root's free-space check: every rank raises, the file closes."""
     if io_mode() != "mpio":
         pytest.skip("the serial path reserves the blocks themselves (posix_fallocate) before writing")
-    monkeypatch.setattr("hpcpar.io.output.allocate", lambda path, nbytes: False)  # no fallocate here
-    monkeypatch.setattr("hpcpar.io.output.check_room", lambda path, nbytes: None)  # it saw room
+    monkeypatch.setattr("hpcpar.io.lock.allocate", lambda path, nbytes: False)  # no fallocate here
+    monkeypatch.setattr("hpcpar.io.lock.check_room", lambda path, nbytes: None)  # it saw room
     with small_disk(ctx, shared_dir) as disk:
         path = disk / "o.h5"
         out = open_out(ctx, path, "auto")
