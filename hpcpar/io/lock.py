@@ -254,7 +254,8 @@ def trim(path: str) -> None:
     _trim_to_eoa(path)
     st = os.stat(path)
     if st.st_blocks * 512 > st.st_size:  # possibly blocks past the end
-        give_back(path, st.st_size, st.st_blocks * 512)
+        os.truncate(path, st.st_size)  # frees them on ext4, XFS, ...
+        give_back(path, st.st_size, st.st_blocks * 512)  # ... and on tmpfs
 
 
 def _trim_to_eoa(path: str) -> None:
