@@ -185,7 +185,7 @@ class Output:
         """
         try:
             if self.mode == "mpio":
-                if room is not None:  # one more reduction of one integer, only when the file grows
+                if room is not None:  # one more broadcast (of None), only when the file may grow
                     problem = attempt(self._reserve, self._file, room)[1] if self.ctx.is_root else None
                     agree(self.ctx.comm, where, hosted(problem), root=self.ctx.root)
                 res, problem = attempt(fn, self._file)
