@@ -12,7 +12,12 @@ close of other descriptors of the file (the serial path's token passing).
 
 :func:`reserve` makes the file system allocate the blocks a write is about to
 use (``posix_fallocate``), so a full disk or a file-size limit is found before
-HDF5 writes anything, and the file stays consistent.
+HDF5 writes anything, and the file stays consistent. On the MPI-IO path root
+reserves with :func:`allocate` (``fallocate(2)`` itself, never glibc's emulation,
+which would write a byte per block), or checks the free space with
+:func:`check_room` where the file system cannot; :func:`give_back` frees the
+blocks of a write that failed all the same, so that HDF5 has room for the
+metadata it writes when the file is closed.
 
 Everything here is **local** (root calls it); nothing communicates.
 """
@@ -24,8 +29,10 @@ import fcntl
 import os
 import socket
 import struct
+import sys
 
-__all__ = ["check_room", "FileLock", "reserve", "trim", "hosted", "RESERVE_MARGIN", "INCOMPLETE"]
+__all__ = ["allocate", "check_room", "FileLock", "give_back", "make_room", "reserve", "trim", "hosted",
+           "RESERVE_MARGIN", "INCOMPLETE"]
 
 #: Attribute of a dataset whose data is being written; left in place when the write fails.
 INCOMPLETE = "hpcpar_incomplete"
@@ -170,16 +177,88 @@ def check_room(path: str, nbytes: int) -> None:
                       "again; what was written before is kept")
 
 
+#: fallocate(2) modes: free a byte range's blocks, keeping the file's size.
+_PUNCH_HOLE, _KEEP_SIZE = 0x02, 0x01
+
+
+def _fallocate(path: str, mode: int, offset: int, length: int) -> int:
+    """``fallocate(2)`` on ``path``: 0, or the errno (``EOPNOTSUPP`` off Linux). **Local**."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return errno.EOPNOTSUPP
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return errno.EOPNOTSUPP
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        return 0 if fn(fd, mode, offset, length) == 0 else ctypes.get_errno()
+    finally:
+        os.close(fd)
+
+
+def allocate(path: str, nbytes: int) -> bool:
+    """Make the file system allocate ``nbytes`` past the current end of ``path``. **Local**.
+
+    The MPI-IO path's form of :func:`reserve`: only ``fallocate(2)`` itself, so a file
+    system without it costs nothing (False: then use :func:`check_room`). The file's
+    size stays HDF5's (``FALLOC_FL_KEEP_SIZE``): calls without a write between them
+    reserve the same blocks again, and :func:`trim` frees what is left after the close.
+
+    Raises:
+        OSError: ``ENOSPC`` (disk or quota full), ``EFBIG``, ..., with the message of
+            :func:`reserve`; the blocks a failed call took are given back.
+    """
+    if nbytes <= 0:
+        return True
+    end = os.stat(path).st_size
+    err = _fallocate(path, _KEEP_SIZE, end, nbytes)
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    if err:
+        _fallocate(path, _PUNCH_HOLE | _KEEP_SIZE, end, nbytes)  # what it took before failing
+        raise OSError(err, f"cannot reserve {end + nbytes:,} bytes for {path}: {os.strerror(err)}; "
+                      "free space (or raise the limit) and write again; what was written before is kept")
+    return True
+
+
+def make_room(path: str, nbytes: int) -> None:
+    """Root's reservation on the MPI-IO path: :func:`allocate`, or :func:`check_room` on a
+    file system that cannot allocate. **Local**. Raises as they do."""
+    if not allocate(path, nbytes):
+        check_room(path, nbytes)
+
+
+def give_back(path: str, offset: int, length: int) -> bool:
+    """Free the disk blocks of ``length`` bytes of ``path`` from ``offset``, keeping its size.
+    **Local**; best effort: whether the blocks were freed (``fallocate(2)`` with
+    ``FALLOC_FL_PUNCH_HOLE``; not every file system has it). The range reads as zeros.
+    """
+    return offset >= 0 and length > 0 and _fallocate(path, _PUNCH_HOLE | _KEEP_SIZE, offset, length) == 0
+
+
 #: The HDF5 superblock's signature (at offset 0 of a file without a user block).
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def trim(path: str) -> None:
-    """Give back what :func:`reserve` allocated beyond the end of a closed HDF5 file. **Local**.
+    """Give back what :func:`reserve` and :func:`allocate` allocated beyond the end of a
+    closed HDF5 file. **Local**.
 
     Reads the end-of-file address from the superblock and truncates the file to
-    it; does nothing for a file it cannot parse (e.g. one with a user block).
+    it (a file it cannot parse, e.g. one with a user block, keeps its size), then
+    frees the blocks allocated past its end.
     """
+    _trim_to_eoa(path)
+    st = os.stat(path)
+    if st.st_blocks * 512 > st.st_size:  # possibly blocks past the end
+        os.truncate(path, st.st_size)  # frees them on ext4, XFS, ...
+        give_back(path, st.st_size, st.st_blocks * 512)  # ... and on tmpfs
+
+
+def _trim_to_eoa(path: str) -> None:
     with open(path, "rb+") as f:
         head = f.read(96)
         if not head.startswith(_SIGNATURE) or len(head) < 16:

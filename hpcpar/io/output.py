@@ -25,7 +25,7 @@ from ..observe.trace import IO, array_bytes, traced
 from .agree import Layout, block_layout, gather_boxes, grid_layout, headers, settle
 from .attrs import Attrs
 from .attrs import provenance as provenance_attrs
-from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, check_room, hosted, reserve, trim
+from .lock import INCOMPLETE, RESERVE_MARGIN, FileLock, give_back, hosted, make_room, reserve, trim
 from .mode import IO_MODES, check_path, collective_dxpl, io_mode
 from .serial import put_gather, put_token
 from .slabs import append_chunks, check_dtype, check_name, extendible, hyper_write, is_grid, new_dataset
@@ -168,24 +168,33 @@ class Output:
             lock.release()
 
     def _reserve(self, f: Any, nbytes: int) -> None:  # root: room for nbytes more and metadata
-        if self._lock is not None and self.mode == "mpio":  # the file's size is HDF5's, collectively
-            check_room(self.path, int(nbytes) + RESERVE_MARGIN)
+        if self._lock is not None and self.mode == "mpio":  # blocks past the end, or a look at statvfs
+            make_room(self.path, int(nbytes) + RESERVE_MARGIN)
         elif self._lock is not None:
             reserve(self._lock, int(f.id.get_filesize()) + int(nbytes) + RESERVE_MARGIN)
 
-    def _holder(self, fn, where: str, share: bool = False):
+    def _holder(self, fn, where: str, share: bool = False, room: int | None = None):
         """Run ``fn(file)`` where the file is held: every rank (mpio) or root (serial).
 
         **Collective**. Errors are raised on every rank (an I/O error also ends the
         Output's writes). With ``share`` every rank gets root's result; otherwise
-        ranks that do not hold the file get None.
+        ranks that do not hold the file get None. ``room``: bytes ``fn`` may add to
+        the file; root reserves them first, and on the mpio path every rank learns
+        the outcome before any enters HDF5 (``fn`` is collective there: a rank that
+        skipped it would leave the others waiting in it for ever).
         """
         try:
             if self.mode == "mpio":
+                if room is not None:  # one more broadcast (of None), only when the file may grow
+                    problem = attempt(self._reserve, self._file, room)[1] if self.ctx.is_root else None
+                    agree(self.ctx.comm, where, hosted(problem), root=self.ctx.root)
                 res, problem = attempt(fn, self._file)
                 agree(self.ctx.comm, where, hosted(problem))
                 return res
-            res, problem = attempt(fn, self._file) if self.ctx.is_root else (None, None)
+            res, problem = (None, None)
+            if self.ctx.is_root:
+                problem = None if room is None else attempt(self._reserve, self._file, room)[1]
+                res, problem = attempt(fn, self._file) if problem is None else (None, problem)
             agree(self.ctx.comm, where, hosted(problem), root=self.ctx.root)
         except CollectiveError as exc:
             self._fail(exc)
@@ -214,10 +223,8 @@ class Output:
         """Flush HDF5's buffers to the file. **Collective**."""
         self._exchange("flush", "/", None, None)
 
-        def flush(f: Any) -> None:
-            self._reserve(f, 0)  # room for the metadata the flush writes
-            f.flush()
-        self._holder(flush, f"hpcpar.Output({self.path!r}).flush")
+        # room=0: the margin, for the metadata the flush writes
+        self._holder(lambda f: f.flush(), f"hpcpar.Output({self.path!r}).flush", room=0)
 
     def close(self) -> None:
         """Close the file. **Collective**; safe to call twice."""
@@ -378,10 +385,9 @@ class Output:
                          cover=lay.total == math.prod(gshape))
         else:
             def grow(f: Any) -> None:
-                self._reserve(f, math.prod(gshape) * dtype.itemsize)
                 f[name].resize(steps + 1, axis=0)
                 f[name].attrs[INCOMPLETE] = True
-            self._holder(grow, where)
+            self._holder(grow, where, room=math.prod(gshape) * dtype.itemsize)
         step = Layout((steps + 1, *gshape), dtype, ((steps, *lay.box[0]), (1, *lay.box[1])), lay.total,
                       None if lay.boxes is None else [((steps, *s), (1, *c)) for s, c in lay.boxes])
         self._put(name, step, np.asarray(data).reshape((1, *np.shape(data))))
@@ -496,11 +502,10 @@ class Output:
             if name in f:
                 raise ValueError(f"{name!r} already exists in {self.path}; choose another name "
                                  "or open the file with mode='w'")
-            self._reserve(f, math.prod(shape) * np.dtype(dtype).itemsize)
             new_dataset(f, name, shape, dtype, attrs, maxshape=maxshape, chunks=chunks, cover=cover,
                         compression=compression, compression_opts=compression_opts)
 
-        self._holder(create, where)
+        self._holder(create, where, room=math.prod(shape) * np.dtype(dtype).itemsize)
 
     def _put(self, name: str, lay: Layout, block: Any) -> None:
         """Move every rank's box into dataset ``name``, then clear its ``hpcpar_incomplete``
@@ -511,8 +516,16 @@ class Output:
             self._move(name, lay, block)
         except CollectiveError as exc:
             self._fail(exc)
+            if self.mode == "mpio" and self._lock is not None:  # root: room for the close's metadata
+                attempt(self._give_back, name)
             raise
         self._holder(lambda f: f[name].attrs.__delitem__(INCOMPLETE), f"{self._where}: completing {name!r}")
+
+    def _give_back(self, name: str) -> None:  # root, mpio: free what a failed write took
+        d = self._file[name].id
+        offset = d.get_offset()  # None unless contiguous (what an unfiltered write makes)
+        if offset is not None:
+            give_back(self.path, int(offset), int(d.get_storage_size()))
 
     def _move(self, name: str, lay: Layout, block: Any) -> None:  # _put's data movement
         where = f"hpcpar.Output({self.path!r}): writing {name!r}"
@@ -521,6 +534,10 @@ class Output:
         block = np.asarray(block) if block is not None else np.empty(count, dtype)
         if self.mode == "mpio":
             _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
+            if problem is not None and problem[0] == "OSError":  # e.g. the disk filled after the check
+                problem = ("OSError", f"{problem[1]}; {name!r} is left marked {INCOMPLETE}: free space "
+                           "(or raise the limit), close the Output and write again; what was written "
+                           "before is kept")
             agree(ctx.comm, where, hosted(problem))
             self._wrote = True
             return
