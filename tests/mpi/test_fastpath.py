@@ -55,8 +55,8 @@ def test_checked_repeated_allreduce(c, ctx):
                             (np.arange(6, dtype=np.int32).reshape(2, 3) + ctx.rank, "max",
                              np.arange(6, dtype=np.int32).reshape(2, 3) + ctx.size - 1),
                             (np.arange(8.0)[::2] + k, "sum", (np.arange(8.0)[::2] + k) * ctx.size),
-                            (np.asfortranarray(np.ones((2, 2))) * (ctx.rank + 1), "sum",
-                             np.ones((2, 2)) * sum(range(1, ctx.size + 1)))]:
+                            (np.asfortranarray(np.arange(6.0).reshape(2, 3)) * (ctx.rank + 1), "sum",
+                             np.arange(6.0).reshape(2, 3) * sum(range(1, ctx.size + 1)))]:
             got = c.allreduce(x, op)
             if not same(got, want):
                 problems.append(f"call {k} {x.shape} {op}: {got!r}, wanted {want!r}")
