@@ -157,7 +157,8 @@ class Context:
         if not self.checks:
             fastpath.install(self, self._blocks)  # the common cases straight to MPI
         elif not self.debug:
-            fastpath.install_checked(self, self._a, self._reduced.get, self._reduce_disagreed)
+            fastpath.install_checked(self, self._a, self._reduced.get, self._reduce_disagreed,
+                                     self._bcast_agreed)
 
     def free(self) -> None:
         """Release the private communicator. **Collective**; safe to call twice."""
@@ -345,7 +346,12 @@ class Context:
                     v[Slot.SHAPE:Slot.SHAPE + arr.ndim] = arr.shape
             if problem is None:
                 a.vectors.put(key, v)
-        r = a.run(v)
+        return self._bcast_agreed(a.run(v), obj, root, problem, arr, kind, site)
+
+    def _bcast_agreed(self, r: np.ndarray, obj: Any, root: int, problem: Problem | None,
+                      arr: np.ndarray | None, kind: int, site: str | None) -> Any:
+        """The rest of a checked bcast once the agreement gave ``r``. **Collective**."""
+        a = self._a
         rkey, plan = a.plan_for(r)
         if plan is None:
             if agrees(r):

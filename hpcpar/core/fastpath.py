@@ -53,7 +53,7 @@ from ..observe.trace import COLLECTIVE, RECORDER
 from . import announce, watchdog
 from .blocks import contig
 from .cache import BoundedCache
-from .largecount import bcast_bytes
+from .largecount import INT_MAX, bcast_bytes
 from .protocol import DTYPES, MAXDIM, OPS, Call, Kind
 
 __all__ = ["install", "install_checked", "bcast_rest"]
@@ -65,15 +65,18 @@ _ndarray = np.ndarray
 
 
 def install_checked(ctx: Any, agreement: Any, reduced: Callable[[tuple], Any],
-                    disagreed: Callable[[Any, Any, Any], Any]) -> None:
-    """Bind the fast checked allreduce on the checked context ``ctx``. **Local**.
+                    disagreed: Callable[[Any, Any, Any], Any], bcast_agreed: Callable[..., Any]) -> None:
+    """Bind the fast checked allreduce and bcast on the checked context ``ctx``. **Local**.
 
     ``agreement``: the context's :class:`~hpcpar.core.agreement.Agreement`;
     ``reduced(key)``: the full method's cache of validated reductions (vector,
     its bytes, op); ``disagreed(x, v, op)``: the context's error path after an
-    agreement on ``v`` that failed (raises on every rank, or reduces with ``op``).
+    agreement on ``v`` that failed (raises on every rank, or reduces with ``op``);
+    ``bcast_agreed(r, obj, root, problem, arr, kind, site)``: the rest of the full
+    bcast once the agreement gave ``r``.
     """
     ctx.allreduce = _wrap(ctx.allreduce, _checked_allreduce(ctx, agreement, reduced, disagreed))
+    ctx.bcast = _wrap(ctx.bcast, _checked_bcast(ctx, agreement, bcast_agreed))
 
 
 def install(ctx: Any, blocks: Any) -> None:
@@ -223,6 +226,46 @@ def _checked_allreduce(ctx: Any, a: Any, reduced: Callable[[tuple], Any],
                 known.put(key, got)
             return result
         return full(x, op)
+    return fast
+
+
+def _checked_bcast(ctx: Any, a: Any, agreed: Callable[..., Any]) -> Callable[..., Any]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "bcast")
+    full, bcast, me, size, empty = ctx.bcast, ctx.comm.Bcast, ctx.rank, ctx.size, np.empty
+    agree, r, mx, vectors, plans = a.comm.Allreduce, a.result, MAX, a.vectors, a.plans
+    byte, small, array = MPI.BYTE, INT_MAX, Kind.ARRAY
+
+    def fast(obj: Any, root: int = 0) -> Any:
+        if root.__class__ is not int or state.now is not None or not 0 <= root < size:
+            return full(obj, root)
+        mine = me == root
+        if mine:
+            if obj.__class__ is not _ndarray or not obj.flags.c_contiguous or obj.nbytes > small:
+                return full(obj, root)
+            v = vectors.get((root, array, (obj.shape, obj.dtype), None))
+        else:
+            v = vectors.get((root, Kind.NONE, None, None))
+        if v is None:  # not seen before (the full method caches the vector)
+            return full(obj, root)
+        t0 = clock()
+        state.now = ("bcast", t0, ctx)
+        state.tid = ident()
+        try:
+            agree(v, r, mx)
+            plan = plans.get(r.tobytes())
+            if plan is None or plan.kind != array:  # new, disagreeing, or an object: the full rest
+                return agreed(r, obj, root, None, obj if mine else None, array if mine else Kind.NONE, None)
+            if mine:
+                bcast([obj, byte], root)
+                return obj
+            recv = empty(plan.gshape, plan.dtype)  # root's nbytes, at most INT_MAX (root's test)
+            bcast([recv, byte], root)
+            return recv
+        finally:
+            state.now = None
+            if rec.on:  # tracing: the call's span
+                rec.call(span, ctx, t0, obj.nbytes if mine else 0)
     return fast
 
 

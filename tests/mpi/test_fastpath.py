@@ -27,6 +27,13 @@ def u(ctx):
     c.free()
 
 
+@pytest.fixture(params=[False, True], ids=["unchecked", "checked"])
+def both(ctx, request):
+    c = hpcpar.Context(ctx.comm, checks=request.param, debug=False)
+    yield c
+    c.free()
+
+
 def same(got, want):
     return (isinstance(got, np.ndarray) and got.shape == np.shape(want) and got.dtype == np.asarray(want).dtype
             and np.array_equal(got, want))
@@ -36,7 +43,7 @@ def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
     names = ("barrier", "allreduce", "bcast", "scatter")
     ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ and n in vars(u) for n in names)
     with hpcpar.Context(ctx.comm, checks=True, debug=False) as c, hpcpar.Context(ctx.comm, debug=True) as d:
-        ok = ok and [n for n in names if n in vars(c)] == ["allreduce"] and c.allreduce.__doc__
+        ok = ok and [n for n in names if n in vars(c)] == ["allreduce", "bcast"] and c.bcast.__doc__
         ok = ok and not any(n in vars(d) for n in names)  # debug mode: every call checks its call site
     assert_all(ok, "a context's fast functions lost the methods' names or docstrings", ctx=ctx)
 
@@ -115,14 +122,14 @@ def test_allreduce_of_arrays_the_fast_path_does_not_take(u, ctx):
 
 
 @pytest.mark.parametrize("root_last", [False, True])
-def test_repeated_small_bcast_of_changing_geometry(u, ctx, root_last):
+def test_repeated_small_bcast_of_changing_geometry(both, ctx, root_last):
     root = ctx.size - 1 if root_last else 0
     kept, problems = [], []
     for k, (shape, dtype) in enumerate([((128,), np.float64), ((128,), np.float64), ((3, 4), np.int16),
                                         ((128,), np.float64), ((2, 2, 2), np.bool_), ((3, 4), np.int16),
                                         ((7,), np.complex64), ((7,), np.complex64), ((600,), np.float64)]):
         want = (np.arange(np.prod(shape)).reshape(shape) + k).astype(dtype)
-        got = u.bcast(want.copy() if ctx.rank == root else None, root=root)
+        got = both.bcast(want.copy() if ctx.rank == root else None, root=root)
         if not same(got, want):
             problems.append(f"call {k} {shape} {np.dtype(dtype)}: got {got!r}")
         kept.append((got, want))
@@ -131,7 +138,7 @@ def test_repeated_small_bcast_of_changing_geometry(u, ctx, root_last):
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
-def test_bcast_of_objects_custom_dtypes_and_large_arrays_between_small_ones(u, ctx):
+def test_bcast_of_objects_custom_dtypes_and_large_arrays_between_small_ones(both, ctx):
     rec = np.dtype([("a", np.int32), ("b", np.float64)])
     big = np.arange(announce.INLINE // 8 + 10, dtype=np.float64)  # does not fit the announcement
     problems = []
@@ -139,36 +146,36 @@ def test_bcast_of_objects_custom_dtypes_and_large_arrays_between_small_ones(u, c
         for name, want in [("small", np.arange(4.0) + k), ("record", np.array([(k, 0.5)] * 3, rec)),
                            ("big", big + k), ("object", {"k": k}), ("small", np.arange(4.0) - k),
                            ("empty", np.zeros(0)), ("0-d", np.array(k))]:
-            got = u.bcast(want if ctx.is_root else None)
+            got = both.bcast(want if ctx.is_root else None)
             good = got == want if name == "object" else same(got, want)
             if not good:
                 problems.append(f"{name} call {k}: got {got!r}")
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
-def test_bcast_on_root_returns_its_array_and_reads_non_contiguous_ones(u, ctx):
+def test_bcast_on_root_returns_its_array_and_reads_non_contiguous_ones(both, ctx):
     whole = np.arange(40.0).reshape(8, 5)
     ok = True
     for _ in range(2):
-        got = u.bcast(whole[:, 1] if ctx.is_root else None)  # strided on root
+        got = both.bcast(whole[:, 1] if ctx.is_root else None)  # strided on root
         ok = ok and same(got, whole[:, 1])
         mine = np.arange(3.0)
-        got = u.bcast(mine if ctx.is_root else None)
+        got = both.bcast(mine if ctx.is_root else None)
         ok = ok and same(got, mine) and (got is mine) == ctx.is_root
     assert_all(ok, "a bcast of a strided array, or root's own array, went wrong", ctx=ctx)
 
 
-def test_ranks_on_different_paths_in_the_same_call(u, ctx):
+def test_ranks_on_different_paths_in_the_same_call(both, ctx):
     """The ranks inside another marked call take the full methods; the others the fast path."""
     problems = []
     for k in range(4):
         inside = (ctx.rank + k) % 2 == 0
-        prev = watchdog.enter("outer", u) if inside else None
+        prev = watchdog.enter("outer", both) if inside else None
         try:
-            b = u.bcast(np.arange(6.0) + k if ctx.is_root else None)
-            s = u.scatter(np.arange(4.0 * ctx.size) + k if ctx.is_root else None)
-            r = u.allreduce(np.ones(2) * k)
-            u.barrier()
+            b = both.bcast(np.arange(6.0) + k if ctx.is_root else None)
+            s = both.scatter(np.arange(4.0 * ctx.size) + k if ctx.is_root else None)
+            r = both.allreduce(np.ones(2) * k)
+            both.barrier()
         finally:
             if inside:
                 watchdog.leave(prev)
@@ -252,3 +259,21 @@ def test_tracing_records_one_span_per_fast_call(ctx, checks):
     ok = ok and list(ev["nbytes"][0::4]) == [32] * 3  # the allreduce's array
     ok = ok and list(ev["nbytes"][2::4]) == [32 if ctx.is_root else 0] * 3
     assert_all(ok, f"spans {names}, bytes {list(ev['nbytes'])}", ctx=ctx)
+
+
+@pytest.mark.checks
+def test_checked_repeated_bcast_with_another_root_on_one_rank_fails_on_every_rank(c, ctx):
+    if ctx.size < 2:
+        pytest.skip("needs a rank that differs")
+    x = np.arange(5.0)
+    for _ in range(3):
+        c.bcast(x if ctx.is_root else None)  # the fast path is warm on every rank
+    odd = ctx.rank == ctx.size - 1
+    msg = None
+    try:
+        c.bcast(x if ctx.rank in (0, 1) else None, root=1 if odd else 0)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+    assert_all(msg is not None and "root" in msg, f"got {msg!r}", ctx=ctx)
+    got = c.bcast(x * 2 if ctx.is_root else None)  # still usable
+    assert_all(same(got, x * 2), f"after the error: {got!r}", ctx=ctx)
