@@ -97,6 +97,9 @@ class Grid:
         self._offsets = layout.offsets(corners=True)
         self._tag = {o: i for i, o in enumerate(self._offsets)}
         self._plans: dict[tuple[np.dtype, bool], list] = {}
+        # checked mode: the agreement vector of a fitting array, per (dtype, corners)
+        self._vectors: dict[tuple[np.dtype, bool], np.ndarray] = {}
+        self._reduced = vector()  # the Allreduce's receive buffer
         peers = {peer for off in self._offsets
                  if (peer := layout.neighbor(self.coords, off)) is not None}
         self.world_ranks: list[int] = sorted({ctx.world_ranks[r] for r in peers}
@@ -162,16 +165,21 @@ class Grid:
             ``a``, its ghost cells filled.
 
         Raises:
-            ValueError: on every rank, when the first exchange of a kind of array
-                (dtype, ``corners``) finds that the ranks' dtypes or ``corners`` differ,
-                or that some rank's array does not fit its block; on this rank alone
-                when a later exchange gets an array that does not fit (the job's
-                runner then ends the job). RuntimeError when an exchange begun with
+            ValueError: on every rank, when the ranks' dtypes or ``corners`` differ,
+                or some rank's array does not fit its block (on the exchanges that
+                are checked; see below). RuntimeError when an exchange begun with
                 :meth:`exchange_begin` is still pending.
 
         The first exchange of each dtype and ``corners`` value is checked across the
-        ranks (one fixed-size ``Allreduce``, whatever the number of ranks); later
-        ones are not, so every rank must switch to a new dtype at the same exchange.
+        ranks before any message moves (one ``Allreduce`` of a fixed-size vector, 520
+        bytes, whatever the number of ranks). A grid that exchanges one kind of array
+        (the usual stencil code) pays nothing more. With checks on (the context's
+        ``checks``, the default), once a grid has exchanged more than one kind, every
+        exchange is checked (the vector cached per kind), so a rank that switches to
+        another dtype it has exchanged before is caught at that exchange. Unchecked
+        (``HPCPAR_CHECKS=0``), every rank must switch to a new dtype at the same
+        exchange; a later array that does not fit raises on its own rank only (the
+        job's runner then ends the job), as with one kind checked.
         """
         self.exchange_begin(a, corners)
         self.exchange_end()
@@ -192,7 +200,12 @@ class Grid:
             raise RuntimeError("hpcpar.Grid.exchange_begin: an exchange is already pending on "
                                f"rank {self.rank}; call exchange_end() first")
         plan = self._plans.get((a.dtype, corners)) if isinstance(a, np.ndarray) else None
-        if plan is None:
+        if self.ctx.checks and len(self._plans) > 1:
+            # several kinds exchanged: check every exchange (one rank may switch alone)
+            self._agree_layout(a, corners)
+            if plan is None:
+                plan = self._plan(a.dtype, corners)
+        elif plan is None:
             if not self._plans:  # the first exchange: every rank checks, also a misfit
                 self._agree_layout(a, corners)
             self._check_local(a, "exchange_begin", contiguous=True)
@@ -212,10 +225,27 @@ class Grid:
     def _agree_layout(self, a: Any, corners: bool) -> None:
         """Check that every rank exchanges an array that fits, of the same dtype. **Collective**.
 
-        One ``Allreduce`` of the agreement vector (:mod:`hpcpar.core.agreement`); only
-        when the ranks disagree are their dtypes gathered to name them (O(P), error path).
+        One ``Allreduce`` of the agreement vector (:mod:`hpcpar.core.agreement`), cached
+        per dtype and ``corners`` for arrays that fit: when every rank sent the same
+        vector the result equals it (one byte comparison). Only when the ranks disagree
+        are their dtypes gathered to name them (O(P), error path). While it waits, the
+        hang watchdog counts every rank of the grid as one this exchange depends on.
         """
-        where = "hpcpar.Grid.exchange"
+        key = (a.dtype, bool(corners)) if isinstance(a, np.ndarray) else None
+        v = self._vectors.get(key) if key is not None else None
+        if v is not None and (a.shape != self.halo_shape or not a.flags.c_contiguous):
+            v = None  # this array does not fit: the full checks say why
+        if v is not None:
+            r = self._reduced
+            neighbours, self.world_ranks = self.world_ranks, self.ctx.world_ranks
+            try:
+                self.comm.Allreduce(v, r, MPI.MAX)
+            finally:
+                self.world_ranks = neighbours
+            if r.tobytes() == v.tobytes():
+                return
+            self._disagree(a, corners, None)
+            return
         problem: Problem | None = None
         if not isinstance(a, np.ndarray):
             problem = "TypeError", f"expected a NumPy array, got {type(a).__name__}"
@@ -234,11 +264,22 @@ class Grid:
         else:
             v[Slot.PROBLEM] = 1
         r = np.empty_like(v)
-        self.comm.Allreduce(v, r, MPI.MAX)
+        neighbours, self.world_ranks = self.world_ranks, self.ctx.world_ranks
+        try:
+            self.comm.Allreduce(v, r, MPI.MAX)
+        finally:
+            self.world_ranks = neighbours
         if agrees(r):
+            if problem is None and key is not None:
+                self._vectors[key] = v
             return
+        self._disagree(a, corners, problem)
+
+    def _disagree(self, a: Any, corners: bool, problem: Problem | None) -> None:
+        """The ranks' vectors differ: raise, naming each rank's problem or dtype. **Collective**."""
+        where = "hpcpar.Grid.exchange"
         agree(self.comm, where, problem, name_ranks=True)
-        agree_equal(self.comm, where, (a.dtype, bool(corners)), "dtype and corners",
+        agree_equal(self.comm, where, (getattr(a, "dtype", None), bool(corners)), "dtype and corners",
                     lambda m: f"dtype {m[0]}, corners={m[1]}")
 
     @watchdog.marked("Grid.exchange_end", span=False)
@@ -257,8 +298,8 @@ class Grid:
 
     def _sent(self, a: np.ndarray, corners: bool) -> tuple[int, int, int]:
         """(bytes sent, neighbours, -1) of an exchange of ``a``: the trace's details."""
-        plan = self._plan(a.dtype, corners) if isinstance(a, np.ndarray) else []
-        return sum(p[2].Get_size() for p in plan), len(plan), -1
+        plan = self._plans.get((a.dtype, corners), []) if isinstance(a, np.ndarray) else []
+        return sum(p[2].Get_size() for p in plan), len(plan), -1  # (none for a refused exchange)
 
     def _plan(self, dtype: np.dtype, corners: bool) -> list:
         """Per neighbour: (peer, recv tag, send type, send tag, recv type); built once per dtype."""

@@ -170,6 +170,8 @@ def test_bench_scale_counts_raw_checked_and_unchecked_per_rank_count(tmp_path, l
             assert row["unchecked"]["funcs"] == {"Bcast_c": 1}, row
         if row["op"].startswith("halo"):  # faces only, four Sendrecv on every rank, walls included
             assert row["raw"]["funcs"] == {"Sendrecv_c": 4}, row
+            # a grid of one kind of array: no agreement per exchange, checked or not
+            assert "Allreduce_c" not in row["checked"]["funcs"], row
     assert [m["op"] for m in data["model"]] == ops  # the fit of the checked mode's extra bytes
     assert all(set(m["projected"]) == {"1024", "8192", "65536"} for m in data["model"])
 

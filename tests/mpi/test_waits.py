@@ -71,6 +71,43 @@ def test_grid_begin_end_checks_the_dtype_too(ctx):
         assert_all(grid.exchange_end() is None, "nothing pending after the error", ctx=ctx)
 
 
+@pytest.mark.checks  # unchecked, only the first exchange of a dtype is checked
+@pytest.mark.parametrize("other", [np.float32, np.int64])  # int64: the same bytes, other meaning
+@pytest.mark.parametrize("begin", [False, True])
+def test_grid_later_exchange_with_a_dtype_switched_on_one_rank_fails_on_every_rank(ctx, begin, other):
+    """Every rank has exchanged float64 and ``other`` arrays; then rank 0 passes float64 while
+    the others pass ``other`` (each a dtype it has seen): every rank raises before any message
+    moves, the grid stays usable. A later misfit on one rank fails on every rank too."""
+    with hpcpar.Grid(ctx, (12, 12), periodic=True) as grid:
+        arrays = {np.float64: grid.zeros(np.float64), np.float32: grid.zeros(other)}
+        for a in arrays.values():
+            grid.exchange(a)
+        a = arrays[np.float64] if ctx.rank == 0 else arrays[np.float32]
+        if begin:
+            exc = _caught(lambda: grid.exchange_begin(a))
+            done = grid.exchange_end()  # one rank: no error, the exchange completes
+            assert_all(done is (a if ctx.size == 1 else None), "nothing pending after the error",
+                       ctx=ctx)
+        else:
+            exc = _caught(lambda: grid.exchange(a))
+        if ctx.size == 1:
+            ok = exc is None
+        else:
+            ok = (isinstance(exc, ValueError) and "same dtype and corners" in str(exc)
+                  and "rank 0: dtype float64" in str(exc)
+                  and f"rank 1: dtype {np.dtype(other)}" in str(exc))
+        assert_all(ok, f"got {exc!r}", ctx=ctx)
+        bad = ctx.size - 1
+        b = arrays[np.float64] if ctx.rank != bad else np.zeros((3, 3))
+        exc = _caught(lambda: grid.exchange(b))
+        ok = isinstance(exc, ValueError) and f"rank {bad}: array of shape (3, 3)" in str(exc)
+        assert_all(ok, f"a later misfit: got {exc!r}", ctx=ctx)
+        c = arrays[np.float32]
+        grid.interior(c)[...] = ctx.rank + 1
+        grid.exchange(c)
+        assert_all(c[0, 0] != 0, "the grid works after both errors", ctx=ctx)
+
+
 # ---- reductions of Python objects of different kinds ----------------------------------------
 def test_allreduce_of_mixed_kinds_fails_on_every_rank(ctx):
     if ctx.size == 1:
