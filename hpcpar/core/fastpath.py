@@ -24,11 +24,15 @@ is :mod:`hpcpar.core.announce`'s, so a rank on the fast path and a rank on the
 full one work together.
 
 **Checked** contexts (not in debug mode): ``allreduce`` of a NumPy array with an op
-name, of a shape and dtype this context reduced before. The agreement vector of
-that call is cached by the full method; the fast path runs the same agreement
-(:class:`~hpcpar.core.agreement.Agreement`, one fixed-size ``Allreduce``), compares
-the result's bytes with it, then reduces. When the ranks disagree, the context's
-error path takes over inside the same mark, exactly as in the full method.
+name, of a shape and dtype this context reduced before, and ``bcast`` of a
+C-contiguous array whose geometry root broadcast before (the other ranks: a bcast
+from the same root). The agreement vector of that call is cached by the full
+method; the fast path runs the same agreement
+(:class:`~hpcpar.core.agreement.Agreement`, one fixed-size ``Allreduce``), and
+when the result is the one it knows (allreduce: the bytes of its own vector;
+bcast: a result whose plan is cached, an array) moves the data at once. Any other
+result (ranks that disagree, a new geometry, an object) goes on in the full
+method's error path or second half inside the same mark, exactly as there.
 
 Everything else goes to the full method, which checks what one rank can see and
 records what the fast path needs for the next call: the first call of a kind,
