@@ -101,7 +101,15 @@ class Blocks:
             v = self._scatter_vector(root, axis, arr, out, problem, site)
             if problem is None and fkey is not None:
                 a.vectors.put(fkey, v)
-        r = a.run(v)
+        return self.scatter_agreed(a.run(v), arr, root, axis, out, problem, site)
+
+    def scatter_agreed(self, r: np.ndarray, arr: np.ndarray | None, root: int, axis: Any, out: Any,
+                       problem: Problem | None = None, site: str | None = None) -> np.ndarray:
+        """The rest of a checked scatter once the agreement gave ``r``. **Collective**.
+
+        ``arr``: root's array (None elsewhere); ``problem``: this rank's own, if any.
+        """
+        me, a = self.rank, self.agreement
         key, plan = a.plan_for(r)
         if plan is None:
             plan = self._scatter_plan(r, root, arr)

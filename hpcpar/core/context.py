@@ -158,7 +158,7 @@ class Context:
             fastpath.install(self, self._blocks)  # the common cases straight to MPI
         elif not self.debug:
             fastpath.install_checked(self, self._a, self._reduced.get, self._reduce_disagreed,
-                                     self._bcast_agreed)
+                                     self._bcast_agreed, self._blocks)
 
     def free(self) -> None:
         """Release the private communicator. **Collective**; safe to call twice."""

@@ -69,7 +69,8 @@ _ndarray = np.ndarray
 
 
 def install_checked(ctx: Any, agreement: Any, reduced: Callable[[tuple], Any],
-                    disagreed: Callable[[Any, Any, Any], Any], bcast_agreed: Callable[..., Any]) -> None:
+                    disagreed: Callable[[Any, Any, Any], Any], bcast_agreed: Callable[..., Any],
+                    blocks: Any) -> None:
     """Bind the fast checked allreduce and bcast on the checked context ``ctx``. **Local**.
 
     ``agreement``: the context's :class:`~hpcpar.core.agreement.Agreement`;
@@ -77,10 +78,12 @@ def install_checked(ctx: Any, agreement: Any, reduced: Callable[[tuple], Any],
     its bytes, op); ``disagreed(x, v, op)``: the context's error path after an
     agreement on ``v`` that failed (raises on every rank, or reduces with ``op``);
     ``bcast_agreed(r, obj, root, problem, arr, kind, site)``: the rest of the full
-    bcast once the agreement gave ``r``.
+    bcast once the agreement gave ``r``; ``blocks``: the context's
+    :class:`~hpcpar.core.blocks.Blocks` (the rest of a scatter).
     """
     ctx.allreduce = _wrap(ctx.allreduce, _checked_allreduce(ctx, agreement, reduced, disagreed))
     ctx.bcast = _wrap(ctx.bcast, _checked_bcast(ctx, agreement, bcast_agreed))
+    ctx.scatter = _wrap(ctx.scatter, _checked_scatter(ctx, agreement, blocks))
 
 
 def install(ctx: Any, blocks: Any) -> None:
@@ -270,6 +273,45 @@ def _checked_bcast(ctx: Any, a: Any, agreed: Callable[..., Any]) -> Callable[...
             state.now = None
             if rec.on:  # tracing: the call's span
                 rec.call(span, ctx, t0, obj.nbytes if mine else 0)
+    return fast
+
+
+def _checked_scatter(ctx: Any, a: Any, blocks: Any) -> Callable[..., Any]:
+    state, clock, ident, rec = watchdog.STATE, watchdog.clock, watchdog.thread_ident, RECORDER
+    span = rec.name_id(COLLECTIVE, "scatter")
+    full, scatterv, me, empty = ctx.scatter, ctx.comm.Scatterv, ctx.rank, np.empty
+    agree, r, mx, vectors, plans = a.comm.Allreduce, a.result, MAX, a.vectors, a.plans
+    byte, call, small = MPI.BYTE, int(Call.SCATTER), INT_MAX
+
+    def fast(array: Any, root: int = 0, axis: int = 0, out: Any = None) -> Any:
+        if (root.__class__ is not int or axis.__class__ is not int or axis != 0 or out is not None
+                or state.now is not None):
+            return full(array, root, axis, out)
+        mine = me == root
+        if mine:
+            if array.__class__ is not _ndarray or not array.flags.c_contiguous:
+                return full(array, root, axis, out)
+            v = vectors.get((call, root, int, 0, int, (array.shape, array.dtype), None))  # protocol.fast_key
+        else:
+            v = vectors.get((call, root, int, 0, int, None, None))
+        if v is None:  # not seen before (the full method caches the vector)
+            return full(array, root, axis, out)
+        t0 = clock()
+        state.now = ("scatter", t0, ctx)
+        state.tid = ident()
+        try:
+            agree(v, r, mx)
+            plan = plans.get(r.tobytes())
+            if plan is None or plan.axis or plan.bdispls[-1] + plan.bcounts[-1] > small:
+                return blocks.scatter_agreed(r, array if mine else None, root, axis, out)
+            counts = plan.bcounts
+            recv = empty(plan.shapes[me], plan.dtype)
+            scatterv([array, counts, plan.bdispls, byte] if mine else None, [recv, counts[me], byte], root)
+            return recv
+        finally:
+            state.now = None
+            if rec.on:  # tracing: the call's span
+                rec.call(span, ctx, t0, array.nbytes if mine else 0)
     return fast
 
 

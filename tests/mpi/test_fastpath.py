@@ -43,7 +43,7 @@ def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
     names = ("barrier", "allreduce", "bcast", "scatter")
     ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ and n in vars(u) for n in names)
     with hpcpar.Context(ctx.comm, checks=True, debug=False) as c, hpcpar.Context(ctx.comm, debug=True) as d:
-        ok = ok and [n for n in names if n in vars(c)] == ["allreduce", "bcast"] and c.bcast.__doc__
+        ok = ok and [n for n in names if n in vars(c)] == ["allreduce", "bcast", "scatter"] and c.scatter.__doc__
         ok = ok and not any(n in vars(d) for n in names)  # debug mode: every call checks its call site
     assert_all(ok, "a context's fast functions lost the methods' names or docstrings", ctx=ctx)
 
@@ -185,7 +185,7 @@ def test_ranks_on_different_paths_in_the_same_call(both, ctx):
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
-def test_repeated_small_scatter_of_changing_geometry(u, ctx):
+def test_repeated_small_scatter_of_changing_geometry(both, ctx):
     problems, kept = [], []
     for k, (rows, cols, dtype) in enumerate([(10, 1, np.float64), (10, 1, np.float64), (ctx.size * 3, 4, np.int8),
                                              (1, 3, np.float32), (10, 1, np.float64), (200, 3, np.float64)]):
@@ -193,7 +193,7 @@ def test_repeated_small_scatter_of_changing_geometry(u, ctx):
         if cols == 1:
             whole = whole.reshape(rows)
         for root in {0, ctx.size - 1}:
-            got = u.scatter(whole.copy() if ctx.rank == root else None, root=root)
+            got = both.scatter(whole.copy() if ctx.rank == root else None, root=root)
             want = np.array_split(whole, ctx.size)[ctx.rank]  # the first rows % size ranks get one more row
             if not same(got, want) or not got.flags.c_contiguous:
                 problems.append(f"call {k} root {root} {whole.shape} {whole.dtype}: {got!r}, wanted {want!r}")
@@ -202,18 +202,18 @@ def test_repeated_small_scatter_of_changing_geometry(u, ctx):
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
-def test_scatter_the_fast_path_does_not_take(u, ctx):
+def test_scatter_the_fast_path_does_not_take(both, ctx):
     whole = np.arange(6.0 * ctx.size).reshape(6, ctx.size)
     ok = True
     for _ in range(2):
-        col = u.scatter(whole if ctx.is_root else None, axis=1)
+        col = both.scatter(whole if ctx.is_root else None, axis=1)
         ok = ok and same(col, whole[:, ctx.rank:ctx.rank + 1])
         part = np.arange(6.0)
         out = np.empty(len(np.array_split(part, ctx.size)[ctx.rank]))
-        got = u.scatter(part if ctx.is_root else None, out=out)
+        got = both.scatter(part if ctx.is_root else None, out=out)
         ok = ok and got is out and same(out, np.array_split(part, ctx.size)[ctx.rank])
         f = np.asfortranarray(np.arange(4.0 * ctx.size).reshape(2 * ctx.size, 2))
-        ok = ok and same(u.scatter(f if ctx.is_root else None), np.array_split(np.ascontiguousarray(f),
+        ok = ok and same(both.scatter(f if ctx.is_root else None), np.array_split(np.ascontiguousarray(f),
                                                                                 ctx.size)[ctx.rank])
     assert_all(ok, "a scatter along axis 1, into out=, or of a Fortran-ordered array went wrong", ctx=ctx)
 
@@ -277,3 +277,21 @@ def test_checked_repeated_bcast_with_another_root_on_one_rank_fails_on_every_ran
     assert_all(msg is not None and "root" in msg, f"got {msg!r}", ctx=ctx)
     got = c.bcast(x * 2 if ctx.is_root else None)  # still usable
     assert_all(same(got, x * 2), f"after the error: {got!r}", ctx=ctx)
+
+
+@pytest.mark.checks
+def test_checked_repeated_scatter_that_one_rank_changes_fails_on_every_rank(c, ctx):
+    if ctx.size < 2:
+        pytest.skip("needs a rank that differs")
+    whole = np.arange(4.0 * ctx.size)
+    for _ in range(3):
+        c.scatter(whole if ctx.is_root else None)  # the fast path is warm on every rank
+    odd = ctx.rank == ctx.size - 1
+    msg = None
+    try:
+        c.scatter(whole if ctx.rank in (0, 1) else None, root=1 if odd else 0)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+    assert_all(msg is not None, f"got {msg!r}", ctx=ctx)
+    got = c.scatter(whole * 2 if ctx.is_root else None)  # still usable
+    assert_all(same(got, np.array_split(whole * 2, ctx.size)[ctx.rank]), f"after the error: {got!r}", ctx=ctx)
