@@ -24,9 +24,9 @@ is :mod:`hpcpar.core.announce`'s, so a rank on the fast path and a rank on the
 full one work together.
 
 **Checked** contexts (not in debug mode): ``allreduce`` of a NumPy array with an op
-name, of a shape and dtype this context reduced before, and ``bcast`` of a
-C-contiguous array whose geometry root broadcast before (the other ranks: a bcast
-from the same root). The agreement vector of that call is cached by the full
+name, of a shape and dtype this context reduced before, and ``bcast`` and
+``scatter`` (axis 0, no ``out``) of a C-contiguous array whose geometry root sent
+before (the other ranks: a call with the same root). The agreement vector of that call is cached by the full
 method; the fast path runs the same agreement
 (:class:`~hpcpar.core.agreement.Agreement`, one fixed-size ``Allreduce``), and
 when the result is the one it knows (allreduce: the bytes of its own vector;
@@ -71,7 +71,7 @@ _ndarray = np.ndarray
 def install_checked(ctx: Any, agreement: Any, reduced: Callable[[tuple], Any],
                     disagreed: Callable[[Any, Any, Any], Any], bcast_agreed: Callable[..., Any],
                     blocks: Any) -> None:
-    """Bind the fast checked allreduce and bcast on the checked context ``ctx``. **Local**.
+    """Bind the fast checked allreduce, bcast and scatter on the checked context ``ctx``. **Local**.
 
     ``agreement``: the context's :class:`~hpcpar.core.agreement.Agreement`;
     ``reduced(key)``: the full method's cache of validated reductions (vector,
