@@ -41,6 +41,10 @@ made inside another marked call (the full method's mark keeps the outer one and
 catches a second thread), and every call while tracing (``HPCPAR_TRACE``) is on.
 Per call and rank the fast path does O(1) Python work, whatever the number of
 ranks, and exactly the MPI calls of the full method.
+
+Each function makes the mark and the span itself, inline, rather than through a
+shared helper or decorator: on the hot path one more Python call costs about as
+much as the whole mark.
 """
 
 from __future__ import annotations

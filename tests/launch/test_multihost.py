@@ -285,15 +285,7 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
     proc = _heat_until_checkpoint(tmp_path)
     try:
         killed = time.monotonic()
-        # The job's processes there (proxy, guardian, rank, witness) all at once, as when the
-        # host dies: stopped first, so none sees another die, then killed.
-        doomed = [pid for pid in netns_pids(NETNS[last]) if pid not in keep_pids()]
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in doomed:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        kill_host(last)  # the job's proxy, guardian, rank and witness there
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
     finally:
@@ -360,6 +352,18 @@ def _heat_until_checkpoint(tmp_path: Path, *launch: str) -> subprocess.Popen:
         end_job(proc)
         pytest.fail(f"heat wrote no checkpoint:\n{proc.communicate()[0]}")
     return proc
+
+
+def kill_host(name: str) -> None:
+    """Every process of the job on host ``name`` (not the host's own daemons) at once, as when
+    the host dies: stopped first, so none sees another die, then killed."""
+    doomed = [pid for pid in netns_pids(NETNS[name]) if pid not in keep_pids()]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in doomed:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def end_job(proc: subprocess.Popen) -> None:

@@ -34,6 +34,7 @@ from test_multihost import (  # noqa: F401  (hosts, no_leftovers: the module's a
     end_job,
     hosts,
     keep_pids,
+    kill_host,
     netns_pids,
     no_leftovers,
     veth_bytes,
@@ -231,16 +232,8 @@ def test_every_process_of_one_host_killed_ends_the_job_naming_rank_and_host(tmp_
     heat, ckpt = str(JOBS / "heat.py"), tmp_path / "heat.ckpt.h5"
     proc = heat_until_checkpoint(tmp_path, agent)
     try:
-        # The job's processes there (PRRTE's daemon and its ssh, guardian, rank) all at once,
-        # as when the host dies: stopped first, so none sees another die, then killed.
-        doomed = [pid for pid in netns_pids(NETNS[last]) if pid not in keep_pids()]
         killed = time.monotonic()
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in doomed:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        kill_host(last)  # PRRTE's daemon and its ssh, the guardian and the rank there
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - killed
         left = job_left()
