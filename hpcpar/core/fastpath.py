@@ -270,8 +270,11 @@ def _checked_bcast(ctx: Any, a: Any, agreed: Callable[..., Any]) -> Callable[...
             if mine:
                 bcast([obj, byte], root)
                 return obj
-            recv = empty(plan.gshape, plan.dtype)  # root's nbytes, at most INT_MAX (root's test)
-            bcast([recv, byte], root)
+            recv = empty(plan.gshape, plan.dtype)
+            if recv.nbytes > small:  # root took the full method: its path for over 2 GiB
+                bcast_bytes(ctx.comm, recv, root)
+            else:
+                bcast([recv, byte], root)
             return recv
         finally:
             state.now = None
@@ -405,6 +408,8 @@ def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
             if block is None:
                 ann = announce.parse(ctx.comm, root, buf)
                 if not (ann.inline and ann.payload is not None and ann.axis == 0 and ann.payload.ndim):
+                    if ann.payload is not None:  # its block may be a view: not of the shared buffer
+                        ann.payload = ann.payload.copy()
                     return sh.scatters.scatter_announced(ann, root, array, out)
                 rows = partition.block_range(ann.shape[0], size, me)
                 block = ann.payload[rows.start:rows.stop]
