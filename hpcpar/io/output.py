@@ -516,15 +516,15 @@ class Output:
             self._move(name, lay, block)
         except CollectiveError as exc:
             self._fail(exc)
-            if self.mode == "mpio" and self._lock is not None:  # root: room for the close's metadata
+            if self.mode == "mpio":  # every rank (HDF5 metadata calls are collective); root punches
                 attempt(self._give_back, name)
             raise
         self._holder(lambda f: f[name].attrs.__delitem__(INCOMPLETE), f"{self._where}: completing {name!r}")
 
-    def _give_back(self, name: str) -> None:  # root, mpio: free what a failed write took
-        d = self._file[name].id
+    def _give_back(self, name: str) -> None:  # mpio, every rank: root frees what a failed write took
+        d = self._file[name].id  # opened (and closed) on every rank, as parallel HDF5 expects
         offset = d.get_offset()  # None unless contiguous (what an unfiltered write makes)
-        if offset is not None:
+        if offset is not None and self._lock is not None:  # root holds the lock: room for the close
             give_back(self.path, int(offset), int(d.get_storage_size()))
 
     def _move(self, name: str, lay: Layout, block: Any) -> None:  # _put's data movement
