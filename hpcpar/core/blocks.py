@@ -71,10 +71,11 @@ class Blocks:
     def __init__(self, comm: MPI.Intracomm, agreement: Agreement, checks: bool):
         self.comm, self.agreement, self.checks = comm, agreement, checks
         self.rank, self.size, self.debug = comm.Get_rank(), comm.Get_size(), agreement.debug
-        # gather signature -> block length sent last (and root's plan, the total)
-        self._counts: BoundedCache[tuple, _Counts] = BoundedCache(128)
-        # a gather's local arguments -> (vector, signature, block length, block bytes, axis)
-        self._gvec: BoundedCache[tuple, tuple] = BoundedCache(256)
+        #: gather signature -> the block length this rank sent last (and root's plan, the total)
+        self.counts: BoundedCache[tuple, _Counts] = BoundedCache(128)
+        #: a gather's local arguments (:func:`~hpcpar.core.protocol.fast_key`) -> (vector,
+        #: signature, block length, block bytes, axis)
+        self.gather_vectors: BoundedCache[tuple, tuple] = BoundedCache(256)
         # unchecked: a geometry -> its plan
         self._uplans: BoundedCache[tuple, Plan] = BoundedCache(128)
 
@@ -250,7 +251,7 @@ class Blocks:
             return self._gather_unchecked(call, local, root, axis, out, takes_out)
         a = self.agreement
         fkey = fast_key(call, root, axis, local, out, self.debug)
-        got = self._gvec.get(fkey) if fkey is not None else None
+        got = self.gather_vectors.get(fkey) if fkey is not None else None
         arr, problem, site = local, None, None
         if got is None:
             problem = check_root(root, self.size) if root is not None else None
@@ -263,11 +264,23 @@ class Blocks:
             site = caller_site() if self.debug else None
             got = self._gather_vector(call, root, ax, arr, out, problem, site)
             if problem is None and fkey is not None:
-                self._gvec.put(fkey, got)
-        v, sig, count, nbytes, ax = got
-        entry = self._counts.get(sig) if sig is not None else None
+                self.gather_vectors.put(fkey, got)
+        v, sig, count, _, _ = got
+        entry = self.counts.get(sig) if sig is not None else None
         v[Slot.CHANGED] = 1 if entry is None or entry.mine != count else 0
-        r = a.run(v)
+        return self.gather_agreed(call, a.run(v), got, entry, arr, root, axis, out, problem, site)
+
+    def gather_agreed(self, call: int, r: np.ndarray, got: tuple, entry: _Counts | None,
+                      arr: Any, root: int | None, axis: Any, out: Any,
+                      problem: Problem | None = None, site: str | None = None) -> np.ndarray | None:
+        """The rest of a checked gather or allgather once the agreement gave ``r``. **Collective**.
+
+        ``got``: this call's entry of :attr:`gather_vectors`; ``entry``: its :attr:`counts`
+        entry (None: none yet); ``arr``: the block (None when this rank found a problem).
+        """
+        a = self.agreement
+        _, sig, count, nbytes, ax = got
+        takes_out = root is None or self.rank == root
         key = r.tobytes()
         ok = a.plans.get(key) is not None
         if not ok and agrees(r):
@@ -356,7 +369,7 @@ class Blocks:
                 plan = Plan.blocks(ax, arr.dtype, counts.tolist(), arr.shape)
             else:
                 self.comm.Gather(mine, None, root=root)
-        return self._counts.put(sig, _Counts(count, plan, whole))
+        return self.counts.put(sig, _Counts(count, plan, whole))
 
     def _gather_detail(self, call: int, heads: list, arr: np.ndarray | None, out: Any) -> Plan:
         where = f"hpcpar.{Call(call).label}"

@@ -34,6 +34,8 @@ bcast: a result whose plan is cached, an array) moves the data at once. Any othe
 result (ranks that disagree, a new geometry, an object) goes on in the full
 method's error path or second half inside the same mark, exactly as there.
 
+Gathers and allgathers have their own fast functions (:mod:`hpcpar.core.fastgather`).
+
 Everything else goes to the full method, which checks what one rank can see and
 records what the fast path needs for the next call: the first call of a kind,
 other arguments (Python objects, ``out=``, an ``MPI.Op``, another axis), a call
@@ -58,7 +60,7 @@ from mpi4py import MPI
 
 from ..decomp import partition
 from ..observe.trace import COLLECTIVE, RECORDER
-from . import announce, watchdog
+from . import announce, fastgather, watchdog
 from .blocks import contig
 from .cache import BoundedCache
 from .largecount import INT_MAX, bcast_bytes
@@ -88,6 +90,9 @@ def install_checked(ctx: Any, agreement: Any, reduced: Callable[[tuple], Any],
     ctx.allreduce = _wrap(ctx.allreduce, _checked_allreduce(ctx, agreement, reduced, disagreed))
     ctx.bcast = _wrap(ctx.bcast, _checked_bcast(ctx, agreement, bcast_agreed))
     ctx.scatter = _wrap(ctx.scatter, _checked_scatter(ctx, agreement, blocks))
+    gather, allgather = fastgather.checked(ctx, agreement, blocks)
+    ctx.gather = _wrap(ctx.gather, gather)
+    ctx.allgather = _wrap(ctx.allgather, allgather)
 
 
 def install(ctx: Any, blocks: Any) -> None:
@@ -101,6 +106,9 @@ def install(ctx: Any, blocks: Any) -> None:
     ctx.allreduce = _wrap(ctx.allreduce, _allreduce(ctx, shared))
     ctx.bcast = _wrap(ctx.bcast, _bcast(ctx, shared))
     ctx.scatter = _wrap(ctx.scatter, _scatter(ctx, shared))
+    gather, allgather = fastgather.unchecked(ctx)
+    ctx.gather = _wrap(ctx.gather, gather)
+    ctx.allgather = _wrap(ctx.allgather, allgather)
 
 
 def _wrap(full: Callable[..., Any], fast: Callable[..., Any]) -> Callable[..., Any]:

@@ -168,6 +168,10 @@ def test_bench_scale_counts_raw_checked_and_unchecked_per_rank_count(tmp_path, l
             assert row["unchecked"] == row["raw"], row
         if row["op"] in ("bcast 1 KB", "scatter 1 KB/rank"):  # unchecked: one Bcast of the announcement
             assert row["unchecked"]["funcs"] == {"Bcast_c": 1}, row
+        if "gather" in row["op"]:  # the block lengths, then the data; checked: the agreement instead
+            v = "Allgatherv_c" if row["op"].startswith("allgather") else "Gatherv_c"
+            assert row["unchecked"]["funcs"] == {v.replace("v_c", "_c"): 1, v: 1}, row
+            assert row["checked"]["funcs"] == {"Allreduce_c": 1, v: 1}, row
         if row["op"].startswith("halo"):  # faces only, four Sendrecv on every rank, walls included
             assert row["raw"]["funcs"] == {"Sendrecv_c": 4}, row
             # a grid of one kind of array: no agreement per exchange, checked or not

@@ -1,8 +1,8 @@
 """The fast path of repeated collectives (hpcpar.core.fastpath), under real MPI.
 
 A context made with ``checks=False`` serves repeated small barrier, allreduce,
-bcast and scatter calls without the full method, a checked one repeated array
-allreduces; these tests repeat calls so that
+bcast and scatter calls and repeated gathers without the full method, a checked
+one repeated array allreduces, bcasts, scatters and gathers; these tests repeat calls so that
 the fast path runs, change the geometry between calls, send ranks down different
 paths in the same call (one rank inside another marked call takes the full
 method) and check every result against NumPy on every rank.
@@ -40,10 +40,10 @@ def same(got, want):
 
 
 def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
-    names = ("barrier", "allreduce", "bcast", "scatter")
+    names = ("barrier", "allreduce", "bcast", "scatter", "gather", "allgather")
     ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ and n in vars(u) for n in names)
     with hpcpar.Context(ctx.comm, checks=True, debug=False) as c, hpcpar.Context(ctx.comm, debug=True) as d:
-        ok = ok and [n for n in names if n in vars(c)] == ["allreduce", "bcast", "scatter"] and c.scatter.__doc__
+        ok = ok and [n for n in names if n in vars(c)] == list(names[1:]) and c.scatter.__doc__
         ok = ok and not any(n in vars(d) for n in names)  # debug mode: every call checks its call site
     assert_all(ok, "a context's fast functions lost the methods' names or docstrings", ctx=ctx)
 
@@ -295,3 +295,87 @@ def test_checked_repeated_scatter_that_one_rank_changes_fails_on_every_rank(c, c
     assert_all(msg is not None, f"got {msg!r}", ctx=ctx)
     got = c.scatter(whole * 2 if ctx.is_root else None)  # still usable
     assert_all(same(got, np.array_split(whole * 2, ctx.size)[ctx.rank]), f"after the error: {got!r}", ctx=ctx)
+
+
+def _blocks(k, rank, dtype, trailing):
+    """Rank ``rank``'s block in call ``k``: its length changes with k and differs across ranks."""
+    n = (rank + k) % 3  # empty blocks too
+    return (np.arange(n * int(np.prod(trailing, dtype=int))).reshape((n,) + trailing) + 100 * rank + k).astype(dtype)
+
+
+@pytest.mark.parametrize("same_lengths", [True, False], ids=["steady", "changing"])
+def test_repeated_gathers_of_changing_lengths_roots_and_layouts(both, ctx, same_lengths):
+    problems, kept = [], []
+    layouts = [(np.float64, ()), (np.float64, ()), (np.int32, (2,)), (np.float64, ()), (np.float32, (3, 2))]
+    for k in range(12):
+        dtype, trailing = layouts[k % len(layouts)]
+        kk = 0 if same_lengths else k
+        mine = _blocks(kk, ctx.rank, dtype, trailing)
+        want = np.concatenate([_blocks(kk, r, dtype, trailing) for r in range(ctx.size)])
+        root = k % ctx.size
+        got = both.gather(mine, root=root)
+        if (got is None) == (ctx.rank == root) or (got is not None and not same(got, want)):
+            problems.append(f"gather {k} to {root}: {got!r}, wanted {want!r}")
+        everyone = both.allgather(mine)
+        if not same(everyone, want):
+            problems.append(f"allgather {k}: {everyone!r}, wanted {want!r}")
+        kept.append((everyone, want))
+    problems += [f"result {k} changed by later calls" for k, (g, w) in enumerate(kept) if not same(g, w)]
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+def test_gathers_the_fast_path_does_not_take_between_fast_ones(both, ctx):
+    """Strided blocks, another axis and ``out`` between repeated calls; some ranks inside another
+    marked call (the full method) while the others take the fast path."""
+    problems = []
+    for k in range(6):
+        block = np.arange(8.0).reshape(4, 2) + 10 * ctx.rank + k
+        want = np.concatenate([np.arange(8.0).reshape(4, 2) + 10 * r + k for r in range(ctx.size)])
+        inside = (ctx.rank + k) % 2 == 0
+        prev = watchdog.enter("outer", both) if inside else None
+        try:
+            got = both.allgather(block)
+            strided = both.allgather(np.asfortranarray(block))
+            cols = both.allgather(block, axis=1)
+            out = np.empty_like(want) if ctx.is_root else None
+            into = both.gather(block, out=out)
+            plain = both.gather(block)
+        finally:
+            if inside:
+                watchdog.leave(prev)
+        if not (same(got, want) and same(strided, want) and same(cols, np.concatenate(
+                [np.arange(8.0).reshape(4, 2) + 10 * r + k for r in range(ctx.size)], axis=1))):
+            problems.append(f"call {k}: allgather {got!r}, {strided!r}, {cols!r}")
+        if ctx.is_root and not (into is out and same(out, want) and same(plain, want)):
+            problems.append(f"call {k}: gather {into!r}, {plain!r}")
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+@pytest.mark.checks
+@pytest.mark.parametrize("change", ["dtype", "trailing shape", "root"])
+def test_checked_repeated_gather_that_one_rank_changes_fails_on_every_rank(c, ctx, change):
+    if ctx.size < 2:
+        pytest.skip("needs a rank that differs")
+    block = np.ones((2, 3))
+    for _ in range(3):
+        c.gather(block), c.allgather(block)  # the fast paths are warm on every rank
+    odd = ctx.rank == ctx.size - 1
+    msgs = []
+    for call in ("gather", "allgather"):
+        if change == "root" and call == "allgather":
+            continue
+        mine, root = block, 0
+        if odd and change == "dtype":
+            mine = block.astype(np.float32)
+        elif odd and change == "trailing shape":
+            mine = np.ones((2, 4))
+        elif odd:
+            root = 1
+        try:
+            c.gather(mine, root=root) if call == "gather" else c.allgather(mine)
+            msgs.append(None)
+        except (ValueError, TypeError) as e:
+            msgs.append(str(e))
+    assert_all(None not in msgs, f"got {msgs!r}", ctx=ctx)
+    got = c.allgather(block * 2)  # still usable
+    assert_all(same(got, np.full((2 * ctx.size, 3), 2.0)), f"after the error: {got!r}", ctx=ctx)
