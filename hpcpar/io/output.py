@@ -533,12 +533,17 @@ class Output:
         start, count = lay.box
         block = np.asarray(block) if block is not None else np.empty(count, dtype)
         if self.mode == "mpio":
-            _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
+            from ..core.watchdog import watching
+            with watching(f"Output.write of {name!r} (HDF5's collective write)", ctx):
+                _, problem = attempt(hyper_write, self._file[name], start, count, block, self._dxpl)
+            why = "its collective write" if problem is None else "an I/O error here: " + " ".join(
+                problem[1].split())
             if problem is not None and problem[0] == "OSError":  # e.g. the disk filled after the check
                 problem = ("OSError", f"{problem[1]}; {name!r} is left marked {INCOMPLETE}: free space "
                            "(or raise the limit), close the Output and write again; what was written "
                            "before is kept")
-            agree(ctx.comm, where, hosted(problem))
+            with watching(f"Output.write of {name!r}, after {why}", ctx):  # the others may be stuck in HDF5
+                agree(ctx.comm, where, hosted(problem))
             self._wrote = True
             return
         if lay.total * dtype.itemsize <= self._gather_bytes:

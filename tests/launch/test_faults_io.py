@@ -8,6 +8,7 @@ no failure at all.
 
 import os
 import re
+import time
 
 import pytest
 from helpers import run_mpi
@@ -197,3 +198,48 @@ def test_heat_saves_its_checkpoint_also_when_steps_are_fewer_than_every(tmp_path
     import h5py
     with h5py.File(ck, "r") as f:
         assert int(f.attrs["step"]) == 10
+
+
+PARTIAL_WRITE_JOB = """
+    import resource, sys, numpy as np, hpcpar
+    def main(ctx):
+        with hpcpar.Output(ctx, sys.argv[1]) as out:
+            sys.stdout.write(f"rank {ctx.rank} mode {out.mode}\\n")
+            sys.stdout.flush()
+            out.write("a", np.full(2**14, float(ctx.rank + 1)))
+            out.flush()
+            if ctx.rank == 1:  # this rank alone may not write past 64 KiB
+                resource.setrlimit(resource.RLIMIT_FSIZE, (2**16, resource.RLIM_INFINITY))
+            out.write("b", np.full(2**17, float(ctx.rank + 1)))
+    hpcpar.run(main)
+"""
+
+
+def test_an_io_error_on_one_rank_inside_hdf5s_collective_write(tmp_path):
+    """On the MPI-IO path only rank 1's part of HDF5's collective write fails (its
+    RLIMIT_FSIZE): the other ranks cannot leave HDF5's write, so the watchdog ends the job,
+    its report naming rank 1 and the I/O error; the dataset flushed before reads back."""
+    import h5py
+    from helpers import expected_h5_mode
+
+    if expected_h5_mode() != "mpio":
+        pytest.skip("the serial path raises on every rank (tests/mpi/test_output.py); this needs MPI-IO")
+    path, h5 = script(tmp_path, PARTIAL_WRITE_JOB), tmp_path / "o.h5"
+    r = run_fault(3, path, limit=30, args=[str(h5)], env={"HPCPAR_TIMEOUT": "5"})
+    assert r.stdout.count("mode mpio") == 3, r.stdout + r.stderr
+    report = next((ln for ln in r.stderr.splitlines() if ln.startswith("hpcpar watchdog: rank")), "")
+    assert re.search(r"rank 1: waiting in Output\.write of 'b', after an I/O error here: .*File too large", report), \
+        r.stderr
+    # ranks 0 and 2 are inside HDF5 (h5py holds the GIL there): named by their mark, or silent
+    assert re.search(r"ranks 0, 2: (waiting in Output\.write of 'b' \(HDF5's collective write\)|no answer)", report), \
+        report
+    for _ in range(100):  # the aborted ranks' exits may still be releasing HDF5's lock on the file
+        try:
+            with h5py.File(h5, "r") as f:
+                a = f["a"][()]
+            break
+        except BlockingIOError:
+            time.sleep(0.1)
+    else:
+        pytest.fail(f"{h5} stayed locked 10 s after the job ended")
+    assert a.shape == (3 * 2**14,) and all((a == v).sum() == 2**14 for v in (1.0, 2.0, 3.0)), a
