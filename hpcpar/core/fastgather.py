@@ -15,8 +15,9 @@ follows at once: two MPI collectives, as raw mpi4py needs when counts can change
 Any other result goes on in :meth:`~hpcpar.core.blocks.Blocks.gather_agreed`
 (new counts, disagreement), inside the same mark.
 
-On a library without MPI-4 large counts (or with ``HPCPAR_LARGE_COUNT=0``) rooted
-gathers take the full method, which adds root's large-count verdict.
+On a library without MPI-4 large counts (or with ``HPCPAR_LARGE_COUNT=0``) every
+gather takes the full method, whose paths for messages over ``2**31`` bytes differ
+(and a rooted gather adds root's large-count verdict).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def checked(ctx: Any, a: Any, blocks: Any) -> tuple[Callable[..., Any], Callable
         if got is None or state.now is not None or not local.flags.c_contiguous:  # protocol.fast_key
             return full(*args)
         entry = counts.get(got[1])
-        if entry is None or entry.mine != got[2] or (rooted and live()):
+        if entry is None or entry.mine != got[2] or live():  # MPI-3: the full method's large-count paths
             return full(*args)
         v = got[0]
         v[changed] = 0
