@@ -571,8 +571,8 @@ def test_a_full_disk_keeps_what_was_written_and_ends_the_writes(ctx, shared_dir,
 def test_a_disk_filled_during_a_collective_write_keeps_what_was_written(ctx, shared_dir, monkeypatch):
     """The MPI-IO write itself fails with ENOSPC, as on a file system that cannot reserve blocks
     (no fallocate) and filled after root's free-space check: every rank raises, the file closes.
-    (An error on only some ranks inside the collective write still hangs in HDF5 1.10's MPI-IO
-    driver: every rank's share here is larger than the whole disk.)"""
+    (Every rank's share here is larger than the whole disk: an error on only some ranks inside
+    the collective write leaves the others inside HDF5, see tests/launch/test_faults_io.py.)"""
     if io_mode() != "mpio":
         pytest.skip("the serial path reserves the blocks themselves (posix_fallocate) before writing")
     monkeypatch.setattr("hpcpar.io.lock.allocate", lambda path, nbytes: False)  # no fallocate here
