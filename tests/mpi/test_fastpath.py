@@ -39,6 +39,11 @@ def same(got, want):
             and np.array_equal(got, want))
 
 
+def changed_later(kept):
+    """Results (with what they should hold) that later calls wrote into: each must be the caller's own."""
+    return [f"result {k} changed by later calls" for k, (got, want) in enumerate(kept) if not same(got, want)]
+
+
 def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
     names = ("barrier", "allreduce", "bcast", "scatter", "gather", "allgather")
     ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ and n in vars(u) for n in names)
@@ -133,8 +138,7 @@ def test_repeated_small_bcast_of_changing_geometry(both, ctx, root_last):
         if not same(got, want):
             problems.append(f"call {k} {shape} {np.dtype(dtype)}: got {got!r}")
         kept.append((got, want))
-    # results are the caller's own arrays: later calls did not write into earlier results
-    problems += [f"result {k} changed by later calls" for k, (g, w) in enumerate(kept) if not same(g, w)]
+    problems += changed_later(kept)
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
@@ -198,7 +202,7 @@ def test_repeated_small_scatter_of_changing_geometry(both, ctx):
             if not same(got, want) or not got.flags.c_contiguous:
                 problems.append(f"call {k} root {root} {whole.shape} {whole.dtype}: {got!r}, wanted {want!r}")
             kept.append((got, want))
-    problems += [f"result {k} changed by later calls" for k, (g, w) in enumerate(kept) if not same(g, w)]
+    problems += changed_later(kept)
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
@@ -320,7 +324,7 @@ def test_repeated_gathers_of_changing_lengths_roots_and_layouts(both, ctx, same_
         if not same(everyone, want):
             problems.append(f"allgather {k}: {everyone!r}, wanted {want!r}")
         kept.append((everyone, want))
-    problems += [f"result {k} changed by later calls" for k, (g, w) in enumerate(kept) if not same(g, w)]
+    problems += changed_later(kept)
     assert_all(not problems, "; ".join(problems), ctx=ctx)
 
 
