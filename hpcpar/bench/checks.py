@@ -7,7 +7,12 @@ one in debug mode (caller-function check). It also times the watchdog mark alone
 (entering and leaving a call, local). The ratios to raw are the per-call price of
 each mode, printed next to the project's targets (set for 2 ranks). The floor
 column times the raw call plus one ``MPI_Allreduce`` of the agreement vector's
-size: the least a checked call can cost, whatever its Python.
+size: the least a checked call can cost, whatever its Python. The u-floor column
+times what an unchecked call cannot avoid: the MPI calls of its design with no
+Python around them (a bcast or small scatter: one ``Bcast`` of the 4 KiB
+announcement, the payload, or this rank's block, copied out into a new array; a
+gather: the block lengths' ``Gather``/``Allgather`` and the v-call; barrier and
+allreduce: the raw call).
 
 The comparison is like for like: the raw call allocates its result wherever
 hpcpar does, and hpcpar is called without ``out=``:
@@ -63,9 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed batch")
 
 
-def _cases(comm: Any) -> dict[str, tuple[Callable[[], Any], Callable[[Context], Any]]]:
-    """name -> (raw callable, hpcpar callable taking a Context); every rank builds the same."""
+def _cases(comm: Any) -> dict[str, tuple[Callable[[], Any], Callable[[Context], Any], Callable[[], Any]]]:
+    """name -> (raw callable, hpcpar callable taking a Context, the unchecked design's MPI calls
+    without Python); every rank builds the same."""
     from mpi4py import MPI
+
+    from ..core.announce import HEADER_BYTES, INLINE, SIZE
 
     rank, size = comm.Get_rank(), comm.Get_size()
     root = rank == 0
@@ -95,13 +103,36 @@ def _cases(comm: Any) -> dict[str, tuple[Callable[[], Any], Callable[[Context], 
     def raw_allgather() -> None:
         comm.Allgatherv(small, [np.empty(16 * size), scounts, sdispls, MPI.DOUBLE])
 
+    ann, mine, counts = np.zeros(SIZE, np.uint8), np.ones(1, np.int64), np.empty(size, np.int64)
+    payload = ann[HEADER_BYTES:HEADER_BYTES + 1024].view(np.float64)  # 128 doubles, the 1 KB
+
+    def announced_bcast() -> None:
+        comm.Bcast(ann, root=0)
+        if not root:
+            payload.copy()
+
+    def announced_scatter() -> None:  # the whole array rides in the announcement when it fits
+        comm.Bcast(ann, root=0)
+        if 1024 * size <= INLINE:
+            ann[HEADER_BYTES + 1024 * rank:HEADER_BYTES + 1024 * (rank + 1)].view(np.float64).copy()
+        else:
+            raw_scatter()
+
+    def counted_gather() -> None:
+        comm.Gather(mine, counts if root else None, root=0)
+        raw_gather()
+
+    def counted_allgather() -> None:
+        comm.Allgather(mine, counts)
+        raw_allgather()
+
     return {
-        "barrier": (comm.Barrier, lambda c: c.barrier()),
-        "allreduce 8 B": (raw_allreduce, lambda c: c.allreduce(one)),
-        "bcast 1 KB": (raw_bcast, lambda c: c.bcast(kb if root else None)),
-        "scatter 1 KB/rank": (raw_scatter, lambda c: c.scatter(whole)),
-        "gather 1 KB/rank": (raw_gather, lambda c: c.gather(block)),
-        "allgather 16x8 B/rank": (raw_allgather, lambda c: c.allgather(small)),
+        "barrier": (comm.Barrier, lambda c: c.barrier(), comm.Barrier),
+        "allreduce 8 B": (raw_allreduce, lambda c: c.allreduce(one), raw_allreduce),
+        "bcast 1 KB": (raw_bcast, lambda c: c.bcast(kb if root else None), announced_bcast),
+        "scatter 1 KB/rank": (raw_scatter, lambda c: c.scatter(whole), announced_scatter),
+        "gather 1 KB/rank": (raw_gather, lambda c: c.gather(block), counted_gather),
+        "allgather 16x8 B/rank": (raw_allgather, lambda c: c.allgather(small), counted_allgather),
     }
 
 
@@ -149,13 +180,14 @@ def measure(ctx: Context, repeats: int, min_time: float) -> list[dict[str, Any]]
     vec, res = np.zeros(SIZE, np.int64), np.empty(SIZE, np.int64)
     rows = []
     try:
-        for name, (raw, call) in _cases(ctx.comm).items():
+        for name, (raw, call, ufloor) in _cases(ctx.comm).items():
             def floor(raw: Callable[[], Any] = raw) -> None:  # raw + one agreement-sized Allreduce
                 ctx.comm.Allreduce(vec, res, MPI.MAX)
                 raw()
-            fns: list[Callable[[], Any]] = [raw, floor, *(partial(call, c) for c in contexts.values())]
+            fns: list[Callable[[], Any]] = [raw, floor, ufloor, *(partial(call, c)
+                                                                  for c in contexts.values())]
             times = timeit_interleaved(ctx, fns, min_time=min_time, repeats=repeats)
-            rows.append({"call": name, **dict(zip(["raw", "floor", *contexts], times))})
+            rows.append({"call": name, **dict(zip(["raw", "floor", "ufloor", *contexts], times))})
     finally:
         for c in contexts.values():
             c.free()
@@ -181,17 +213,19 @@ def main(ctx: Context, args: argparse.Namespace) -> None:
             targets += target is not None
             if miss:
                 misses.append(f"{mode} {r['call']}")
-        table.append([r["call"], f"{r['raw'] * 1e6:.2f}", f"{r['floor'] / r['raw']:.2f}x", *cells,
-                      f"{r['debug'] * 1e6:.2f}"])
+        table.append([r["call"], f"{r['raw'] * 1e6:.2f}", f"{r['floor'] / r['raw']:.2f}x",
+                      f"{r['ufloor'] / r['raw']:.2f}x", *cells, f"{r['debug'] * 1e6:.2f}"])
     print(f"hpcpar bench checks: {ctx.size} ranks, {mpi_library()}")
     print("us per call (best of interleaved batches, slowest rank); ratio = hpcpar / raw, "
           f"(<= t) the project's target at {TARGET_RANKS} ranks")
     print()
-    print(format_table(["call", "raw us", "floor/raw", "checked us", "checked/raw", "unchecked us",
-                        "unchecked/raw", "debug us"], table))
+    print(format_table(["call", "raw us", "floor/raw", "u-floor/raw", "checked us", "checked/raw",
+                        "unchecked us", "unchecked/raw", "debug us"], table))
     print()
     print("floor: the raw call plus one MPI_Allreduce of the agreement's size, with no Python around it "
           "(what any checked call costs at least)")
+    print("u-floor: the MPI calls of the unchecked design and the copy of the result, with no Python "
+          "around them (what any unchecked call costs at least)")
     print(f"watchdog mark (enter + leave, local): {mark * 1e9:.0f} ns per call")
     if not judged:
         print(f"targets not judged: they are set for {TARGET_RANKS} ranks, this job has {ctx.size}")

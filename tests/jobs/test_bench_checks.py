@@ -7,7 +7,7 @@ from helpers import run_mpi
 
 pytestmark = pytest.mark.timeout(180)
 
-HEADER = ["call", "raw us", "floor/raw", "checked us", "checked/raw", "unchecked us", "unchecked/raw", "debug us"]
+HEADER = ["call", "raw us", "floor/raw", "u-floor/raw", "checked us", "checked/raw", "unchecked us", "unchecked/raw", "debug us"]
 CALLS = ["barrier", "allreduce 8 B", "bcast 1 KB", "scatter 1 KB/rank", "gather 1 KB/rank",
          "allgather 16x8 B/rank"]
 #: call -> (checked target, unchecked target) as printed in the ratio cells
@@ -29,10 +29,11 @@ def test_bench_checks_prints_every_call_and_mode_with_the_targets(ranks):
     assert header == HEADER, r.stdout
     assert [row[0] for row in rows] == CALLS, r.stdout
     missed = 0
-    for call, raw, floor, chk, chk_ratio, unc, unc_ratio, dbg in rows:
+    for call, raw, floor, ufloor, chk, chk_ratio, unc, unc_ratio, dbg in rows:
         for t in (raw, chk, unc, dbg):
             assert float(t) > 0, (call, r.stdout)
-        assert floor.endswith("x") and float(floor[:-1]) > 0, (call, r.stdout)
+        for f in (floor, ufloor):
+            assert f.endswith("x") and float(f[:-1]) > 0, (call, r.stdout)
         got = []
         for cell in (chk_ratio, unc_ratio):
             m = RATIO.match(cell)

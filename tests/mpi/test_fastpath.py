@@ -383,3 +383,19 @@ def test_checked_repeated_gather_that_one_rank_changes_fails_on_every_rank(c, ct
     assert_all(None not in msgs, f"got {msgs!r}", ctx=ctx)
     got = c.allgather(block * 2)  # still usable
     assert_all(same(got, np.full((2 * ctx.size, 3), 2.0)), f"after the error: {got!r}", ctx=ctx)
+
+
+def test_small_bcasts_and_scatters_of_one_geometry_from_changing_roots(both, ctx):
+    """A bcast and a scatter of one geometry announce the same header: roots that change and
+    calls that alternate must each find the right payload (root rewrites its header after
+    receiving one; a rank reuses its last header only when the bytes say so)."""
+    problems = []
+    for k in range(12):
+        whole = np.arange(4.0 * ctx.size) + k
+        root, other = k % ctx.size, (k // 2) % ctx.size
+        b = both.bcast(whole.copy() if ctx.rank == root else None, root=root)
+        s = both.scatter(whole.copy() if ctx.rank == other else None, root=other)
+        b2 = both.bcast(whole[:3] * 2 if ctx.rank == other else None, root=other)  # another header
+        if not (same(b, whole) and same(s, whole[4 * ctx.rank:4 * ctx.rank + 4]) and same(b2, whole[:3] * 2)):
+            problems.append(f"call {k} roots {root}, {other}: {b!r} {s!r} {b2!r}")
+    assert_all(not problems, "; ".join(problems), ctx=ctx)
