@@ -341,14 +341,20 @@ def _bcast(ctx: Any, sh: _Shared) -> Callable[..., Any]:
     full, bcast, buf, mv, me = ctx.bcast, ctx.comm.Bcast, sh.buf, sh.mv, ctx.rank
     seen = sh.bcasts
     last: list = [_NEVER, None]  # the header of the last fast bcast received, its payload's view
+    sent: list = [None, None, None]  # root: the shape and dtype of its last fast bcast, their head()
 
     def fast(obj: Any, root: int = 0) -> Any:
         if root.__class__ is not int or state.now is not None or not 0 <= root < ctx.size:
             return full(obj, root)
         if me == root:
-            got = sh.head("bcast", obj) if obj.__class__ is _ndarray and obj.flags.c_contiguous else None
-            if got is None:
-                return full(obj, root)
+            fits = obj.__class__ is _ndarray and obj.flags.c_contiguous
+            if fits and obj.dtype is sent[1] and obj.shape == sent[0]:
+                got = sent[2]  # the geometry of this rank's last fast bcast as root
+            else:
+                got = sh.head("bcast", obj) if fits else None
+                if got is None:
+                    return full(obj, root)
+                sent[0], sent[1], sent[2] = obj.shape, obj.dtype, got
             head, _, _, dst = got
             t0 = clock()
             state.now = ("bcast", t0, ctx)
@@ -398,6 +404,7 @@ def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
     full, bcast, buf, mv, me, size = ctx.scatter, ctx.comm.Bcast, sh.buf, sh.mv, ctx.rank, ctx.size
     seen = sh.blocks
     last: list = [_NEVER, None]  # the header of the last fast scatter received, this rank's block in buf
+    sent: list = [None, None, None]  # root: the shape and dtype of its last fast scatter, their head()
 
     def fast(array: Any, root: int = 0, axis: int = 0, out: Any = None) -> Any:
         if (root.__class__ is not int or axis != 0 or out is not None or state.now is not None
@@ -405,9 +412,13 @@ def _scatter(ctx: Any, sh: _Shared) -> Callable[..., Any]:
             return full(array, root, axis, out)
         if me == root:
             fits = array.__class__ is _ndarray and array.flags.c_contiguous
-            got = sh.head("scatter", array) if fits else None
-            if got is None:
-                return full(array, root, axis, out)
+            if fits and array.dtype is sent[1] and array.shape == sent[0]:
+                got = sent[2]  # the geometry of this rank's last fast scatter as root
+            else:
+                got = sh.head("scatter", array) if fits else None
+                if got is None:
+                    return full(array, root, axis, out)
+                sent[0], sent[1], sent[2] = array.shape, array.dtype, got
             head, _, rows, dst = got
             t0 = clock()
             state.now = ("scatter", t0, ctx)
