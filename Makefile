@@ -24,7 +24,7 @@ MPI_TIMEOUT ?= 60
 COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py tests/mpi/test_agreement.py \
 	tests/mpi/test_context_fuzz.py tests/mpi/test_grid.py tests/mpi/test_grid_fuzz.py \
 	tests/mpi/test_farm.py tests/mpi/test_pipeline.py tests/mpi/test_sort.py \
-	tests/mpi/test_output.py tests/mpi/test_checkpoint.py
+	tests/mpi/test_output.py tests/mpi/test_checkpoint.py tests/mpi/test_fastpath.py
 MANY_RANKS      ?= 8
 UNCHECKED_RANKS ?= 3
 
