@@ -47,7 +47,7 @@ def changed_later(kept):
 def test_the_fast_functions_stand_in_for_the_methods(u, ctx):
     names = ("barrier", "allreduce", "bcast", "scatter", "gather", "allgather")
     ok = all(getattr(u, n).__name__ == n and getattr(u, n).__doc__ and n in vars(u) for n in names)
-    with hpcpar.Context(ctx.comm, checks=True, debug=False) as c, hpcpar.Context(ctx.comm, debug=True) as d:
+    with hpcpar.Context(ctx.comm, checks=True, debug=False) as c, hpcpar.Context(ctx.comm, checks=True, debug=True) as d:
         ok = ok and [n for n in names if n in vars(c)] == list(names[1:]) and c.scatter.__doc__
         ok = ok and not any(n in vars(d) for n in names)  # debug mode: every call checks its call site
     assert_all(ok, "a context's fast functions lost the methods' names or docstrings", ctx=ctx)
