@@ -97,6 +97,8 @@ class Blocks:
                 if problem is None:
                     arr = array
                     problem = attempt(partition.normalize_axis, axis, array.ndim)[1]
+            elif problem is None and not hasattr(axis, "__index__"):  # a wrong type this rank can see
+                problem = attempt(partition.normalize_axis, axis, 1)[1]
             problem = problem or check_out(out) or _too_many_dims(arr, out)
             site = caller_site() if self.debug else None
             v = self._scatter_vector(root, axis, arr, out, problem, site)

@@ -167,7 +167,8 @@ def checked(ctx: Any, a: Any, blocks: Any) -> tuple[Callable[..., Any], Callable
                 rec.call(spans[rooted], ctx, t0, local.nbytes)
 
     def gather(local: Any, root: int = 0, axis: int = 0, out: Any = None) -> Any:
-        if local.__class__ is _ndarray and axis.__class__ is int and axis == 0 and out is None:
+        if (local.__class__ is _ndarray and axis.__class__ is int and axis == 0 and out is None
+                and root.__class__ is int):
             return move(local, root, full_gather, (local, root, axis, out))
         return full_gather(local, root, axis, out)
 

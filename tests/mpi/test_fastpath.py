@@ -402,3 +402,24 @@ def test_small_bcasts_and_scatters_of_one_geometry_from_changing_roots(both, ctx
                 and not isinstance(f, str)):
             problems.append(f"call {k} roots {root}, {other}: {b!r} {f!r} {s!r} {b2!r}")
     assert_all(not problems, "; ".join(problems), ctx=ctx)
+
+
+@pytest.mark.checks
+@pytest.mark.parametrize("bad", ["root", "axis"])
+def test_an_unhashable_root_or_axis_on_one_rank_fails_on_every_rank(c, ctx, bad):
+    """Once the fast paths are warm, a list as root or axis on the last rank gives every rank
+    the checks' message (it used to be a bare "unhashable type" on that rank alone)."""
+    block = np.ones(2)
+    c.gather(block), c.allgather(block), c.scatter(np.ones(2 * ctx.size) if ctx.is_root else None)
+    odd = ctx.rank == ctx.size - 1
+    kw = {bad: [0] if odd else 0}
+    msgs = []
+    for call in (lambda: c.gather(block, **kw), lambda: c.scatter(np.ones(2 * ctx.size) if ctx.is_root else None,
+                                                                   **kw)):
+        try:
+            call()
+            msgs.append(None)
+        except (TypeError, ValueError) as e:
+            msgs.append(str(e))
+    want = "is not a rank" if bad == "root" else "axis must be an int"
+    assert_all(all(m is not None and want in m for m in msgs), f"got {msgs!r}", ctx=ctx)
