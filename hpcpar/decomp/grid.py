@@ -236,13 +236,7 @@ class Grid:
         if v is not None and (a.shape != self.halo_shape or not a.flags.c_contiguous):
             v = None  # this array does not fit: the full checks say why
         if v is not None:
-            r = self._reduced
-            neighbours, self.world_ranks = self.world_ranks, self.ctx.world_ranks
-            try:
-                self.comm.Allreduce(v, r, MPI.MAX)
-            finally:
-                self.world_ranks = neighbours
-            if r.tobytes() == v.tobytes():
+            if self._reduce(v).tobytes() == v.tobytes():
                 return
             self._disagree(a, corners, None)
             return
@@ -263,17 +257,22 @@ class Grid:
             put(v, Slot.NDIM, a.ndim)
         else:
             v[Slot.PROBLEM] = 1
-        r = np.empty_like(v)
-        neighbours, self.world_ranks = self.world_ranks, self.ctx.world_ranks
-        try:
-            self.comm.Allreduce(v, r, MPI.MAX)
-        finally:
-            self.world_ranks = neighbours
-        if agrees(r):
+        if agrees(self._reduce(v)):
             if problem is None and key is not None:
                 self._vectors[key] = v
             return
         self._disagree(a, corners, problem)
+
+    def _reduce(self, v: np.ndarray) -> np.ndarray:
+        """Every rank's agreement vector ``v`` reduced (``MAX``), in a buffer of this grid.
+        **Collective**; meanwhile the hang watchdog counts every rank of the grid as one
+        this exchange depends on, not only the neighbours."""
+        neighbours, self.world_ranks = self.world_ranks, self.ctx.world_ranks
+        try:
+            self.comm.Allreduce(v, self._reduced, MPI.MAX)
+        finally:
+            self.world_ranks = neighbours
+        return self._reduced
 
     def _disagree(self, a: Any, corners: bool, problem: Problem | None) -> None:
         """The ranks' vectors differ: raise, naming each rank's problem or dtype. **Collective**."""
