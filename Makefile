@@ -15,7 +15,7 @@ RANKS   ?= 1 2 3
 # a test's @pytest.mark.timeout(N) overrides it).
 MPI_TIMEOUT ?= 60
 # The tests of the collectives and of what is built on them (Grid, farm, pipeline,
-# sort, Output, Checkpoint), run again in two more legs of `make test`:
+# sort, Output, Checkpoint, the large-count paths), run again in two more legs of `make test`:
 # - test-mpi-8: on 8 ranks, oversubscribed on a small machine (the MPICH wheel runs
 #   more ranks than cores as is; it busy-polls, yet the leg takes about a minute on
 #   2 cores): more ranks than rows, grids of 8 processes, deeper collective trees;
@@ -24,7 +24,8 @@ MPI_TIMEOUT ?= 60
 COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py tests/mpi/test_agreement.py \
 	tests/mpi/test_context_fuzz.py tests/mpi/test_grid.py tests/mpi/test_grid_fuzz.py \
 	tests/mpi/test_farm.py tests/mpi/test_pipeline.py tests/mpi/test_sort.py \
-	tests/mpi/test_output.py tests/mpi/test_checkpoint.py tests/mpi/test_fastpath.py
+	tests/mpi/test_output.py tests/mpi/test_checkpoint.py tests/mpi/test_fastpath.py \
+	tests/mpi/test_largecount.py
 MANY_RANKS      ?= 8
 UNCHECKED_RANKS ?= 3
 

@@ -110,9 +110,14 @@ def small_limit(ctx, monkeypatch):
 @pytest.mark.timeout(60)
 def test_unit_paths_at_small_sizes(ctx, small_limit):
     """bcast (units and a remainder), scatter and gather in gcd units, scatter and allgather
-    as messages, at 1, 2 and 3 ranks, with uneven blocks."""
+    as messages, at 1, 2 and 3 ranks, with uneven blocks. Every array is larger than the
+    announcement's inline payload (4 KiB), which an unchecked bcast or scatter sends within
+    its one ``Bcast`` whatever the count limit, so both modes take the paths under test."""
+    from hpcpar.core import announce
+
     p = ctx.size
-    n = 1000 * p + 37  # more than the limit on every rank count; odd: no common unit
+    n = 5000 * p + 37  # more than the limit on every rank count; odd: no common unit
+    assert n > announce.INLINE
     got = ctx.bcast(pattern(n) if ctx.is_root else None)
     assert_all(got.shape == (n,) and matches(got), "bcast", ctx=ctx)
 
@@ -122,7 +127,7 @@ def test_unit_paths_at_small_sizes(ctx, small_limit):
     whole = ctx.allgather(block)
     assert_all(whole.shape == (n,) and matches(whole), "allgather", ctx=ctx)
 
-    row = 401  # rows of 401 bytes, 3 per rank: counts 1203 > 1000, in units of 1203
+    row = 2003  # rows of 2003 bytes, 3 per rank: counts 6009 > 1000, in units of 6009
     rows = pattern(3 * p * row).reshape(3 * p, row) if ctx.is_root else None
     part = ctx.scatter(rows)
     assert_all(part.shape == (3, row) and matches(part, 3 * ctx.rank * row), "row scatter", ctx=ctx)
