@@ -19,8 +19,9 @@ MPI_TIMEOUT ?= 60
 # - test-mpi-8: on 8 ranks, oversubscribed on a small machine (the MPICH wheel runs
 #   more ranks than cores as is; it busy-polls, yet the leg takes about a minute on
 #   2 cores): more ranks than rows, grids of 8 processes, deeper collective trees;
-# - test-mpi-unchecked: on 3 ranks with HPCPAR_CHECKS=0 (collectives without the
-#   agreement step); tests marked `checks` (of the agreement itself) are skipped there.
+# - test-mpi-unchecked: every MPI test (not only these) on 3 ranks with HPCPAR_CHECKS=0
+#   (collectives without the agreement step); tests marked `checks` (of the agreement
+#   itself) are skipped there.
 COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py tests/mpi/test_agreement.py \
 	tests/mpi/test_context_fuzz.py tests/mpi/test_grid.py tests/mpi/test_grid_fuzz.py \
 	tests/mpi/test_farm.py tests/mpi/test_pipeline.py tests/mpi/test_sort.py \
@@ -97,11 +98,11 @@ test-mpi-8: venv
 	$(TIMEOUT) 900 $(MPIEXEC) -n $(MANY_RANKS) $(BIN)/python -m pytest -p no:cacheprovider --with-mpi \
 	  --mpi-timeout=$(MPI_TIMEOUT) -m mpi $(COLLECTIVE_TESTS)
 
-## test-mpi-unchecked: the same tests on 3 ranks with HPCPAR_CHECKS=0; tests marked `checks` are skipped
+## test-mpi-unchecked: every MPI test on 3 ranks with HPCPAR_CHECKS=0; tests marked `checks` are skipped
 test-mpi-unchecked: venv
-	@echo "== collective tests on $(UNCHECKED_RANKS) ranks, HPCPAR_CHECKS=0 (no agreement step)"
+	@echo "== MPI tests on $(UNCHECKED_RANKS) ranks, HPCPAR_CHECKS=0 (no agreement step)"
 	HPCPAR_CHECKS=0 $(TIMEOUT) 900 $(MPIEXEC) -n $(UNCHECKED_RANKS) $(BIN)/python -m pytest \
-	  -p no:cacheprovider --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi $(COLLECTIVE_TESTS)
+	  -p no:cacheprovider --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests
 
 ## test-parallel-hdf5: the output tests with h5py built against MPI (driver="mpio"), at 1, 2 and 3 ranks
 $(PHDF5_VENV)/.installed: pyproject.toml setup.cfg tests/env/parallel-hdf5.sh
