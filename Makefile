@@ -21,7 +21,9 @@ MPI_TIMEOUT ?= 60
 #   2 cores): more ranks than rows, grids of 8 processes, deeper collective trees;
 # - test-mpi-unchecked: every MPI test (not only these) on 3 ranks with HPCPAR_CHECKS=0
 #   (collectives without the agreement step); tests marked `checks` (of the agreement
-#   itself) are skipped there.
+#   itself) are skipped there;
+# - test-mpi-debug: every MPI test on 3 ranks with HPCPAR_DEBUG=1 (collectives also agree
+#   on their call sites).
 COLLECTIVE_TESTS := tests/mpi/test_context.py tests/mpi/test_context_checks.py tests/mpi/test_agreement.py \
 	tests/mpi/test_context_fuzz.py tests/mpi/test_grid.py tests/mpi/test_grid_fuzz.py \
 	tests/mpi/test_farm.py tests/mpi/test_pipeline.py tests/mpi/test_sort.py \
@@ -55,7 +57,7 @@ OMPI_LAUNCH_TESTS := tests/launch/test_faults.py tests/launch/test_readme.py tes
 	tests/launch/test_launcher_owns_job.py \
 	tests/unit/test_launch_command.py tests/unit/test_launch_family.py tests/launch/test_launcher_mismatch.py
 
-.PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
+.PHONY: all venv run lint test test-unit test-mpi test-mpi-8 test-mpi-unchecked test-mpi-debug test-parallel-hdf5 phdf5-venv test-slurm bench bench-output clean
 .PHONY: openmpi-venv test-openmpi test-pytest-mpi test-multihost impi-venv test-impi
 
 all: test
@@ -78,8 +80,9 @@ lint: venv
 	$(BIN)/mypy
 
 ## test: pure logic with plain pytest, then everything that communicates at 1, 2 and 3 ranks,
-## then the collective tests at 8 ranks and without the agreement checks (any failing leg fails it)
-test: test-unit test-mpi test-mpi-8 test-mpi-unchecked
+## then the collective tests at 8 ranks, and every MPI test without the agreement checks and in
+## debug mode (any failing leg fails it)
+test: test-unit test-mpi test-mpi-8 test-mpi-unchecked test-mpi-debug
 	@bash tests/env/clean-shm.sh  # segments of ranks the fault tests killed on purpose
 
 test-unit: venv
@@ -102,6 +105,12 @@ test-mpi-8: venv
 test-mpi-unchecked: venv
 	@echo "== MPI tests on $(UNCHECKED_RANKS) ranks, HPCPAR_CHECKS=0 (no agreement step)"
 	HPCPAR_CHECKS=0 $(TIMEOUT) 900 $(MPIEXEC) -n $(UNCHECKED_RANKS) $(BIN)/python -m pytest \
+	  -p no:cacheprovider --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests
+
+## test-mpi-debug: every MPI test on 3 ranks with HPCPAR_DEBUG=1
+test-mpi-debug: venv
+	@echo "== MPI tests on 3 ranks, HPCPAR_DEBUG=1 (call sites checked too)"
+	HPCPAR_DEBUG=1 $(TIMEOUT) 900 $(MPIEXEC) -n 3 $(BIN)/python -m pytest \
 	  -p no:cacheprovider --with-mpi --mpi-timeout=$(MPI_TIMEOUT) -m mpi tests
 
 ## test-parallel-hdf5: the output tests with h5py built against MPI (driver="mpio"), at 1, 2 and 3 ranks
