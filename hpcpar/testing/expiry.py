@@ -30,8 +30,12 @@ EXIT_TIMEOUT = stacks.EXIT_TIMEOUT
 #: the other ranks, whose timers fire at about the same moment, dump theirs too.
 ABORT_GRACE = 1.5
 
-# Seconds rank 0 gets, after the stacks, to write the session's summary before the job ends.
-_SUMMARY_GRACE = 5.0
+# Seconds rank 0 gets, after the stacks, to write the session's summary before another
+# rank ends the job. Rank 0 ends it as soon as its summary is written, so this is spent
+# only where rank 0 cannot write one (its timer thread held off by a C call). Writing it
+# may take seconds on a loaded node: other plugins' summary hooks run there (Hypothesis
+# imports itself in its hook, 1.3 s on an idle node).
+_SUMMARY_GRACE = 30.0
 
 # Extra seconds after which faulthandler ends a rank whose watchdog thread could
 # not run (a C call holding the GIL).
@@ -72,7 +76,8 @@ class TestTimer:
 
     **Local** (a timer thread per test). ``run`` is the plugin's per-session state under
     ``--with-mpi``: its ``rank``, ``world``, ``err`` (the real stderr), ``phase``,
-    ``waiting`` and ``pending`` (the phase this rank exchanges and its report) and
+    ``waiting`` and ``pending`` (the phase this rank exchanges and its report),
+    ``prefixed`` (set where every rank's report is shown, ``--mpi-report=all``) and
     ``hard_kill`` (whether faulthandler is free to end a rank stuck in C).
     """
 
@@ -119,7 +124,8 @@ class TestTimer:
             backstop = threading.Timer(_SUMMARY_GRACE, run.world.Abort, (EXIT_TIMEOUT,))
             backstop.daemon = True
             backstop.start()
-            self._summarise(text)
+            if run.rank == 0 or run.prefixed is not None:   # the ranks whose report is shown
+                self._summarise(text)
             if run.rank != 0:       # let rank 0 finish its summary: the first Abort ends every rank
                 time.sleep(_SUMMARY_GRACE)
         finally:
