@@ -23,8 +23,8 @@ __all__ = [
 #: Python, then ``mpiexec`` on ``PATH``). May hold options: ``"srun --mpi=pmi2"``.
 HPCPAR_MPIEXEC = "HPCPAR_MPIEXEC"
 
-#: Seconds a failing rank waits for its traceback to reach stderr before it calls
-#: ``MPI_Abort`` on the whole job (default 0.2).
+#: Seconds a failing rank waits, once the launcher has read what it wrote, before it
+#: calls ``MPI_Abort`` on the whole job (default 0.2; :func:`hpcpar.observe.drain.drain`).
 HPCPAR_ABORT_GRACE = "HPCPAR_ABORT_GRACE"
 
 #: Set by ``hpcpar run --hosts/--hostfile`` for the ranks: the run ledger's directory

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import time
 from typing import NoReturn
 
 from mpi4py import MPI
 
 from .. import env
+from ..observe.drain import drain
 
 __all__ = ["abort"]
 
@@ -36,9 +36,9 @@ def abort(message: str, code: int = 1) -> NoReturn:
     _tell_guardian()
     size = MPI.COMM_WORLD.Get_size()
     if size > 1:
-        # Give the stderr pipe a moment to drain through the launcher before the
-        # abort tears down every process of the job.
-        time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
+        # Let the launcher read what this rank wrote before the abort tears down every
+        # process of the job, the launcher's output relays included.
+        drain()
         MPI.COMM_WORLD.Abort(code)
     os._exit(code)
 

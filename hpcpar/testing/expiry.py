@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ..observe import stacks
+from ..observe.drain import drain
 from .marks import RankFailure
 
 __all__ = ["ABORT_GRACE", "EXIT_TIMEOUT", "TestTimer", "pending_failure"]
@@ -129,7 +130,7 @@ class TestTimer:
             if run.rank != 0:       # let rank 0 finish its summary: the first Abort ends every rank
                 time.sleep(_SUMMARY_GRACE)
         finally:
-            _flush()
+            drain()                 # the report reaches the launcher before the abort ends it
             run.world.Abort(EXIT_TIMEOUT)
 
     def _summarise(self, text: str) -> None:

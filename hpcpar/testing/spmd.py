@@ -13,13 +13,12 @@ import importlib.util
 import os
 import pickle
 import sys
-import time
 import traceback
 
 from mpi4py import MPI
 
-from .. import env
 from ..core.context import Context
+from ..observe.drain import drain
 
 
 def _resolve(spec: dict):
@@ -65,7 +64,7 @@ def main(folder: str) -> None:
         with open(os.path.join(folder, f"rank-{world.Get_rank()}.txt"), "w") as f:
             f.write(text)
         if world.Get_size() > 1:
-            time.sleep(env.get_float(env.HPCPAR_ABORT_GRACE, 0.2))
+            drain()
             world.Abort(1)
         os._exit(1)
 

@@ -156,3 +156,23 @@ def test_cli_help_explains():
     r = subprocess.run([sys.executable, "-m", "hpcpar.cli", "run", "-n", "2", str(ROOT / "nope.py")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no such script" in r.stderr
+
+
+def test_what_a_failing_rank_printed_reaches_the_launcher_before_the_abort(tmp_path):
+    # 2 MB of report, then the failure: the abort waits until the launcher has read it
+    # all (no grace after that, HPCPAR_ABORT_GRACE=0), so no line is cut off.
+    path = script(tmp_path, """
+        import sys, hpcpar
+        def main(ctx):
+            if ctx.rank == 1:
+                sys.stdout.write("".join(f"report line {i:06d} {'.' * 32}\\n" for i in range(40000)))
+                print("end of the report")
+                raise RuntimeError("failed after a long report")
+            ctx.barrier()
+        hpcpar.run(main)
+    """)
+    r = run_mpi(2, [path], timeout=60, env={"HPCPAR_ABORT_GRACE": "0"})
+    assert r.returncode != 0
+    assert "end of the report" in r.stdout
+    assert sum(line.startswith("report line ") for line in r.stdout.splitlines()) == 40000
+    assert "rank 1 of 2 failed: RuntimeError: failed after a long report" in r.stderr
