@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import fcntl
 import os
+import select
 import stat
 import sys
 import termios
@@ -30,7 +31,8 @@ def unread(fd: int) -> int:
     """Bytes written to ``fd`` that its reader has not read yet. **Local**.
 
     A pipe's or a socket's queue (``FIONREAD``, ``SIOCOUTQ``); 0 for anything else
-    (a file or a terminal keeps nothing back) and for an fd that cannot be asked.
+    (a file or a terminal keeps nothing back), for an fd that cannot be asked, and
+    where the reader is gone (nothing will read the rest: a launcher that was killed).
     """
     try:
         mode = os.fstat(fd).st_mode
@@ -39,6 +41,10 @@ def unread(fd: int) -> int:
         elif stat.S_ISSOCK(mode):
             request = termios.TIOCOUTQ      # SIOCOUTQ: what the peer has not received
         else:
+            return 0
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
             return 0
         n = array.array("i", [0])
         fcntl.ioctl(fd, request, n, True)

@@ -33,15 +33,23 @@ def test_unread_counts_a_pipes_and_a_sockets_queue(tmp_path):
         assert unread(w) == 1000
         os.read(r, 400)
         assert unread(w) == 600
-    finally:
         os.close(r)
-        os.close(w)
+        assert unread(w) == 0                  # the reader is gone: nothing to wait for
+    finally:
+        for fd in (r, w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     a, b = socket.socketpair()
     with a, b:
         a.sendall(b"z" * 500)
         assert unread(a.fileno()) > 0
         b.recv(500)
         assert unread(a.fileno()) == 0
+        a.sendall(b"z" * 500)
+        b.close()
+        assert unread(a.fileno()) == 0         # the peer is gone
     with open(tmp_path / "f", "w") as f:       # a file keeps nothing back
         f.write("text")
         f.flush()
