@@ -118,6 +118,9 @@ class TestTimer:
                    if run.waiting else "")
                 + pending_failure(run.pending, tag)
                 + dump)
+        if run.hard_kill:   # the last resort, should this thread be held off from here on
+            faulthandler.dump_traceback_later(ABORT_GRACE + _SUMMARY_GRACE + _HARD_KILL_AFTER,
+                                              exit=True, file=run.err)
         try:
             run.err.write(text)
             run.err.flush()
