@@ -317,12 +317,22 @@ def test_slurm_job_with_one_slurmd_per_host(tmp_path):
     script = tmp_path / "where.py"
     script.write_text(WHERE)
     before = veth_bytes()
-    def srun() -> tuple[int, str]:
-        proc = subprocess.run(["srun", "-N", str(len(HOSTS)), "-n", str(len(HOSTS)), "--mpi=pmi2",
-                               # one device: a shorter UCX address for Slurm's PMI-2 server
-                               "--export=ALL,UCX_TLS=tcp,self,UCX_NET_DEVICES=eth0", PYTHON, str(script)],
-                              capture_output=True, text=True, timeout=LIMIT, cwd=tmp_path)
-        return proc.returncode, proc.stdout + proc.stderr
+    def srun(limit: float) -> tuple[int | None, str]:
+        proc = subprocess.Popen(["srun", "-N", str(len(HOSTS)), "-n", str(len(HOSTS)), "--mpi=pmi2",
+                                 # one device: a shorter UCX address for Slurm's PMI-2 server
+                                 "--export=ALL,UCX_TLS=tcp,self,UCX_NET_DEVICES=eth0", PYTHON, str(script)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        try:
+            out, err = proc.communicate(timeout=limit)
+            return proc.returncode, out + err
+        except subprocess.TimeoutExpired:
+            proc.terminate()    # srun passes SIGTERM on to the step's tasks and ends the step
+            try:
+                out, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            return None, out + err
 
     code, out = wired_up(srun)
     assert code == 0, out
@@ -500,13 +510,19 @@ TWO_BY_TWO = ["-N", "2", "--ntasks-per-node", "2", "--time", "5"]
 PMI2_WIREUP = "mpi/pmi2: value not properly terminated in client request"
 
 
-def wired_up(run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
-    """``run()`` (status, output), started once more when MPI_Init failed in PMI-2's wire-up."""
-    code, out = run()
-    if code != 0 and PMI2_WIREUP in out:
-        print(f"MPI_Init failed in Slurm's PMI-2 wire-up ({PMI2_WIREUP!r}); starting it once more")
-        code, out = run()
-    return code, out
+def wired_up(run: Callable[[float], tuple[int | None, str]], attempts: int = 3,
+             limit: float = 40) -> tuple[int | None, str]:
+    """``run(limit)`` (its status, None where it ran past ``limit`` and was stopped, and its
+    output), started again while MPI_Init failed in PMI-2's wire-up, ``attempts`` times at
+    most. A failed wire-up ends MPI_Init with an error, or leaves the ranks waiting in it."""
+    for attempt in range(1, attempts + 1):
+        code, out = run(limit)
+        if code == 0 or PMI2_WIREUP not in out or attempt == attempts:
+            return code, out
+        how = "hung" if code is None else f"failed with status {code}"
+        print(f"attempt {attempt}: MPI_Init {how} in Slurm's PMI-2 wire-up ({PMI2_WIREUP!r}); "
+              "starting it once more")
+    raise AssertionError("unreachable")
 
 
 def submit(tmp_path: Path, job: str, *options: str, timeout: float = 120) -> tuple[str, int, str]:
