@@ -21,7 +21,7 @@ import time
 
 from .. import env
 
-__all__ = ["drain", "unread"]
+__all__ = ["drain", "flush", "unread"]
 
 # Seconds between two looks at the pipes.
 _POLL = 0.01
@@ -53,12 +53,10 @@ def unread(fd: int) -> int:
         return 0
 
 
-def drain(limit: float = 10.0) -> None:
-    """Flush stdout and stderr, wait until their readers have read them, then a grace. **Local**.
+def flush() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` and the original streams. **Local**.
 
-    Waits at most ``limit`` seconds for the readers (a relay that is gone or stuck
-    must not keep a failing rank alive), then ``HPCPAR_ABORT_GRACE`` seconds (default
-    0.2) for the relay to pass the text on. Call it right before ``MPI_Abort``.
+    ``MPI_Abort`` and ``os._exit`` end the process without flushing Python's buffers.
     """
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
@@ -66,6 +64,16 @@ def drain(limit: float = 10.0) -> None:
                 stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def drain(limit: float = 10.0) -> None:
+    """Flush stdout and stderr, wait until their readers have read them, then a grace. **Local**.
+
+    Waits at most ``limit`` seconds for the readers (a relay that is gone or stuck
+    must not keep a failing rank alive), then ``HPCPAR_ABORT_GRACE`` seconds (default
+    0.2) for the relay to pass the text on. Call it right before ``MPI_Abort``.
+    """
+    flush()
     deadline = time.monotonic() + limit
     while (unread(1) or unread(2)) and time.monotonic() < deadline:
         time.sleep(_POLL)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import faulthandler
 import importlib.util
 import os
-import sys
 import threading
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from ..observe import stacks
-from ..observe.drain import drain
+from ..observe.drain import drain, flush
 from .marks import RankFailure
 
 __all__ = ["ABORT_GRACE", "EXIT_TIMEOUT", "TestTimer", "pending_failure"]
@@ -157,14 +156,4 @@ class TestTimer:
             config.hook.pytest_terminal_summary(terminalreporter=reporter, exitstatus=EXIT_TIMEOUT,
                                                 config=config)
             reporter.summary_stats()
-        _flush()
-
-
-def _flush() -> None:
-    """Flush what the report wrote: ``MPI_Abort`` ends the process without flushing buffers."""
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
+        flush()
