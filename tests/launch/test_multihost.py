@@ -335,6 +335,10 @@ def test_slurm_job_with_one_slurmd_per_host(tmp_path):
             return None, out + err
 
     code, out = wired_up(srun)
+    if code != 0 and PMI2_WIREUP in out and "WHERE " not in out:
+        # every attempt failed in MPI_Init, inside Slurm's PMI-2 server, before the program ran
+        pytest.xfail(f"MPI_Init failed in Slurm's PMI-2 wire-up in each of 3 attempts "
+                     f"({PMI2_WIREUP!r}: pmodels/mpich#6924); the last output:\n{out[-2000:]}")
     assert code == 0, out
     every = json.loads(out.split("WHERE ", 1)[1].splitlines()[0])
     assert [r["host"] for r in every] == HOSTS, every
